@@ -1,0 +1,102 @@
+//! Everything that differs between target architectures lives here, and only here.
+use serde::{Deserialize, Serialize};
+use uuid::{uuid, Uuid};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    #[serde(rename = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Debian's name for the architecture (dpkg --print-architecture).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// Root partition type from the Discoverable Partitions Specification.
+    pub fn root_partition_type(self) -> Uuid {
+        match self {
+            Arch::X86_64 => uuid!("4f68bce3-e8cd-4db1-96e7-fbcaf984b709"),
+            Arch::Aarch64 => uuid!("b921b045-1df0-41c3-af44-4c6f280d3fae"),
+        }
+    }
+
+    /// Path of the removable-media boot loader inside the ESP.
+    pub fn efi_boot_path(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "EFI/BOOT/BOOTX64.EFI",
+            Arch::Aarch64 => "EFI/BOOT/BOOTAA64.EFI",
+        }
+    }
+
+    /// systemd-boot binary inside the root (package systemd-boot-efi).
+    pub fn systemd_boot_efi(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+            Arch::Aarch64 => "usr/lib/systemd/boot/efi/systemd-bootaa64.efi",
+        }
+    }
+
+    /// Debian kernel meta package.
+    pub fn kernel_package(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "linux-image-amd64",
+            Arch::Aarch64 => "linux-image-arm64",
+        }
+    }
+
+    /// Serial console the kernel and the check runner write to.
+    pub fn serial_console(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "ttyS0",
+            Arch::Aarch64 => "ttyAMA0",
+        }
+    }
+
+    pub fn qemu_system(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "qemu-system-x86_64",
+            Arch::Aarch64 => "qemu-system-aarch64",
+        }
+    }
+
+    /// Machine and CPU arguments for qemu-system under TCG.
+    pub fn qemu_machine(self) -> &'static [&'static str] {
+        match self {
+            Arch::X86_64 => &["-machine", "q35", "-cpu", "max"],
+            Arch::Aarch64 => &["-machine", "virt", "-cpu", "max"],
+        }
+    }
+
+    pub fn host() -> Option<Arch> {
+        match std::env::consts::ARCH {
+            "x86_64" => Some(Arch::X86_64),
+            "aarch64" => Some(Arch::Aarch64),
+            _ => None,
+        }
+    }
+}
+
+/// The EFI System Partition type GUID.
+pub const ESP_TYPE: Uuid = uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+
+impl std::fmt::Display for Arch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,1 @@
+//! Disk image: GPT and ESP (owned by kiln, no external tools).
