@@ -1,3 +1,37 @@
 //! kiln: bakes reproducible, signed appliance disk images from TOML recipes.
+//!
+//! The pipeline (`pipeline::build`) reads top to bottom: recipe → plan → rootfs (mmdebstrap)
+//! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
+pub mod boot;
+pub mod cli;
+pub mod cmd;
 pub mod disk;
+pub mod fs;
+pub mod ids;
+pub mod overlay;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod recipe;
+pub mod rootfs;
+pub mod system;
+pub mod vm;
+pub mod work;
+
+use std::process::ExitCode;
+
+/// Print an error the way the CLI does and choose the exit status: 2 for a bad recipe,
+/// 130 for an interrupted run, 1 for everything else.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<cmd::Interrupted>().is_some() || cmd::interrupted() {
+        eprintln!("kiln: interrupted; cleaned up");
+        return ExitCode::from(130);
+    }
+    if let Some(r) = e.chain().find_map(|c| c.downcast_ref::<recipe::RecipeError>()) {
+        eprintln!("kiln: error: {r}");
+        return ExitCode::from(2);
+    }
+    eprintln!("kiln: error: {e:#}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,175 @@
+//! Command-line interface: clap types and the dispatch to the library. No logic of its own.
+use crate::arch::Arch;
+use crate::pipeline::{self, BuildOptions};
+use crate::vm::{self, Accel, VmOptions};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// kiln bakes turnkey appliance disk images: a TOML recipe becomes a bootable GPT image
+/// (systemd-boot, Debian root) for x86_64 or aarch64, which kiln can then boot and test under QEMU.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, max_term_width = 100)]
+pub struct Cli {
+    /// More log output (-v: info, -vv: debug incl. external tools' output). KILN_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a recipe and the layers it includes, without building anything.
+    ///
+    /// Errors name the file, line, column and key. Templates in the recipe's overlays are
+    /// rendered too, so template mistakes show here.
+    Check {
+        /// The recipe file (TOML).
+        recipe: PathBuf,
+        /// Print the resolved build plan as JSON (merged recipe, packages, partition layout, ids).
+        #[arg(long)]
+        print: bool,
+    },
+    /// Build the image of a recipe. Must run as root.
+    ///
+    /// Progress goes to stderr; the last line of stdout is the path of the image. On failure
+    /// or interruption nothing is left at the output path and no work files remain.
+    Build(BuildArgs),
+    /// Boot an image interactively on this terminal's serial console (QEMU + UEFI firmware).
+    ///
+    /// The image is opened copy-on-write (changes are discarded) unless --persist. Quit with Ctrl-a x.
+    Boot {
+        image: PathBuf,
+        /// Write the guest's changes to the image.
+        #[arg(long)]
+        persist: bool,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Boot an image headless, run its checks inside the guest and report them.
+    ///
+    /// Prints one line per check and the boot-to-ready time. Exit status 0 only when every check
+    /// passed; 1 when one failed or the guest never reported (the error shows the serial log's tail).
+    Test {
+        image: PathBuf,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// Where to write the guest's serial console [default: $TMPDIR/kiln-test-IMAGE.serial.log].
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// The recipe file (TOML).
+    pub recipe: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "out")]
+    pub out: PathBuf,
+    /// Build for this architecture instead of the recipe's.
+    #[arg(long)]
+    pub arch: Option<ArchArg>,
+    /// Cache of bootstrapped roots [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
+    #[arg(long, env = "KILN_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// Bootstrap afresh and do not store the result.
+    #[arg(long, conflicts_with = "cache")]
+    pub no_cache: bool,
+    /// Where to create the work directory [default: $TMPDIR].
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// Keep the work directory (for debugging).
+    #[arg(long)]
+    pub keep_work: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ArchArg {
+    #[value(name = "x86_64")]
+    X86_64,
+    Aarch64,
+}
+
+#[derive(Debug, Args)]
+pub struct VmArgs {
+    /// Accelerator: auto uses KVM only where it works for this image's architecture.
+    #[arg(long, value_enum, default_value_t = Accel::Auto, env = "KILN_ACCEL")]
+    pub accel: Accel,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1536)]
+    pub memory: u32,
+    /// Guest CPUs.
+    #[arg(long, default_value_t = 2)]
+    pub cpus: u32,
+}
+
+impl VmArgs {
+    fn options(&self) -> VmOptions {
+        VmOptions { accel: self.accel, memory_mib: self.memory, cpus: self.cpus }
+    }
+}
+
+fn default_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kiln"))
+}
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { recipe, print } => {
+            let plan = pipeline::check(&recipe, None)?;
+            if print {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                eprintln!("kiln: {} is valid ({} {} for {}, {} files)", recipe.display(), plan.recipe.name, plan.recipe.version, plan.arch(), plan.recipe.sources.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build(args) => {
+            let arch = args.arch.map(|a| match a {
+                ArchArg::X86_64 => Arch::X86_64,
+                ArchArg::Aarch64 => Arch::Aarch64,
+            });
+            let plan = pipeline::check(&args.recipe, arch)?;
+            let opts = BuildOptions {
+                out_dir: args.out,
+                cache: if args.no_cache { None } else { args.cache.or_else(default_cache) },
+                work_parent: args.work_dir,
+                keep_work: args.keep_work,
+            };
+            let report = pipeline::build(plan, &opts)?;
+            let total: f64 = report.stages.iter().map(|s| s.1).sum();
+            eprintln!("kiln: built {} ({} MiB, sha256 {}) in {total:.1}s", report.image.display(), report.digest.size >> 20, report.digest.sha256);
+            println!("{}", report.image.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Boot { image, persist, vm } => {
+            vm::boot(&image, &vm.options(), persist)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Test { image, timeout, serial_log, vm } => {
+            let log = serial_log.unwrap_or_else(|| vm::default_log(&image));
+            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log).with_context(|| format!("testing {}", image.display()))?;
+            for c in &report.checks {
+                let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
+                println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);
+            }
+            println!("boot-to-ready: {:.1}s ({}, system {})", report.ready_after, report.accel, report.system_state);
+            if report.passed {
+                println!("result: pass ({} checks)", report.checks.len());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let failed: Vec<&str> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
+                println!("result: FAIL ({} of {} checks failed: {}); serial log: {}", failed.len(), report.checks.len(), failed.join(", "), log.display());
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! EFI System Partition image: a FAT file system written with the `fatfs` crate.
+//!
+//! Output is deterministic: the volume id comes from the options and every FAT
+//! timestamp is the given one (no wall-clock time), and files are written in
+//! sorted path order.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, ensure, Context, Result};
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions, TimeProvider};
+
+/// ESPs of at least this size are formatted FAT32, smaller ones FAT16 (FAT12 when tiny).
+pub const FAT32_MIN_SIZE: u64 = 260 * 1024 * 1024;
+
+/// One file to put in the ESP.
+pub struct EspFile {
+    /// '/'-separated path inside the ESP, e.g. "EFI/BOOT/BOOTX64.EFI"; directories are created as needed.
+    pub path: String,
+    /// Where the contents come from.
+    pub contents: EspSource,
+}
+
+/// Contents of an [`EspFile`].
+pub enum EspSource {
+    /// These bytes.
+    Bytes(Vec<u8>),
+    /// A copy of this host file.
+    File(PathBuf),
+}
+
+/// How to format the ESP.
+pub struct EspOptions {
+    /// Image size in bytes (a multiple of 512).
+    pub size: u64,
+    /// FAT volume serial number.
+    pub volume_id: u32,
+    /// Volume label, at most 11 ASCII characters; upper-cased and space padded.
+    pub label: String,
+    /// Unix seconds (SOURCE_DATE_EPOCH) used for every FAT timestamp, clamped to 1980..=2107
+    /// and rounded down to even seconds (the resolution of FAT modification times).
+    pub timestamp: i64,
+}
+
+/// A [`TimeProvider`] that always answers the same instant.
+#[derive(Debug)]
+struct FixedTime(fatfs::DateTime);
+
+impl TimeProvider for FixedTime {
+    fn get_current_date(&self) -> fatfs::Date {
+        self.0.date
+    }
+    fn get_current_date_time(&self) -> fatfs::DateTime {
+        self.0
+    }
+}
+
+/// fatfs wants a `&'static` provider: keep one per distinct timestamp for the life of the process.
+fn time_provider(timestamp: i64) -> &'static FixedTime {
+    static PROVIDERS: Mutex<BTreeMap<i64, &'static FixedTime>> = Mutex::new(BTreeMap::new());
+    let mut map = PROVIDERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    map.entry(timestamp)
+        .or_insert_with(|| Box::leak(Box::new(FixedTime(fat_datetime(timestamp)))))
+}
+
+/// Convert unix seconds (UTC) to a FAT date-time, clamped to 1980-01-01..2107-12-31
+/// and rounded down to even seconds.
+pub(crate) fn fat_datetime(timestamp: i64) -> fatfs::DateTime {
+    let days = timestamp.div_euclid(86_400);
+    let secs = timestamp.rem_euclid(86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (date, time) = if year < 1980 {
+        ((1980, 1, 1), (0, 0, 0))
+    } else if year > 2107 {
+        ((2107, 12, 31), (23, 59, 58))
+    } else {
+        ((year, month, day), (secs / 3600, secs / 60 % 60, secs % 60 / 2 * 2))
+    };
+    fatfs::DateTime {
+        date: fatfs::Date { year: date.0 as u16, month: date.1 as u16, day: date.2 as u16 },
+        time: fatfs::Time { hour: time.0 as u16, min: time.1 as u16, sec: time.2 as u16, millis: 0 },
+    }
+}
+
+fn volume_label(label: &str) -> Result<[u8; 11]> {
+    let upper = label.to_ascii_uppercase();
+    ensure!(
+        upper.len() <= 11 && upper.bytes().all(|b| b.is_ascii_graphic() || b == b' '),
+        "ESP label {label:?} must be at most 11 printable ASCII characters"
+    );
+    ensure!(
+        !upper.bytes().any(|b| b"*?.,;:/\\|+=<>[]\"".contains(&b)),
+        "ESP label {label:?} contains a character FAT does not allow in labels"
+    );
+    let mut out = [b' '; 11];
+    out[..upper.len()].copy_from_slice(upper.as_bytes());
+    Ok(out)
+}
+
+fn check_path(path: &str) -> Result<()> {
+    ensure!(
+        !path.is_empty() && path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
+        "ESP path {path:?} must be relative, '/'-separated, without empty, '.' or '..' components"
+    );
+    Ok(())
+}
+
+/// Bytes of `file` and the host path it comes from (for messages).
+fn source_len(file: &EspFile) -> Result<u64> {
+    match &file.contents {
+        EspSource::Bytes(b) => Ok(b.len() as u64),
+        EspSource::File(p) => Ok(std::fs::metadata(p)
+            .with_context(|| format!("reading size of {} for ESP file {}", p.display(), file.path))?
+            .len()),
+    }
+}
+
+/// Create `path` as a sparse file of `opts.size` bytes, format it FAT
+/// (FAT32 from [`FAT32_MIN_SIZE`] up, FAT16/FAT12 below), and write `files` in sorted path order.
+///
+/// Deterministic: volume id from `opts`, every timestamp is `opts.timestamp`; two
+/// calls with the same inputs produce byte-identical output. Errors name the ESP
+/// path of the file that failed, and say (with sizes) when the files do not fit.
+pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()> {
+    ensure!(opts.size % 512 == 0, "ESP size {} bytes is not a multiple of 512", opts.size);
+    ensure!(
+        opts.size / 512 <= u64::from(u32::MAX),
+        "ESP size {} bytes is too large for FAT",
+        opts.size
+    );
+    let label = volume_label(&opts.label)?;
+    let mut sorted: Vec<&EspFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut seen = HashSet::new();
+    let mut sizes = Vec::with_capacity(sorted.len());
+    for f in &sorted {
+        check_path(&f.path)?;
+        // FAT names are case-insensitive: "a" and "A" would be the same file.
+        ensure!(seen.insert(f.path.to_ascii_uppercase()), "ESP path {:?} given twice (FAT ignores case)", f.path);
+        sizes.push(source_len(f)?);
+    }
+
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(opts.size)
+        .with_context(|| format!("sizing {} to {} bytes", path.display(), opts.size))?;
+    let mut format = FormatVolumeOptions::new().volume_id(opts.volume_id).volume_label(label);
+    if opts.size >= FAT32_MIN_SIZE {
+        format = format.fat_type(FatType::Fat32);
+    }
+    fatfs::format_volume(&mut file, format)
+        .with_context(|| format!("formatting {} ({} bytes) as FAT", path.display(), opts.size))?;
+
+    let fs_opts = FsOptions::new()
+        .update_accessed_date(false)
+        .time_provider(time_provider(opts.timestamp));
+    let fs = FileSystem::new(&mut file, fs_opts).with_context(|| format!("opening FAT on {}", path.display()))?;
+    check_fit(&fs, &sorted, &sizes, opts.size)?;
+    tracing::debug!(fat = ?fs.fat_type(), cluster = fs.cluster_size(), files = sorted.len(), "writing ESP {}", path.display());
+
+    let root = fs.root_dir();
+    for (f, &len) in sorted.iter().zip(&sizes) {
+        let write = || -> Result<()> {
+            let (dir, name) = match f.path.rsplit_once('/') {
+                Some((parent, name)) => {
+                    let mut dir = root.clone();
+                    for comp in parent.split('/') {
+                        dir = dir.create_dir(comp).with_context(|| format!("creating directory {comp:?}"))?;
+                    }
+                    (dir, name)
+                }
+                None => (root.clone(), f.path.as_str()),
+            };
+            let mut out = dir.create_file(name).context("creating file")?;
+            out.truncate().context("truncating file")?;
+            match &f.contents {
+                EspSource::Bytes(b) => out.write_all(b).context("writing contents")?,
+                EspSource::File(p) => {
+                    let mut src = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                    let copied = io::copy(&mut src, &mut out).with_context(|| format!("copying {}", p.display()))?;
+                    ensure!(copied == len, "{} changed size while copying ({len} -> {copied} bytes)", p.display());
+                }
+            }
+            out.flush().context("flushing file")
+        };
+        write().with_context(|| {
+            format!("writing ESP file {} ({len} bytes) into {} of {} bytes", f.path, path.display(), opts.size)
+        })?;
+    }
+    drop(root);
+    fs.unmount().with_context(|| format!("unmounting FAT on {}", path.display()))?;
+    file.flush().with_context(|| format!("flushing {}", path.display()))?;
+    Ok(())
+}
+
+/// Fail early, with sizes, when the files cannot fit in the freshly formatted volume.
+fn check_fit(fs: &FileSystem<&mut File>, files: &[&EspFile], sizes: &[u64], esp_size: u64) -> Result<()> {
+    let stats = fs.stats().context("reading FAT statistics")?;
+    let cluster = u64::from(stats.cluster_size());
+    let free = u64::from(stats.free_clusters()) * cluster;
+    let mut dirs = HashSet::new();
+    for f in files {
+        let mut prefix = String::new();
+        for comp in f.path.split('/').rev().skip(1).collect::<Vec<_>>().into_iter().rev() {
+            prefix.push_str(comp);
+            prefix.push('/');
+            dirs.insert(prefix.to_ascii_uppercase());
+        }
+    }
+    let file_bytes: u64 = sizes.iter().sum();
+    let needed: u64 = sizes.iter().map(|s| s.div_ceil(cluster) * cluster).sum::<u64>() + dirs.len() as u64 * cluster;
+    if needed > free {
+        bail!(
+            "ESP files do not fit: {} files of {file_bytes} bytes need {needed} bytes in {cluster}-byte clusters, \
+             but the {esp_size}-byte ESP has only {free} bytes free",
+            files.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dt(t: fatfs::DateTime) -> (u16, u16, u16, u16, u16, u16) {
+        (t.date.year, t.date.month, t.date.day, t.time.hour, t.time.min, t.time.sec)
+    }
+
+    #[test]
+    fn fat_datetime_converts_and_clamps() {
+        assert_eq!(dt(fat_datetime(1_700_000_000)), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(dt(fat_datetime(951_825_601)), (2000, 2, 29, 12, 0, 0)); // odd second rounded down
+        assert_eq!(dt(fat_datetime(0)), (1980, 1, 1, 0, 0, 0));
+        assert_eq!(dt(fat_datetime(-5)), (1980, 1, 1, 0, 0, 0));
+        assert_eq!(dt(fat_datetime(i64::MAX / 2)), (2107, 12, 31, 23, 59, 58));
+        assert_eq!(dt(fat_datetime(4_354_819_199)), (2107, 12, 31, 23, 59, 58));
+    }
+
+    #[test]
+    fn labels_are_padded_and_checked() {
+        assert_eq!(&volume_label("esp").unwrap(), b"ESP        ");
+        assert!(volume_label("much-too-long").is_err());
+        assert!(volume_label("a.b").is_err());
+    }
+}

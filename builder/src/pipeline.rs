@@ -1,0 +1,100 @@
+//! `kiln build`: the whole flow from recipe to image, top to bottom.
+use crate::boot::{self, BootInfo};
+use crate::cmd;
+use crate::disk::{self, esp::EspOptions, ImageDigest};
+use crate::plan::Plan;
+use crate::progress::Progress;
+use crate::work::WorkDir;
+use crate::{fs, overlay, rootfs, system};
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Directory the image is written to.
+    pub out_dir: PathBuf,
+    /// Cache of bootstrapped roots; None disables caching.
+    pub cache: Option<PathBuf>,
+    /// Where the work directory is made (system temp dir when None).
+    pub work_parent: Option<PathBuf>,
+    pub keep_work: bool,
+}
+
+/// What a build produced: the image and the record written beside it.
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub image: PathBuf,
+    pub plan: Plan,
+    pub boot: BootInfo,
+    pub digest: ImageDigest,
+    pub root_from_cache: bool,
+    /// Seconds per stage.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// `kiln check`: load the recipe and its layers, plan it, and render its templates.
+pub fn check(recipe: &Path, arch: Option<crate::arch::Arch>) -> Result<Plan> {
+    let plan = Plan::with_arch(crate::recipe::load(recipe)?, arch)?;
+    overlay::render(&plan.recipe)?;
+    Ok(plan)
+}
+
+const HOST_TOOLS: &[&str] = &["mmdebstrap", "mkfs.ext4", "tar", "useradd", "systemctl"];
+
+/// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
+pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
+    preflight()?;
+    // Render templates first: a bad template fails the build before any slow work.
+    let overlays = overlay::render(&plan.recipe)?;
+    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
+    let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
+    let tree = work.join("root");
+    let mut p = Progress::new(8);
+
+    let (tarball, cached) = p.stage("bootstrap Debian root (mmdebstrap)", || rootfs::bootstrap(&plan, &work, opts.cache.as_deref()))?;
+    p.stage("unpack root", || rootfs::unpack(&tarball, &tree))?;
+    p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
+    p.stage("apply overlays, enable units", || {
+        overlay::apply(&overlays, &tree)?;
+        system::units(&plan, &tree)
+    })?;
+    let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
+    let root_img = p.stage("make root filesystem", || {
+        system::clean(&tree)?;
+        fs::make_root(&plan, &tree, work.path())
+    })?;
+    let esp_img = work.join("esp.img");
+    p.stage("write ESP (fatfs)", || {
+        let opts = EspOptions { size: plan.layout.partitions[0].size, volume_id: plan.esp_volume_id, label: "ESP".into(), timestamp: plan.recipe.source_date_epoch };
+        disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
+    })?;
+    cmd::check_interrupted()?;
+    let image = opts.out_dir.join(&plan.image_name);
+    let digest = p.stage("assemble GPT disk image", || write_atomically(&image, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()])))?;
+    Ok(BuildReport { image, plan, boot, digest, root_from_cache: cached, stages: p.timings().to_vec() })
+}
+
+/// Write `dest` through a temporary file in the same directory, renamed into place only when
+/// `write` succeeded and no signal arrived; otherwise the temporary file is removed.
+pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().context("output path has no file name")?.to_string_lossy();
+    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".partial").tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let value = write(tmp.path())?;
+    cmd::check_interrupted()?;
+    tmp.persist(dest).with_context(|| format!("moving the image into place at {}", dest.display()))?;
+    Ok(value)
+}
+
+fn preflight() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
+    }
+    let missing: Vec<&str> = HOST_TOOLS.iter().copied().filter(|t| !cmd::have(t)).collect();
+    if !missing.is_empty() {
+        bail!("missing host tools: {}; install them with `scripts/setup-host` (as root)", missing.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,193 @@
+//! One recipe file as written (every key optional), and the rules that merge layers.
+//!
+//! Merge rules, applied from the first include to the including file:
+//! lists append (duplicates dropped where order does not matter), tables merge key by key,
+//! and scalars set by the including file win over the layers it includes.
+use super::error::{key_of, RecipeError};
+use super::size::Size;
+use crate::arch::Arch;
+use serde::Deserialize;
+use std::path::Path;
+use toml::Spanned;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub include: Option<Vec<Spanned<String>>>,
+    pub name: Option<Spanned<String>>,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub architecture: Option<Arch>,
+    pub source_date_epoch: Option<Spanned<i64>>,
+    pub base: Option<BaseLayer>,
+    pub system: Option<SystemLayer>,
+    pub users: Option<Vec<Spanned<UserLayer>>>,
+    pub overlays: Option<Vec<Spanned<String>>>,
+    pub vars: Option<toml::Table>,
+    pub disk: Option<DiskLayer>,
+    pub boot: Option<BootLayer>,
+    pub checks: Option<Vec<Spanned<CheckLayer>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseLayer {
+    pub suite: Option<String>,
+    pub mirror: Option<String>,
+    pub components: Option<Vec<String>>,
+    pub packages: Option<Vec<String>>,
+    pub initramfs_modules: Option<InitramfsModules>,
+}
+
+/// Which drivers mkinitramfs puts into the initrd.
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum InitramfsModules {
+    /// `most` (Debian's default), `dep` (only what the build host needs; never right for images) or `netboot`.
+    Policy(String),
+    /// MODULES=list with exactly these modules.
+    List(Vec<String>),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemLayer {
+    pub hostname: Option<Spanned<String>>,
+    pub timezone: Option<String>,
+    pub locale: Option<String>,
+    pub enable: Option<Vec<String>>,
+    pub disable: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserLayer {
+    pub name: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    pub shell: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskLayer {
+    pub size: Option<Spanned<Size>>,
+    pub esp_size: Option<Spanned<Size>>,
+    pub filesystem: Option<Filesystem>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    Ext4,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootLayer {
+    pub kernel_cmdline: Option<Vec<String>>,
+    pub menu_timeout: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckLayer {
+    pub name: Option<String>,
+    pub command: Option<String>,
+    pub unit: Option<String>,
+    pub port: Option<u16>,
+    /// Seconds the guest keeps retrying this check before it counts as failed.
+    pub timeout: Option<u32>,
+}
+
+/// Parse one file into a layer; errors carry file, line, column and key.
+pub fn parse(file: &Path, text: &str) -> Result<Layer, RecipeError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        let key = key_of(&path, &message);
+        let offset = inner.span().map(|s| s.start).unwrap_or(0);
+        RecipeError::at(file, text, offset, key, message)
+    })
+}
+
+fn last<T>(lower: Option<T>, upper: Option<T>) -> Option<T> {
+    upper.or(lower)
+}
+
+fn append<T>(lower: Option<Vec<T>>, upper: Option<Vec<T>>) -> Option<Vec<T>> {
+    match (lower, upper) {
+        (Some(mut l), Some(u)) => {
+            l.extend(u);
+            Some(l)
+        }
+        (l, u) => u.or(l),
+    }
+}
+
+fn merge_with<T: Default>(lower: Option<T>, upper: Option<T>, f: fn(T, T) -> T) -> Option<T> {
+    match (lower, upper) {
+        (Some(l), Some(u)) => Some(f(l, u)),
+        (l, u) => u.or(l),
+    }
+}
+
+/// Deep-merge two TOML tables; values of `upper` win, nested tables merge.
+pub fn merge_tables(mut lower: toml::Table, upper: toml::Table) -> toml::Table {
+    for (k, v) in upper {
+        match (lower.remove(&k), v) {
+            (Some(toml::Value::Table(l)), toml::Value::Table(u)) => {
+                lower.insert(k, toml::Value::Table(merge_tables(l, u)));
+            }
+            (_, v) => {
+                lower.insert(k, v);
+            }
+        }
+    }
+    lower
+}
+
+impl Layer {
+    /// `self` is the lower layer (an include), `upper` the file that includes it.
+    pub fn merge(self, upper: Layer) -> Layer {
+        Layer {
+            include: None,
+            name: last(self.name, upper.name),
+            version: last(self.version, upper.version),
+            description: last(self.description, upper.description),
+            architecture: last(self.architecture, upper.architecture),
+            source_date_epoch: last(self.source_date_epoch, upper.source_date_epoch),
+            base: merge_with(self.base, upper.base, |l, u| BaseLayer {
+                suite: last(l.suite, u.suite),
+                mirror: last(l.mirror, u.mirror),
+                components: append(l.components, u.components),
+                packages: append(l.packages, u.packages),
+                initramfs_modules: last(l.initramfs_modules, u.initramfs_modules),
+            }),
+            system: merge_with(self.system, upper.system, |l, u| SystemLayer {
+                hostname: last(l.hostname, u.hostname),
+                timezone: last(l.timezone, u.timezone),
+                locale: last(l.locale, u.locale),
+                enable: append(l.enable, u.enable),
+                disable: append(l.disable, u.disable),
+            }),
+            users: append(self.users, upper.users),
+            overlays: append(self.overlays, upper.overlays),
+            vars: merge_with(self.vars, upper.vars, merge_tables),
+            disk: merge_with(self.disk, upper.disk, |l, u| DiskLayer {
+                size: last(l.size, u.size),
+                esp_size: last(l.esp_size, u.esp_size),
+                filesystem: last(l.filesystem, u.filesystem),
+            }),
+            boot: merge_with(self.boot, upper.boot, |l, u| BootLayer {
+                kernel_cmdline: append(l.kernel_cmdline, u.kernel_cmdline),
+                menu_timeout: last(l.menu_timeout, u.menu_timeout),
+            }),
+            checks: append(self.checks, upper.checks),
+        }
+    }
+}

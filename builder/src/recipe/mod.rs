@@ -1,0 +1,181 @@
+//! The recipe model: TOML files (a recipe and the layers it includes) resolved into one `Recipe`.
+mod error;
+pub mod layer;
+mod size;
+mod validate;
+
+pub use error::RecipeError;
+pub use layer::{Filesystem, InitramfsModules};
+pub use size::Size;
+
+use crate::arch::Arch;
+use layer::Layer;
+use serde::Serialize;
+use std::path::{Component, Path, PathBuf};
+
+/// A fully resolved recipe: every include merged, defaults filled in, values checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Recipe {
+    pub name: String,
+    pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    pub architecture: Arch,
+    pub source_date_epoch: i64,
+    pub base: Base,
+    pub system: System,
+    pub users: Vec<User>,
+    pub overlays: Vec<Overlay>,
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub disk: Disk,
+    pub boot: Boot,
+    pub checks: Vec<Check>,
+    /// Every file read, the recipe first, as shown to the user.
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Base {
+    pub suite: String,
+    /// None: the host's configured Debian mirror.
+    pub mirror: Option<String>,
+    pub components: Vec<String>,
+    pub packages: Vec<String>,
+    pub initramfs_modules: InitramfsModules,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct System {
+    pub hostname: String,
+    pub timezone: String,
+    pub locale: String,
+    pub enable: Vec<String>,
+    pub disable: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+    pub ssh_authorized_keys: Vec<String>,
+    pub shell: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Overlay {
+    /// As written, relative to the recipe directory (shown in plans and errors).
+    pub name: PathBuf,
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Disk {
+    pub size: u64,
+    pub esp_size: u64,
+    pub filesystem: Filesystem,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    pub kernel_cmdline: Vec<String>,
+    pub menu_timeout: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: CheckKind,
+    pub timeout: u32,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A shell command that must exit 0.
+    Command(String),
+    /// A systemd unit that must be active.
+    Unit(String),
+    /// A TCP port on the guest's loopback that must accept a connection.
+    Port(u16),
+}
+
+/// Defaults used when no layer sets a value.
+pub mod defaults {
+    pub const SUITE: &str = "trixie";
+    pub const TIMEZONE: &str = "Etc/UTC";
+    pub const LOCALE: &str = "C.UTF-8";
+    pub const DISK_SIZE: u64 = 2 << 30;
+    pub const ESP_SIZE: u64 = 256 << 20;
+    pub const CHECK_TIMEOUT: u32 = 60;
+    /// 2025-01-01T00:00:00Z: every timestamp kiln writes, unless the recipe names another.
+    pub const SOURCE_DATE_EPOCH: i64 = 1_735_689_600;
+}
+
+/// Read a recipe file, resolve its includes and return the resolved recipe.
+pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
+    let mut sources = Vec::new();
+    let mut stack = Vec::new();
+    let top_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let layer = load_layer(path, &top_dir, &mut stack, &mut sources)?;
+    validate::resolve(layer, path, sources)
+}
+
+fn load_layer(path: &Path, top_dir: &Path, stack: &mut Vec<PathBuf>, sources: &mut Vec<PathBuf>) -> Result<Layer, RecipeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| RecipeError::file(path, None, format!("cannot read recipe: {e}")))?;
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    stack.push(canonical);
+    sources.push(path.to_path_buf());
+    let mut layer = layer::parse(path, &text)?;
+    validate::per_file(&mut layer, path, &text, top_dir)?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    let mut merged = Layer::default();
+    for inc in layer.include.take().unwrap_or_default() {
+        let inc_path = normalize(&dir.join(inc.get_ref()));
+        let key = Some("include".to_string());
+        let canonical = inc_path.canonicalize().map_err(|e| {
+            RecipeError::at(path, &text, inc.span().start, key.clone(), format!("cannot read included file `{}` ({}): {e}", inc.get_ref(), inc_path.display()))
+        })?;
+        if let Some(pos) = stack.iter().position(|p| *p == canonical) {
+            let mut cycle: Vec<String> = stack[pos..].iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+            cycle.push(canonical.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            return Err(RecipeError::at(path, &text, inc.span().start, key, format!("include cycle: {}", cycle.join(" -> "))));
+        }
+        let included = load_layer(&inc_path, top_dir, stack, sources)?;
+        merged = merged.merge(included);
+    }
+    stack.pop();
+    Ok(merged.merge(layer))
+}
+
+/// Lexically clean a path (drop `.`, fold `dir/..`) without touching the filesystem.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+/// Express `path` relative to `base` when it lies below it, lexically (for host-independent plans).
+pub fn relative_to(path: &Path, base: &Path) -> PathBuf {
+    let (p, b) = (normalize(path), normalize(base));
+    let pc: Vec<_> = p.components().collect();
+    let bc: Vec<_> = b.components().collect();
+    let common = pc.iter().zip(&bc).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..bc.len() {
+        out.push("..");
+    }
+    for c in &pc[common..] {
+        out.push(c.as_os_str());
+    }
+    out
+}

@@ -1,0 +1,220 @@
+//! Checks on recipe values: per file (where positions are known) and on the merged result.
+use super::error::RecipeError;
+use super::layer::{CheckLayer, InitramfsModules, Layer};
+use super::{defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Overlay, Recipe, System, User};
+use crate::arch::Arch;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Checks that need the file's text for positions; resolves overlay paths against the file's directory.
+pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> Result<(), RecipeError> {
+    let err = |offset: usize, key: &str, msg: String| RecipeError::at(file, text, offset, Some(key.to_string()), msg);
+    let dir = file.parent().unwrap_or(Path::new(""));
+    for (i, ov) in layer.overlays.iter_mut().flatten().enumerate() {
+        let path = normalize(&dir.join(ov.get_ref()));
+        if !path.is_dir() {
+            return Err(err(ov.span().start, &format!("overlays[{i}]"), format!("overlay directory `{}` not found (looked in {})", ov.get_ref(), path.display())));
+        }
+        *ov.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
+    }
+    if let Some(name) = &layer.name {
+        if !is_name(name.get_ref()) {
+            return Err(err(name.span().start, "name", format!("`{}` is not a valid recipe name: use lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit", name.get_ref())));
+        }
+    }
+    if let Some(host) = layer.system.as_ref().and_then(|s| s.hostname.as_ref()) {
+        if !is_hostname(host.get_ref()) {
+            return Err(err(host.span().start, "system.hostname", format!("`{}` is not a valid host name (RFC 1123: labels of letters, digits and `-`, at most 63 characters each)", host.get_ref())));
+        }
+    }
+    for (i, u) in layer.users.iter().flatten().enumerate() {
+        let key = format!("users[{i}]");
+        let user = u.get_ref();
+        if !is_user_name(&user.name) {
+            return Err(err(u.span().start, &format!("{key}.name"), format!("`{}` is not a valid user name (lower-case letters, digits, `_` and `-`, at most 32 characters)", user.name)));
+        }
+        if let Some(bad) = user.ssh_authorized_keys.iter().find(|k| !is_ssh_key(k)) {
+            return Err(err(u.span().start, &format!("{key}.ssh_authorized_keys"), format!("`{}` does not look like an OpenSSH public key (`ssh-ed25519 AAAA…`)", truncate(bad, 40))));
+        }
+    }
+    for (i, c) in layer.checks.iter().flatten().enumerate() {
+        check_kind(c.get_ref()).map_err(|m| err(c.span().start, &format!("checks[{i}]"), m))?;
+    }
+    if let Some(epoch) = &layer.source_date_epoch {
+        if !(315_532_800..=4_102_444_800).contains(epoch.get_ref()) {
+            return Err(err(epoch.span().start, "source_date_epoch", "must lie between 1980-01-01 and 2100-01-01 (FAT and ext4 cannot store every time)".into()));
+        }
+    }
+    if let Some(disk) = &layer.disk {
+        if let Some(size) = &disk.size {
+            let esp = disk.esp_size.as_ref().map(|e| e.get_ref().0).unwrap_or(defaults::ESP_SIZE);
+            if let Some(msg) = too_small(size.get_ref().0, esp) {
+                return Err(err(size.span().start, "disk.size", msg));
+            }
+        }
+        if let Some(esp) = &disk.esp_size {
+            if esp.get_ref().0 < 64 << 20 {
+                return Err(err(esp.span().start, "disk.esp_size", format!("{} is too small: the ESP needs at least 64MiB for a kernel and initrd", esp.get_ref())));
+            }
+        }
+    }
+    if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
+        if !matches!(p.as_str(), "most" | "netboot" | "dep") {
+            return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
+        }
+    }
+    Ok(())
+}
+
+fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
+    let kinds = [c.command.clone().map(CheckKind::Command), c.unit.clone().map(CheckKind::Unit), c.port.map(CheckKind::Port)];
+    let mut set = kinds.into_iter().flatten();
+    match (set.next(), set.next()) {
+        (Some(kind), None) => {
+            let text = match &kind {
+                CheckKind::Command(s) | CheckKind::Unit(s) => s.as_str(),
+                CheckKind::Port(_) => "",
+            };
+            if text.contains(['\t', '\n']) || c.name.as_deref().is_some_and(|n| n.contains(['\t', '\n'])) {
+                return Err("check names and values must be one line without tabs".into());
+            }
+            if c.port == Some(0) {
+                return Err("port 0 cannot be checked".into());
+            }
+            Ok(kind)
+        }
+        (None, _) => Err("a check needs one of `command`, `unit` or `port`".into()),
+        (Some(_), Some(_)) => Err("a check takes only one of `command`, `unit` or `port`; write two checks".into()),
+    }
+}
+
+/// Fill defaults into the merged layer and check what spans files.
+pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
+    let missing = |key: &str| RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string());
+    let name = layer.name.ok_or_else(|| missing("name"))?.into_inner();
+    let version = layer.version.ok_or_else(|| missing("version"))?;
+    let top_dir = file.parent().unwrap_or(Path::new(""));
+
+    let base = layer.base.unwrap_or_default();
+    let mut components = dedup(base.components.unwrap_or_else(|| vec!["main".into()]));
+    components.retain(|c| !c.is_empty());
+    let base = Base {
+        suite: base.suite.unwrap_or_else(|| defaults::SUITE.into()),
+        mirror: base.mirror,
+        components,
+        packages: dedup(base.packages.unwrap_or_default()),
+        initramfs_modules: base.initramfs_modules.unwrap_or(InitramfsModules::Policy("most".into())),
+    };
+
+    let sys = layer.system.unwrap_or_default();
+    let system = System {
+        hostname: sys.hostname.map(|h| h.into_inner()).unwrap_or_else(|| name.clone()),
+        timezone: sys.timezone.unwrap_or_else(|| defaults::TIMEZONE.into()),
+        locale: sys.locale.unwrap_or_else(|| defaults::LOCALE.into()),
+        enable: dedup(sys.enable.unwrap_or_default()),
+        disable: dedup(sys.disable.unwrap_or_default()),
+    };
+    if !is_hostname(&system.hostname) {
+        return Err(RecipeError::file(file, Some("system.hostname".into()), format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname")));
+    }
+
+    let mut users = Vec::new();
+    let mut seen = BTreeSet::new();
+    for u in layer.users.unwrap_or_default() {
+        let u = u.into_inner();
+        if !seen.insert(u.name.clone()) {
+            return Err(RecipeError::file(file, Some("users".into()), format!("user `{}` is defined twice (in the recipe or its layers)", u.name)));
+        }
+        users.push(User { name: u.name, groups: dedup(u.groups), ssh_authorized_keys: u.ssh_authorized_keys, shell: u.shell.unwrap_or_else(|| "/bin/bash".into()) });
+    }
+
+    let overlays = dedup(layer.overlays.unwrap_or_default().into_iter().map(|o| o.into_inner()).collect())
+        .into_iter()
+        .map(|name| Overlay { path: normalize(&top_dir.join(&name)), name: PathBuf::from(name) })
+        .collect();
+
+    let disk = layer.disk.unwrap_or_default();
+    let disk = Disk {
+        size: disk.size.map(|s| s.into_inner().0).unwrap_or(defaults::DISK_SIZE),
+        esp_size: disk.esp_size.map(|s| s.into_inner().0).unwrap_or(defaults::ESP_SIZE),
+        filesystem: disk.filesystem.unwrap_or(Filesystem::Ext4),
+    };
+    if let Some(msg) = too_small(disk.size, disk.esp_size) {
+        return Err(RecipeError::file(file, Some("disk.size".into()), msg));
+    }
+
+    let boot = layer.boot.unwrap_or_default();
+    let boot = Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
+
+    let mut checks: Vec<Check> = Vec::new();
+    for c in layer.checks.unwrap_or_default() {
+        let c = c.into_inner();
+        let kind = check_kind(&c).map_err(|m| RecipeError::file(file, Some("checks".into()), m))?;
+        let name = c.name.clone().unwrap_or_else(|| match &kind {
+            CheckKind::Command(cmd) => format!("command: {}", truncate(cmd, 48)),
+            CheckKind::Unit(u) => format!("unit: {u}"),
+            CheckKind::Port(p) => format!("port: {p}"),
+        });
+        if checks.iter().any(|x| x.name == name) {
+            return Err(RecipeError::file(file, Some("checks".into()), format!("two checks are named `{name}`; give one a `name`")));
+        }
+        checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
+    }
+
+    let vars = serde_json::to_value(layer.vars.unwrap_or_default()).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+
+    Ok(Recipe {
+        name,
+        version,
+        description: layer.description,
+        architecture: layer.architecture.unwrap_or(Arch::X86_64),
+        source_date_epoch: layer.source_date_epoch.map(|e| e.into_inner()).unwrap_or(defaults::SOURCE_DATE_EPOCH),
+        base,
+        system,
+        users,
+        overlays,
+        vars,
+        disk,
+        boot,
+        checks,
+        sources,
+    })
+}
+
+/// Why a disk of `size` is too small for an ESP of `esp` plus a root of at least 512MiB, if it is.
+fn too_small(size: u64, esp: u64) -> Option<String> {
+    let min_root = 512 << 20;
+    (size < esp + min_root + (2 << 20)).then(|| format!("{} leaves no room for a root filesystem of at least 512MiB beside a {} ESP", super::Size(size), super::Size(esp)))
+}
+
+fn dedup(v: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    v.into_iter().filter(|s| seen.insert(s.clone())).collect()
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+}
+
+pub fn is_hostname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| {
+        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
+}
+
+fn is_user_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 32 && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+}
+
+fn is_ssh_key(s: &str) -> bool {
+    let mut parts = s.split_whitespace();
+    let kind = parts.next().unwrap_or("");
+    let blob = parts.next().unwrap_or("");
+    (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) && blob.starts_with("AAAA") && !s.contains('\n')
+}

@@ -1,0 +1,186 @@
+//! System settings applied to the unpacked root with host tools (no program of the target runs,
+//! so this works the same for foreign architectures): host name, time zone, locale, users,
+//! systemd units, kiln's test agent, and the clean-up that keeps images free of build leftovers.
+use crate::cmd::Cmd;
+use crate::plan::Plan;
+use crate::recipe::{Check, CheckKind, User};
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+/// kiln's in-guest test agent, laid onto every image (it only runs on a `kiln.test` boot).
+const AGENT: &[(&str, &str, u32)] = &[
+    ("usr/lib/kiln/kiln-check", include_str!("../../overlays/kiln-guest/usr/lib/kiln/kiln-check"), 0o755),
+    ("usr/lib/systemd/system/kiln-check.service", include_str!("../../overlays/kiln-guest/usr/lib/systemd/system/kiln-check.service"), 0o644),
+];
+
+/// Write a file below `root` (creating parent directories), with a mode.
+pub fn write_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
+    let path = root.join(rel.trim_start_matches('/'));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating /{}", rel_parent(rel)))?;
+    }
+    if path.is_symlink() {
+        std::fs::remove_file(&path).with_context(|| format!("replacing /{rel}"))?;
+    }
+    std::fs::write(&path, data).with_context(|| format!("writing /{rel}"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting mode of /{rel}"))
+}
+
+fn rel_parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
+    let sys = &plan.recipe.system;
+    write_file(root, "etc/hostname", format!("{}\n", sys.hostname).as_bytes(), 0o644)?;
+    let short = sys.hostname.split('.').next().unwrap_or(&sys.hostname);
+    let alias = if short != sys.hostname { format!("{} {short}", sys.hostname) } else { short.to_string() };
+    let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{alias}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
+    write_file(root, "etc/hosts", hosts.as_bytes(), 0o644)?;
+    timezone(root, &sys.timezone)?;
+    let locale = format!("LANG={}\n", sys.locale);
+    write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
+    write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
+    // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
+    write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
+    std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
+    for user in &plan.recipe.users {
+        add_user(root, user).with_context(|| format!("adding user `{}`", user.name))?;
+    }
+    for (rel, text, mode) in AGENT {
+        write_file(root, rel, text.as_bytes(), *mode)?;
+    }
+    write_file(root, "usr/lib/kiln/checks.tsv", checks_tsv(&plan.recipe.checks).as_bytes(), 0o644)
+}
+
+/// Enable and disable units; runs after the overlays, which may ship units of their own.
+pub fn units(plan: &Plan, root: &Path) -> Result<()> {
+    let sys = &plan.recipe.system;
+    let mut enable = vec!["kiln-check.service".to_string()];
+    enable.extend(sys.enable.iter().cloned());
+    systemctl(root, "enable", &enable)?;
+    systemctl(root, "disable", &sys.disable)
+}
+
+fn timezone(root: &Path, tz: &str) -> Result<()> {
+    let zone = root.join("usr/share/zoneinfo").join(tz);
+    let link = root.join("etc/localtime");
+    if tz.contains("..") {
+        bail!("time zone `{tz}` is not a zoneinfo name");
+    }
+    if !zone.is_file() {
+        if matches!(tz, "UTC" | "Etc/UTC") {
+            // Without tzdata the system runs in UTC anyway.
+            let _ = std::fs::remove_file(&link);
+            return write_file(root, "etc/timezone", b"Etc/UTC\n", 0o644);
+        }
+        bail!("time zone `{tz}` not found in the image: add `tzdata` to base.packages");
+    }
+    let _ = std::fs::remove_file(&link);
+    symlink(Path::new("../usr/share/zoneinfo").join(tz), &link).context("linking /etc/localtime")?;
+    write_file(root, "etc/timezone", format!("{tz}\n").as_bytes(), 0o644)
+}
+
+fn add_user(root: &Path, user: &User) -> Result<()> {
+    if user.name != "root" {
+        let mut cmd = Cmd::new("useradd").arg("--root").arg(root).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
+        if !user.groups.is_empty() {
+            cmd = cmd.arg("--groups").arg(user.groups.join(","));
+        }
+        cmd.arg(&user.name).run()?;
+    }
+    if user.ssh_authorized_keys.is_empty() {
+        return Ok(());
+    }
+    let (uid, gid, home) = passwd_entry(root, &user.name)?;
+    let ssh = root.join(home.trim_start_matches('/')).join(".ssh");
+    std::fs::create_dir_all(&ssh).with_context(|| format!("creating {home}/.ssh"))?;
+    let keys = user.ssh_authorized_keys.join("\n") + "\n";
+    let file = ssh.join("authorized_keys");
+    std::fs::write(&file, keys).context("writing authorized_keys")?;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    for p in [&ssh, &file] {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).with_context(|| format!("chown {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// uid, gid and home of a user from the image's /etc/passwd.
+fn passwd_entry(root: &Path, name: &str) -> Result<(u32, u32, String)> {
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).context("reading /etc/passwd of the image")?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 6 && f[0] == name {
+            return Ok((f[2].parse()?, f[3].parse()?, f[5].to_string()));
+        }
+    }
+    bail!("user `{name}` not found in the image's /etc/passwd")
+}
+
+fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<()> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg(verb).args(units).run().with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+}
+
+/// The checks as the guest agent reads them: one per line, `kind<TAB>timeout<TAB>name<TAB>argument`.
+pub fn checks_tsv(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            let (kind, arg) = match &c.kind {
+                CheckKind::Command(s) => ("command", s.clone()),
+                CheckKind::Unit(u) => ("unit", u.clone()),
+                CheckKind::Port(p) => ("port", p.to_string()),
+            };
+            format!("{kind}\t{}\t{}\t{arg}\n", c.timeout, c.name)
+        })
+        .collect()
+}
+
+/// Remove what a build leaves behind and what must be unique per machine.
+pub fn clean(root: &Path) -> Result<()> {
+    // An empty machine-id makes systemd treat the first boot as such and generate one.
+    write_file(root, "etc/machine-id", b"", 0o444)?;
+    for rel in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
+        let p = root.join(rel);
+        if p.is_file() || p.is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+        }
+    }
+    // Host keys are per-box secrets: made at first boot (debian-base's kiln-ssh-host-keys.service).
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssh")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    for rel in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
+        empty_dir(root, rel, &["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"])?;
+    }
+    Ok(())
+}
+
+/// Remove the files below `root/rel`, keeping directories (their ownership matters to services).
+fn empty_dir(root: &Path, rel: &str, keep: &[&str]) -> Result<()> {
+    let dir = root.join(rel);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            let sub = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            if !keep.contains(&sub.as_str()) {
+                empty_dir(root, &sub, keep)?;
+            }
+        } else if !(rel == "var/cache/debconf" && !e.file_name().to_string_lossy().ends_with("-old")) {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

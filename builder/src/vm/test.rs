@@ -1,0 +1,174 @@
+//! `kiln test`: boot headless with `kiln.test` on the kernel command line; the guest agent runs
+//! the image's checks and prints machine-readable lines on the serial console, which are read
+//! here. Nothing sleeps and hopes: every wait ends on a marker, the guest powering off, or the deadline.
+use super::{machine, VmOptions};
+use crate::cmd;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const SERIAL_TAIL: usize = 40;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub passed: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TestReport {
+    pub accel: String,
+    /// Seconds from starting QEMU to the agent's KILN-READY line.
+    pub ready_after: f64,
+    /// systemd's verdict when the boot finished (running, degraded, ...).
+    pub system_state: String,
+    pub checks: Vec<CheckResult>,
+    pub passed: bool,
+}
+
+enum Event {
+    Line(String),
+    Closed,
+}
+
+/// Boot `image`, wait for the agent's verdict, and return the report (also on failed checks).
+/// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
+/// The whole serial console is written to `log`.
+pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path) -> Result<TestReport> {
+    let m = machine(image, opts, false, Some("kiln.test"))?;
+    let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
+    let start = Instant::now();
+    let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.child.stdout.take().context("qemu stdout")?;
+    let stderr = child.child.stderr.take().context("qemu stderr")?;
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let _ = tx.send(Event::Line(clean_line(&buf)));
+            buf.clear();
+        }
+        let _ = tx.send(Event::Closed);
+    });
+    let err_thread = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+
+    let mut tail: Vec<String> = Vec::new();
+    let mut ready: Option<(f64, String)> = None;
+    let mut checks = Vec::new();
+    let mut verdict: Option<bool> = None;
+    let deadline = start + timeout;
+    loop {
+        cmd::check_interrupted()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let what = if ready.is_none() { "the guest did not report ready" } else { "the guest did not finish its checks" };
+            bail!("{what} within {}s ({}); serial log: {}\n  last serial lines:\n    {}", timeout.as_secs(), m.accel, log.display(), tail.join("\n    "));
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(Event::Line(line)) => {
+                let _ = writeln!(log_file, "{line}");
+                if let Some(rest) = marker(&line, "KILN-READY ") {
+                    let state = rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
+                    ready = Some((start.elapsed().as_secs_f64(), state));
+                } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
+                    checks.push(parse_check(rest));
+                } else if let Some(rest) = marker(&line, "KILN-RESULT ") {
+                    verdict = Some(rest.trim() == "pass");
+                    break;
+                }
+                if tail.len() == SERIAL_TAIL {
+                    tail.remove(0);
+                }
+                tail.push(line);
+            }
+            Ok(Event::Closed) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // The agent powers the guest off after its verdict; give it a moment, then stop QEMU.
+    let off_deadline = Instant::now() + Duration::from_secs(60);
+    while verdict.is_some() && child.try_wait()?.is_none() && Instant::now() < off_deadline {
+        cmd::check_interrupted()?;
+        while let Ok(Event::Line(line)) = rx.recv_timeout(Duration::from_millis(200)) {
+            let _ = writeln!(log_file, "{line}");
+        }
+    }
+    child.stop(Duration::from_secs(5));
+    let qemu_err = err_thread.join().unwrap_or_default();
+    let Some(passed) = verdict else {
+        let qemu_err = qemu_err.trim();
+        bail!(
+            "the guest stopped before reporting a result{}; serial log: {}\n  last serial lines:\n    {}",
+            if qemu_err.is_empty() { String::new() } else { format!(" (qemu: {qemu_err})") },
+            log.display(),
+            tail.join("\n    ")
+        );
+    };
+    let (ready_after, system_state) = ready.unwrap_or((start.elapsed().as_secs_f64(), "unknown".into()));
+    Ok(TestReport { accel: m.accel.into(), ready_after, system_state, passed: passed && checks.iter().all(|c| c.passed), checks })
+}
+
+/// The text after `tag` when the line carries it (kernel messages may precede it on the line).
+fn marker<'a>(line: &'a str, tag: &str) -> Option<&'a str> {
+    line.find(tag).map(|i| &line[i + tag.len()..])
+}
+
+fn parse_check(rest: &str) -> CheckResult {
+    let (status, rest) = rest.split_once(' ').unwrap_or((rest, ""));
+    let (name, detail) = rest.split_once('\t').unwrap_or((rest, ""));
+    CheckResult { name: name.trim().to_string(), passed: status == "pass", detail: detail.trim().to_string() }
+}
+
+/// Serial output as text: lossy UTF-8, without CR and terminal escape sequences.
+fn clean_line(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                // CSI: ESC [ params final-byte; other escapes: drop ESC and the next char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            '\r' | '\n' => {}
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Default place for the serial log of a test of `image`.
+pub fn default_log(image: &Path) -> PathBuf {
+    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
+    std::env::temp_dir().join(format!("kiln-test-{name}.serial.log"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_agent_lines() {
+        let c = parse_check("fail unit: nope.service\tinactive");
+        assert_eq!((c.name.as_str(), c.passed, c.detail.as_str()), ("unit: nope.service", false, "inactive"));
+        assert_eq!(marker("[  OK  ] x KILN-RESULT pass", "KILN-RESULT "), Some("pass"));
+        assert_eq!(clean_line(b"\x1b[0;32m  OK  \x1b[0m] Started\r\n"), "  OK  ] Started");
+    }
+}

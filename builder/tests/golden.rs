@@ -1,0 +1,78 @@
+//! Data-driven golden tests: good recipes → expected plan JSON, bad recipes → expected error
+//! text (file:line:column, key, message). One test per case. Regenerate the expected files with
+//! `UPDATE_GOLDEN=1 cargo test --test golden` and review the diff.
+use std::path::Path;
+
+fn compare(expected_path: &Path, actual: &str) {
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(expected_path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(expected_path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", expected_path.display()));
+    assert_eq!(actual, expected, "output differs from {}", expected_path.display());
+}
+
+fn good(case: &str) {
+    let recipe = format!("tests/recipes/good/{case}.toml");
+    let plan = kiln::pipeline::check(Path::new(&recipe), None).unwrap_or_else(|e| panic!("{recipe} should be valid: {e:#}"));
+    let json = serde_json::to_string_pretty(&plan).unwrap() + "\n";
+    compare(Path::new(&format!("tests/recipes/good/{case}.plan.json")), &json);
+}
+
+fn bad(case: &str) {
+    let recipe = format!("tests/recipes/bad/{case}.toml");
+    let err = kiln::pipeline::check(Path::new(&recipe), None).expect_err("recipe should be rejected");
+    let recipe_err = err.chain().find_map(|c| c.downcast_ref::<kiln::recipe::RecipeError>()).unwrap_or_else(|| panic!("not a recipe error: {err:#}"));
+    compare(Path::new(&format!("tests/recipes/bad/{case}.err")), &format!("{recipe_err}\n"));
+}
+
+macro_rules! cases {
+    ($kind:ident: $($name:ident => $file:literal),* $(,)?) => {
+        mod $kind {
+            $( #[test] fn $name() { super::$kind($file) } )*
+        }
+    };
+}
+
+cases!(good:
+    layered => "layered",
+    defaults => "defaults",
+    aarch64 => "aarch64",
+);
+
+cases!(bad:
+    unknown_key => "unknown-key",
+    wrong_type => "wrong-type",
+    missing_include => "missing-include",
+    include_cycle => "include-cycle",
+    bad_template => "bad-template",
+    undefined_variable => "undefined-variable",
+    unknown_architecture => "unknown-architecture",
+    bad_size => "bad-size",
+    check_two_kinds => "check-two-kinds",
+    missing_name => "missing-name",
+    missing_overlay => "missing-overlay",
+    bad_hostname => "bad-hostname",
+    disk_too_small => "disk-too-small",
+    syntax_error => "syntax-error",
+    bad_ssh_key => "bad-ssh-key",
+);
+
+/// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
+#[test]
+fn cli_check_reports_position_and_exits_2() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["check", "tests/recipes/bad/unknown-key.toml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tests/recipes/bad/unknown-key.toml:6:1: key `disk.colour`: unknown field `colour`"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+/// A bad recipe given to `kiln build` fails before any work and leaves the output directory empty.
+#[test]
+fn cli_build_of_bad_recipe_leaves_no_output() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["build", "tests/recipes/bad/bad-template.toml", "--out"]).arg(out_dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}
