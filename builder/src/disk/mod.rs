@@ -1,5 +1,6 @@
 //! Disk image: GPT and ESP (owned by kiln, no external tools).
 
+pub mod esp;
 pub mod gpt;
 
 pub use gpt::{Layout, PartitionSpec, PlacedPartition};
