@@ -1,6 +1,6 @@
 //! Partition layout planning and deterministic GPT writing (via the `gpt` crate).
 //!
-//! The GPT is rendered into a small sparse in-memory disk first, so that the
+//! The GPT is rendered into an in-memory device first, so that the
 //! exact bytes of the head region (protective MBR, primary header and entries)
 //! and of the tail region (backup entries and header) are known before anything
 //! touches the output file. [`write_gpt`] writes those two regions; the image
@@ -106,22 +106,12 @@ pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> 
         disk_size % SECTOR == 0,
         "disk size {disk_size} bytes is not a multiple of the {SECTOR}-byte sector size"
     );
-    ensure!(
-        disk_size >= ALIGN + TAIL_LEN,
-        "disk size {disk_size} bytes is too small: GPT alone needs {} bytes before the first partition at {ALIGN} and {TAIL_LEN} bytes at the end",
-        HEAD_LEN
-    );
-    ensure!(
-        specs.len() as u64 <= NUM_ENTRIES,
-        "{} partitions requested, the GPT holds at most {NUM_ENTRIES}",
-        specs.len()
-    );
-    let usable_end = disk_size - TAIL_LEN;
+    // Labels, partition count and tiny disks are checked by validate_layout at the end.
+    let usable_end = disk_size.saturating_sub(TAIL_LEN);
     let mut offset = ALIGN;
     let mut partitions = Vec::with_capacity(specs.len());
     for (i, spec) in specs.iter().enumerate() {
         let number = i as u32 + 1;
-        check_label(&spec.label)?;
         let size = match spec.size {
             Some(0) => bail!("partition {number} ({:?}) has size 0", spec.label),
             Some(s) => round_up(s, ALIGN).with_context(|| {
@@ -160,9 +150,17 @@ pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> 
         });
         offset = end;
     }
-    let layout = Layout { disk_size, disk_guid, partitions };
+    let layout = Layout {
+        disk_size,
+        disk_guid,
+        partitions,
+    };
     validate_layout(&layout)?;
-    tracing::debug!(disk_size, partitions = layout.partitions.len(), "planned disk layout");
+    tracing::debug!(
+        disk_size,
+        partitions = layout.partitions.len(),
+        "planned disk layout"
+    );
     Ok(layout)
 }
 
@@ -185,9 +183,17 @@ pub(crate) fn validate_layout(layout: &Layout) -> Result<()> {
     let mut guids = HashSet::new();
     for (i, p) in layout.partitions.iter().enumerate() {
         let what = format!("partition {} ({:?})", p.number, p.label);
-        ensure!(p.number as usize == i + 1, "{what} is at position {} of the layout; numbers must be 1..=n in order", i + 1);
+        ensure!(
+            p.number as usize == i + 1,
+            "{what} is at position {} of the layout; numbers must be 1..=n in order",
+            i + 1
+        );
         check_label(&p.label)?;
-        ensure!(guids.insert(p.part_guid), "{what} reuses partition GUID {}", p.part_guid);
+        ensure!(
+            guids.insert(p.part_guid),
+            "{what} reuses partition GUID {}",
+            p.part_guid
+        );
         ensure!(
             p.offset % SECTOR == 0 && p.size % SECTOR == 0 && p.size > 0,
             "{what}: offset {} and size {} must be non-zero multiples of {SECTOR}",
@@ -201,7 +207,10 @@ pub(crate) fn validate_layout(layout: &Layout) -> Result<()> {
         );
         let end = p.offset.checked_add(p.size).filter(|&e| e <= usable_end);
         prev_end = end.with_context(|| {
-            format!("{what}: {} bytes at offset {} go past the usable end {usable_end}", p.size, p.offset)
+            format!(
+                "{what}: {} bytes at offset {} go past the usable end {usable_end}",
+                p.size, p.offset
+            )
         })?;
     }
     Ok(())
@@ -218,7 +227,7 @@ pub(crate) struct GptImage {
 pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
     validate_layout(layout)?;
     let sectors = layout.disk_size / SECTOR;
-    let mut mem = MemDisk::new(layout.disk_size);
+    let mut mem = GptDevice::new(layout.disk_size);
     let mbr_size = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
     gpt::mbr::ProtectiveMBR::with_lb_size(mbr_size)
         .overwrite_lba0(&mut mem)
@@ -244,17 +253,14 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
             (p.number, part)
         })
         .collect();
-    disk.update_partitions(table).context("setting gpt partition entries")?;
+    disk.update_partitions(table)
+        .context("setting gpt partition entries")?;
     let mem = disk.write().context("writing gpt to memory")?;
 
-    let tail_offset = layout.tail_offset();
-    if let Some(&stray) = mem.sectors.keys().find(|&&s| s * SECTOR >= HEAD_LEN && s * SECTOR < tail_offset) {
-        bail!("internal error: gpt crate wrote sector {stray} outside the gpt regions");
-    }
     Ok(GptImage {
-        head: mem.slice(0, HEAD_LEN),
-        tail: mem.slice(tail_offset, TAIL_LEN),
-        tail_offset,
+        head: mem.head,
+        tail: mem.tail,
+        tail_offset: layout.tail_offset(),
     })
 }
 
@@ -271,8 +277,10 @@ pub fn write_gpt(file: &mut File, layout: &Layout) -> Result<()> {
         layout.disk_size
     );
     let image = render_gpt(layout)?;
-    file.write_all_at(&image.head, 0).context("writing primary gpt")?;
-    file.write_all_at(&image.tail, image.tail_offset).context("writing backup gpt")?;
+    file.write_all_at(&image.head, 0)
+        .context("writing primary gpt")?;
+    file.write_all_at(&image.tail, image.tail_offset)
+        .context("writing backup gpt")?;
     tracing::debug!(disk_guid = %layout.disk_guid, "wrote gpt");
     Ok(())
 }
@@ -285,7 +293,11 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
     // The gpt crate asserts (panics) on unusual entry sizes: check first.
     let header = gpt::header::read_header_from_arbitrary_device(&mut file, LogicalBlockSize::Lb512)
         .with_context(|| format!("reading primary gpt header of {}", image.display()))?;
-    ensure!(header.part_size == 128, "unsupported gpt entry size {}", header.part_size);
+    ensure!(
+        header.part_size == 128,
+        "unsupported gpt entry size {}",
+        header.part_size
+    );
     let disk = gpt::GptConfig::new()
         .writable(false)
         .only_valid_headers(true)
@@ -294,9 +306,17 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
         .with_context(|| format!("reading gpt of {}", image.display()))?;
     let mut partitions = Vec::new();
     for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
-        ensure!(p.last_lba >= p.first_lba, "partition {number} ends before it starts");
-        let offset = p.first_lba.checked_mul(SECTOR).context("partition offset overflows")?;
-        let size = (p.last_lba - p.first_lba + 1).checked_mul(SECTOR).context("partition size overflows")?;
+        ensure!(
+            p.last_lba >= p.first_lba,
+            "partition {number} ends before it starts"
+        );
+        let offset = p
+            .first_lba
+            .checked_mul(SECTOR)
+            .context("partition offset overflows")?;
+        let size = (p.last_lba - p.first_lba + 1)
+            .checked_mul(SECTOR)
+            .context("partition size overflows")?;
         partitions.push(PlacedPartition {
             number,
             label: p.name.clone(),
@@ -306,76 +326,94 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
             size,
         });
     }
-    Ok(Layout { disk_size, disk_guid: *disk.guid(), partitions })
+    Ok(Layout {
+        disk_size,
+        disk_guid: *disk.guid(),
+        partitions,
+    })
 }
 
-/// A sparse in-memory disk: sectors never written read as zeros.
-struct MemDisk {
+/// An in-memory disk of `len` bytes that only stores the GPT regions: the head
+/// (`HEAD_LEN` bytes at 0) and the tail (`TAIL_LEN` bytes at the end). Everything
+/// in between reads as zeros and refuses writes.
+struct GptDevice {
     len: u64,
     pos: u64,
-    sectors: BTreeMap<u64, Box<[u8; SECTOR as usize]>>,
+    head: Vec<u8>,
+    tail: Vec<u8>,
 }
 
-impl std::fmt::Debug for MemDisk {
+impl std::fmt::Debug for GptDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MemDisk({} bytes, {} sectors written)", self.len, self.sectors.len())
+        write!(f, "GptDevice({} bytes)", self.len)
     }
 }
 
-impl MemDisk {
+impl GptDevice {
     fn new(len: u64) -> Self {
-        MemDisk { len, pos: 0, sectors: BTreeMap::new() }
+        let (head, tail) = (vec![0; HEAD_LEN as usize], vec![0; TAIL_LEN as usize]);
+        GptDevice {
+            len,
+            pos: 0,
+            head,
+            tail,
+        }
     }
 
-    fn slice(&self, offset: u64, len: u64) -> Vec<u8> {
-        let mut out = vec![0u8; len as usize];
-        let end = offset + len;
-        for (&s, data) in self.sectors.range(offset / SECTOR..end.div_ceil(SECTOR)) {
-            // Overlap of sector s with [offset, end).
-            let from = (s * SECTOR).max(offset);
-            let to = ((s + 1) * SECTOR).min(end);
-            out[(from - offset) as usize..(to - offset) as usize]
-                .copy_from_slice(&data[(from - s * SECTOR) as usize..(to - s * SECTOR) as usize]);
+    /// The stored bytes from the current position on (None in the gap), and how
+    /// many bytes from here on are contiguous in that state.
+    fn at(&mut self) -> (Option<&mut [u8]>, usize) {
+        let tail_start = self.len - TAIL_LEN;
+        if self.pos < HEAD_LEN {
+            let rest = &mut self.head[self.pos as usize..];
+            let n = rest.len();
+            (Some(rest), n)
+        } else if self.pos >= tail_start {
+            let rest = &mut self.tail[(self.pos - tail_start) as usize..];
+            let n = rest.len();
+            (Some(rest), n)
+        } else {
+            (
+                None,
+                usize::try_from(tail_start - self.pos).unwrap_or(usize::MAX),
+            )
         }
-        out
     }
 }
 
-impl Read for MemDisk {
+impl Read for GptDevice {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.len.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        let mut done = 0;
-        while done < n {
-            let sector = self.pos / SECTOR;
-            let within = (self.pos % SECTOR) as usize;
-            let take = (SECTOR as usize - within).min(n - done);
-            match self.sectors.get(&sector) {
-                Some(data) => buf[done..done + take].copy_from_slice(&data[within..within + take]),
-                None => buf[done..done + take].fill(0),
-            }
-            done += take;
-            self.pos += take as u64;
+        if self.pos >= self.len {
+            return Ok(0);
         }
+        let (data, avail) = self.at();
+        let n = avail.min(buf.len());
+        match data {
+            Some(d) => buf[..n].copy_from_slice(&d[..n]),
+            None => buf[..n].fill(0),
+        }
+        self.pos += n as u64;
         Ok(n)
     }
 }
 
-impl Write for MemDisk {
+impl Write for GptDevice {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.pos.saturating_add(buf.len() as u64) > self.len {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past end of in-memory disk"));
+        let pos = self.pos;
+        if pos >= self.len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past end of disk",
+            ));
         }
-        let mut done = 0;
-        while done < buf.len() {
-            let sector = self.pos / SECTOR;
-            let within = (self.pos % SECTOR) as usize;
-            let take = (SECTOR as usize - within).min(buf.len() - done);
-            let data = self.sectors.entry(sector).or_insert_with(|| Box::new([0u8; SECTOR as usize]));
-            data[within..within + take].copy_from_slice(&buf[done..done + take]);
-            done += take;
-            self.pos += take as u64;
-        }
-        Ok(done)
+        let (Some(data), avail) = self.at() else {
+            let msg = format!("gpt write at {pos} outside the gpt regions");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+        };
+        let n = avail.min(buf.len());
+        data[..n].copy_from_slice(&buf[..n]);
+        self.pos += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -383,47 +421,14 @@ impl Write for MemDisk {
     }
 }
 
-impl Seek for MemDisk {
+impl Seek for GptDevice {
     fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
         let new = match pos {
             SeekFrom::Start(p) => Some(p),
             SeekFrom::End(d) => self.len.checked_add_signed(d),
             SeekFrom::Current(d) => self.pos.checked_add_signed(d),
         };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
+        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "bad seek"))?;
         Ok(self.pos)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mem_disk_reads_zeros_and_written_bytes() {
-        let mut d = MemDisk::new(4 * SECTOR);
-        d.seek(SeekFrom::Start(510)).unwrap();
-        d.write_all(&[1, 2, 3, 4]).unwrap();
-        assert_eq!(d.seek(SeekFrom::End(0)).unwrap(), 4 * SECTOR);
-        let s = d.slice(508, 8);
-        assert_eq!(s, [0, 0, 1, 2, 3, 4, 0, 0]);
-        assert!(d.write_all(&[0; 5]).is_err(), "write past end must fail");
-    }
-
-    #[test]
-    fn render_is_deterministic_and_sized() {
-        let layout = plan_layout(
-            8 * ALIGN,
-            Uuid::from_u128(1),
-            &[PartitionSpec { label: "a".into(), type_guid: Uuid::from_u128(2), part_guid: Uuid::from_u128(3), size: None }],
-        )
-        .unwrap();
-        let a = render_gpt(&layout).unwrap();
-        let b = render_gpt(&layout).unwrap();
-        assert_eq!(a.head, b.head);
-        assert_eq!(a.tail, b.tail);
-        assert_eq!(a.head.len() as u64, HEAD_LEN);
-        assert_eq!(&a.head[512..520], b"EFI PART");
-        assert_eq!(&a.tail[a.tail.len() - 512..][..8], b"EFI PART");
     }
 }

@@ -63,7 +63,7 @@ impl SparseWriter {
         let mut run: Option<usize> = None; // start of the current non-zero run
         for (i, block) in buf.chunks(BLOCK).enumerate() {
             let start = i * BLOCK;
-            let zero = block.iter().all(|&b| b == 0);
+            let zero = block == &self.zeros[..block.len()]; // memcmp, fast even unoptimized
             match (zero, run) {
                 (false, None) => run = Some(start),
                 (true, Some(s)) => {
@@ -134,7 +134,10 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
     let mut sources = Vec::with_capacity(contents.len());
     for (p, path) in layout.partitions.iter().zip(contents) {
         let src = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let len = src.metadata().with_context(|| format!("reading size of {}", path.display()))?.len();
+        let len = src
+            .metadata()
+            .with_context(|| format!("reading size of {}", path.display()))?
+            .len();
         ensure!(
             len <= p.size,
             "{} is {len} bytes, larger than partition {} ({:?}) of {} bytes",
@@ -154,7 +157,12 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
         .with_context(|| format!("creating {}", out.display()))?;
     file.set_len(layout.disk_size)
         .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.disk_size))?;
-    let mut w = SparseWriter { file, pos: 0, hasher: Sha256::new(), zeros: vec![0u8; CHUNK] };
+    let mut w = SparseWriter {
+        file,
+        pos: 0,
+        hasher: Sha256::new(),
+        zeros: vec![0u8; CHUNK],
+    };
     let mut buf = vec![0u8; CHUNK];
     let mut digests = Vec::with_capacity(sources.len());
 
@@ -165,29 +173,60 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
         let mut copied = 0u64;
         while copied < p.size {
             let want = (p.size - copied).min(CHUNK as u64) as usize;
-            let n = read_full(&mut src, &mut buf[..want]).with_context(|| format!("reading {}", path.display()))?;
+            let n = read_full(&mut src, &mut buf[..want])
+                .with_context(|| format!("reading {}", path.display()))?;
             if n == 0 {
                 break;
             }
-            w.put(&buf[..n], Some(&mut ph))
-                .with_context(|| format!("writing partition {} ({:?}) to {}", p.number, p.label, out.display()))?;
+            w.put(&buf[..n], Some(&mut ph)).with_context(|| {
+                format!(
+                    "writing partition {} ({:?}) to {}",
+                    p.number,
+                    p.label,
+                    out.display()
+                )
+            })?;
             copied += n as u64;
         }
-        if copied == p.size && read_full(&mut src, &mut buf[..1]).with_context(|| format!("reading {}", path.display()))? > 0 {
-            bail!("{} grew past the {} bytes of partition {} while copying", path.display(), p.size, p.number);
+        if copied == p.size
+            && read_full(&mut src, &mut buf[..1])
+                .with_context(|| format!("reading {}", path.display()))?
+                > 0
+        {
+            bail!(
+                "{} grew past the {} bytes of partition {} while copying",
+                path.display(),
+                p.size,
+                p.number
+            );
         }
         w.skip_zeros(p.size - copied, Some(&mut ph));
         tracing::debug!(number = p.number, label = %p.label, copied, size = p.size, "copied partition");
-        digests.push(PartitionDigest { number: p.number, label: p.label.clone(), sha256: hex::encode(ph.finalize()) });
+        digests.push(PartitionDigest {
+            number: p.number,
+            label: p.label.clone(),
+            sha256: hex::encode(ph.finalize()),
+        });
     }
     w.skip_zeros(image.tail_offset - w.pos, None);
     w.put(&image.tail, None).context("writing backup gpt")?;
-    ensure!(w.pos == layout.disk_size, "internal error: wrote {} of {} bytes", w.pos, layout.disk_size);
+    ensure!(
+        w.pos == layout.disk_size,
+        "internal error: wrote {} of {} bytes",
+        w.pos,
+        layout.disk_size
+    );
 
-    w.file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
+    w.file
+        .sync_all()
+        .with_context(|| format!("syncing {}", out.display()))?;
     let sha256 = hex::encode(w.hasher.finalize());
     tracing::debug!(%sha256, size = layout.disk_size, "assembled image {}", out.display());
-    Ok(ImageDigest { sha256, size: layout.disk_size, partitions: digests })
+    Ok(ImageDigest {
+        sha256,
+        size: layout.disk_size,
+        partitions: digests,
+    })
 }
 
 /// Read the partition table of an existing image and return the layout found.
