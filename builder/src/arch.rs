@@ -1,5 +1,6 @@
 //! Everything that differs between target architectures lives here, and only here.
 use serde::{Deserialize, Serialize};
+use crate::recipe::InitramfsModules;
 use uuid::{uuid, Uuid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,6 +84,16 @@ impl Arch {
         }
     }
 
+    /// Drivers in the initrd unless the recipe chooses: on x86_64 Debian's `most`; on aarch64,
+    /// where mkinitramfs runs under emulation, the storage drivers that boot QEMU `virt` and
+    /// common arm64 boards and servers (virtio, NVMe, AHCI, USB storage, SD/MMC).
+    pub fn default_initramfs_modules(self) -> InitramfsModules {
+        match self {
+            Arch::X86_64 => InitramfsModules::Policy("most".into()),
+            Arch::Aarch64 => InitramfsModules::List(AARCH64_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect()),
+        }
+    }
+
     pub fn host() -> Option<Arch> {
         match std::env::consts::ARCH {
             "x86_64" => Some(Arch::X86_64),
@@ -91,6 +102,19 @@ impl Arch {
         }
     }
 }
+
+const AARCH64_INITRAMFS_MODULES: &[&str] = &[
+    // QEMU virt and clouds
+    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_scsi", "virtio_console",
+    // NVMe, SATA/AHCI, SCSI disks
+    "nvme", "ahci", "ahci_platform", "libahci_platform", "sd_mod", "sr_mod",
+    // USB storage on common host controllers
+    "usb_storage", "uas", "xhci_pci", "xhci_plat_hcd", "ehci_pci", "ehci_platform", "ohci_platform", "dwc3", "dwc2",
+    // SD/MMC (eMMC, SD cards on boards)
+    "mmc_block", "sdhci", "sdhci_pltfm", "sdhci_of_arasan", "sdhci_iproc", "sdhci_of_dwcmshc", "dw_mmc", "dw_mmc_rockchip", "meson_gx_mmc",
+    // root file system
+    "ext4", "crc32c_generic",
+];
 
 /// The EFI System Partition type GUID.
 pub const ESP_TYPE: Uuid = uuid!("c12a7328-f81f-11d2-ba4b-00a0c93ec93b");

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cli;
 pub mod cmd;
 pub mod disk;
+pub mod emulation;
 pub mod fs;
 pub mod ids;
 pub mod overlay;

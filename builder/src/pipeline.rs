@@ -6,6 +6,7 @@ use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::work::WorkDir;
 use crate::{fs, overlay, rootfs, system};
+
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ const HOST_TOOLS: &[&str] = &["mmdebstrap", "mkfs.ext4", "tar", "useradd", "syst
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     preflight()?;
+    // A foreign architecture's maintainer scripts run under qemu-user.
+    crate::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
     let overlays = overlay::render(&plan.recipe)?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;

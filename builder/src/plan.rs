@@ -3,7 +3,7 @@
 use crate::arch::{Arch, ESP_TYPE};
 use crate::disk::gpt::{plan_layout, Layout, PartitionSpec};
 use crate::ids;
-use crate::recipe::{Recipe, RecipeError};
+use crate::recipe::{InitramfsModules, Recipe, RecipeError};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::Path;
@@ -19,6 +19,8 @@ pub struct Plan {
     pub mirror: String,
     /// The packages passed to mmdebstrap: kiln's base set, the kernel, then the recipe's.
     pub packages: Vec<String>,
+    /// Drivers in the initrd: the recipe's choice or the architecture's default.
+    pub initramfs_modules: InitramfsModules,
     pub layout: Layout,
     pub root_fs_uuid: uuid::Uuid,
     pub esp_volume_id: u32,
@@ -68,6 +70,7 @@ impl Plan {
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
             kernel_cmdline: cmdline.join(" "),
+            initramfs_modules: recipe.base.initramfs_modules.clone().unwrap_or_else(|| arch.default_initramfs_modules()),
             recipe_hash,
             mirror,
             packages,

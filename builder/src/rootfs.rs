@@ -9,7 +9,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 1;
+const BOOTSTRAP_FORMAT: u32 = 2;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -34,7 +34,7 @@ fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
         mirror: &plan.mirror,
         components: &r.base.components,
         packages: &plan.packages,
-        initramfs_modules: &r.base.initramfs_modules,
+        initramfs_modules: &plan.initramfs_modules,
         locale: &r.system.locale,
         source_date_epoch: r.source_date_epoch,
     }
@@ -82,14 +82,23 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         .arg("--aptopt=Acquire::Retries \"3\"")
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
-    for hook in setup_hooks(&r.base.initramfs_modules) {
+    for hook in setup_hooks(&plan.initramfs_modules) {
         cmd = cmd.arg(format!("--setup-hook={hook}"));
     }
+    cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"));
     if let Some(hook) = locale_hook(&r.system.locale) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
+    cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
     cmd.arg(&r.base.suite).arg(out).arg(&plan.mirror).run().with_context(|| format!("bootstrapping Debian {} ({}) from {}", r.base.suite, plan.arch().debian(), plan.mirror))
 }
+
+/// mkinitramfs would run once when the kernel is installed and again for every trigger; under
+/// emulation each run costs minutes. Divert update-initramfs to a no-op while packages install
+/// (the kernel hook then skips, triggers do nothing) ...
+const DEFER_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
+/// ... and build the initrd exactly once, when everything is installed.
+const BUILD_INITRAMFS: &str = "rm \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot \"$1\" update-initramfs -c -k all";
 
 /// Hooks run before any package is installed: the initramfs driver policy.
 fn setup_hooks(modules: &InitramfsModules) -> Vec<String> {

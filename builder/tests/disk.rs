@@ -465,8 +465,20 @@ fn check_esp(size: u64, fat32: bool) {
 }
 
 #[test]
-fn esp_fat16_64mib() {
-    check_esp(64 * MIB, false);
+fn esp_fat16_48mib() {
+    check_esp(48 * MIB, false);
+}
+
+/// The smallest ESP a recipe may have is FAT32 (UEFI wants FAT32 on fixed disks).
+#[test]
+fn esp_fat32_64mib() {
+    check_esp(64 * MIB, true);
+}
+
+/// kiln's default ESP size: 4 KiB clusters would fall below FAT32's minimum cluster count.
+#[test]
+fn esp_fat32_256mib_default_size() {
+    check_esp(256 * MIB, true);
 }
 
 #[test]

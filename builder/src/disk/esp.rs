@@ -14,8 +14,15 @@ use std::sync::Mutex;
 use anyhow::{bail, ensure, Context, Result};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions, TimeProvider};
 
-/// ESPs of at least this size are formatted FAT32, smaller ones FAT16 (FAT12 when tiny).
-pub const FAT32_MIN_SIZE: u64 = 260 * 1024 * 1024;
+/// ESPs of at least this size are formatted FAT32 (what the UEFI specification asks of an ESP
+/// on a fixed disk; some firmware accepts nothing else), smaller ones FAT16 (FAT12 when tiny).
+pub const FAT32_MIN_SIZE: u64 = 64 * 1024 * 1024;
+
+/// FAT32 needs at least 65525 clusters: the largest cluster size (512 to 4096 bytes) that
+/// leaves a safe margin above that for a volume of `size` bytes.
+fn fat32_cluster_size(size: u64) -> u32 {
+    [4096u32, 2048, 1024, 512].into_iter().find(|c| size / u64::from(*c) >= 70_000).unwrap_or(512)
+}
 
 /// One file to put in the ESP.
 pub struct EspFile {
@@ -194,7 +201,7 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
         .volume_id(opts.volume_id)
         .volume_label(label);
     if opts.size >= FAT32_MIN_SIZE {
-        format = format.fat_type(FatType::Fat32);
+        format = format.fat_type(FatType::Fat32).bytes_per_cluster(fat32_cluster_size(opts.size));
     }
     fatfs::format_volume(&mut file, format)
         .with_context(|| format!("formatting {} ({} bytes) as FAT", path.display(), opts.size))?;

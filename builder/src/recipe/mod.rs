@@ -41,7 +41,8 @@ pub struct Base {
     pub mirror: Option<String>,
     pub components: Vec<String>,
     pub packages: Vec<String>,
-    pub initramfs_modules: InitramfsModules,
+    /// None: the architecture's default (see `Arch::default_initramfs_modules`).
+    pub initramfs_modules: Option<InitramfsModules>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -103,7 +103,7 @@ pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recip
         mirror: base.mirror,
         components,
         packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules.unwrap_or(InitramfsModules::Policy("most".into())),
+        initramfs_modules: base.initramfs_modules,
     };
 
     let sys = layer.system.unwrap_or_default();
