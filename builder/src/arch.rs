@@ -94,6 +94,22 @@ impl Arch {
         }
     }
 
+    /// Debian's multiarch triplet (library directory name).
+    pub fn multiarch_triplet(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-linux-gnu",
+            Arch::Aarch64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// The dynamic loader inside a (merged-/usr) Debian root.
+    pub fn dynamic_loader(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "usr/lib64/ld-linux-x86-64.so.2",
+            Arch::Aarch64 => "usr/lib/ld-linux-aarch64.so.1",
+        }
+    }
+
     pub fn host() -> Option<Arch> {
         match std::env::consts::ARCH {
             "x86_64" => Some(Arch::X86_64),

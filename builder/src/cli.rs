@@ -79,9 +79,13 @@ pub struct BuildArgs {
     /// Cache of bootstrapped roots [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
     #[arg(long, env = "KILN_CACHE")]
     pub cache: Option<PathBuf>,
-    /// Bootstrap afresh and do not store the result.
-    #[arg(long, conflicts_with = "cache")]
+    /// Bootstrap the root afresh and do not store it (the tools tree is still cached).
+    #[arg(long)]
     pub no_cache: bool,
+    /// Run mke2fs from the host instead of kiln's pinned tools tree (faster first build;
+    /// the image then depends on the host's e2fsprogs version).
+    #[arg(long)]
+    pub host_tools: bool,
     /// Where to create the work directory [default: $TMPDIR].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
@@ -138,10 +142,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 ArchArg::Aarch64 => Arch::Aarch64,
             });
             let plan = pipeline::check(&args.recipe, arch)?;
+            let cache = args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
             let opts = BuildOptions {
                 out_dir: args.out,
-                cache: if args.no_cache { None } else { args.cache.or_else(default_cache) },
-                work_parent: args.work_dir,
+                reuse_root: !args.no_cache,
+                host_tools: args.host_tools,
+                // Work next to the cache, so a fresh bootstrap moves into it by rename.
+                work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
+                cache,
                 keep_work: args.keep_work,
             };
             let report = pipeline::build(plan, &opts)?;

@@ -1,12 +1,12 @@
 //! Root filesystem images made from the configured tree by the filesystem's own tools.
-use crate::cmd::Cmd;
 use crate::plan::Plan;
 use crate::recipe::Filesystem;
+use crate::tools::Tools;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
 /// Make the root filesystem image for `plan` from `tree`, sized to fill the root partition.
-pub fn make_root(plan: &Plan, tree: &Path, work: &Path) -> Result<PathBuf> {
+pub fn make_root(plan: &Plan, tools: &Tools, tree: &Path, work: &Path) -> Result<PathBuf> {
     let size = plan.layout.partitions[1].size;
     let out = work.join("root.img");
     let f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -14,8 +14,9 @@ pub fn make_root(plan: &Plan, tree: &Path, work: &Path) -> Result<PathBuf> {
     drop(f);
     let epoch = plan.recipe.source_date_epoch.to_string();
     match plan.recipe.disk.filesystem {
-        Filesystem::Ext4 => Cmd::new("mkfs.ext4")
-            .args(["-q", "-F", "-L", "root", "-b", "4096", "-T", "default"])
+        Filesystem::Ext4 => tools
+            .cmd("usr/sbin/mke2fs")?
+            .args(["-t", "ext4", "-q", "-F", "-L", "root", "-b", "4096", "-T", "default"])
             .arg("-U")
             .arg(plan.root_fs_uuid.to_string())
             .arg("-E")

@@ -11,12 +11,14 @@ pub mod emulation;
 pub mod fs;
 pub mod ids;
 pub mod overlay;
+pub mod packages;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod rootfs;
 pub mod system;
+pub mod tools;
 pub mod vm;
 pub mod work;
 

@@ -5,8 +5,8 @@ use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::work::WorkDir;
+use crate::tools::Tools;
 use crate::{fs, overlay, rootfs, system};
-
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -15,8 +15,12 @@ use std::path::{Path, PathBuf};
 pub struct BuildOptions {
     /// Directory the image is written to.
     pub out_dir: PathBuf,
-    /// Cache of bootstrapped roots; None disables caching.
-    pub cache: Option<PathBuf>,
+    /// kiln's cache: bootstrapped roots, the tools tree.
+    pub cache: PathBuf,
+    /// Reuse (and store) the bootstrapped root in the cache; false bootstraps afresh.
+    pub reuse_root: bool,
+    /// Run image-writing tools from the host instead of the pinned tools tree.
+    pub host_tools: bool,
     /// Where the work directory is made (system temp dir when None).
     pub work_parent: Option<PathBuf>,
     pub keep_work: bool,
@@ -30,6 +34,10 @@ pub struct BuildReport {
     pub boot: BootInfo,
     pub digest: ImageDigest,
     pub root_from_cache: bool,
+    /// The Debian packages in the image, with the sha256 of each .deb where known.
+    pub packages: Vec<crate::packages::Package>,
+    /// Where mke2fs and friends came from, and the e2fsprogs version.
+    pub tools: String,
     /// Seconds per stage.
     pub stages: Vec<(String, f64)>,
 }
@@ -41,7 +49,7 @@ pub fn check(recipe: &Path, arch: Option<crate::arch::Arch>) -> Result<Plan> {
     Ok(plan)
 }
 
-const HOST_TOOLS: &[&str] = &["mmdebstrap", "mkfs.ext4", "tar", "useradd", "systemctl"];
+const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "useradd", "systemctl", "cp"];
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
@@ -52,20 +60,24 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let overlays = overlay::render(&plan.recipe)?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
-    let tree = work.join("root");
     let mut p = Progress::new(8);
 
-    let (tarball, cached) = p.stage("bootstrap Debian root (mmdebstrap)", || rootfs::bootstrap(&plan, &work, opts.cache.as_deref()))?;
-    p.stage("unpack root", || rootfs::unpack(&tarball, &tree))?;
+    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &plan.mirror, &work) })?;
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path())))?;
+    let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, enable units", || {
         overlay::apply(&overlays, &tree)?;
         system::units(&plan, &tree)
     })?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
+    let packages = crate::packages::installed(&tree)?;
     let root_img = p.stage("make root filesystem", || {
         system::clean(&tree)?;
-        fs::make_root(&plan, &tree, work.path())
+        system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
+        let img = fs::make_root(&plan, &tools, &tree, work.path())?;
+        rootfs::release(&root)?;
+        Ok(img)
     })?;
     let esp_img = work.join("esp.img");
     p.stage("write ESP (fatfs)", || {
@@ -75,7 +87,8 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     cmd::check_interrupted()?;
     let image = opts.out_dir.join(&plan.image_name);
     let digest = p.stage("assemble GPT disk image", || write_atomically(&image, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()])))?;
-    Ok(BuildReport { image, plan, boot, digest, root_from_cache: cached, stages: p.timings().to_vec() })
+    let tools = format!("{} (e2fsprogs {})", tools.describe(), tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into()));
+    Ok(BuildReport { image, plan, boot, digest, root_from_cache: root.from_cache, packages, tools, stages: p.timings().to_vec() })
 }
 
 /// Write `dest` through a temporary file in the same directory, renamed into place only when

@@ -1,15 +1,15 @@
-//! The Debian root: bootstrapped by mmdebstrap into a tarball, cached by the hash of its inputs,
-//! then unpacked into the work directory for configuration.
+//! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
+//! each build as a writable overlay over the cached tree.
 use crate::cmd::Cmd;
 use crate::plan::Plan;
 use crate::recipe::InitramfsModules;
 use crate::work::WorkDir;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 2;
+const BOOTSTRAP_FORMAT: u32 = 4;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -45,30 +45,78 @@ pub fn cache_key(plan: &Plan) -> String {
     crate::ids::sha256_hex(serde_json::to_string(&inputs(plan)).unwrap_or_default().as_bytes())
 }
 
-/// Return a tarball of the bootstrapped root: from `cache` when present, else made by mmdebstrap
-/// (and stored in `cache` when given).
-pub fn bootstrap(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<(PathBuf, bool)> {
-    let key = cache_key(plan);
-    if let Some(cache) = cache {
-        let cached = cache.join("roots").join(format!("{key}.tar"));
-        if cached.is_file() {
-            tracing::info!("reusing cached root {}", cached.display());
-            return Ok((cached, true));
+/// The writable root of a build, at `dir`.
+pub struct Root {
+    pub dir: PathBuf,
+    /// The bootstrap came from the cache (no mmdebstrap run).
+    pub from_cache: bool,
+}
+
+/// Make the build's writable root at `work/root`. With a cache, the bootstrapped tree is kept
+/// there (made once per set of inputs) and the build works on an overlay over it, so the cached
+/// tree is never changed and a warm build copies nothing. Without a cache, mmdebstrap writes
+/// `work/root` directly.
+pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<Root> {
+    let dir = work.join("root");
+    let Some(cache) = cache else {
+        mmdebstrap(plan, work, &dir)?;
+        return Ok(Root { dir, from_cache: false });
+    };
+    let cached = cache.join("roots").join(cache_key(plan));
+    let from_cache = cached.join("etc/os-release").exists();
+    if from_cache {
+        tracing::info!("reusing cached root {}", cached.display());
+    } else {
+        let fresh = work.join("bootstrap");
+        mmdebstrap(plan, work, &fresh)?;
+        store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
+    }
+    mount_overlay(&cached, work, &dir)?;
+    Ok(Root { dir, from_cache })
+}
+
+/// Move a finished tree into the cache at `dest` (rename when on the same file system, else
+/// copy), through a temporary name so a half-stored tree is never taken for a cached one.
+pub fn store(tree: &Path, dest: &Path) -> Result<()> {
+    let parent = dest.parent().context("cache path")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".{}.partial-{}", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    crate::work::remove_tree(&tmp)?;
+    if let Err(e) = std::fs::rename(tree, &tmp) {
+        if e.raw_os_error() != Some(libc::EXDEV) {
+            return Err(e).with_context(|| format!("moving {} into the cache", tree.display()));
+        }
+        let copied = Cmd::new("cp").args(["-a", "--no-target-directory"]).arg(tree).arg(&tmp).run();
+        if let Err(e) = copied {
+            let _ = crate::work::remove_tree(&tmp);
+            return Err(e);
         }
     }
-    let tar = work.join("root.tar");
-    mmdebstrap(plan, work, &tar)?;
-    if let Some(cache) = cache {
-        let dir = cache.join("roots");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
-        let tmp = dir.join(format!(".{key}.tar.partial"));
-        let dest = dir.join(format!("{key}.tar"));
-        // Same file system as the work dir is not guaranteed: copy, then rename into place.
-        std::fs::copy(&tar, &tmp).with_context(|| format!("storing root in cache {}", dir.display()))?;
-        std::fs::rename(&tmp, &dest).context("renaming cached root into place")?;
-        return Ok((dest, false));
+    if dest.exists() {
+        // Another build stored the same inputs meanwhile; keep theirs.
+        return crate::work::remove_tree(&tmp);
     }
-    Ok((tar, false))
+    std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))
+}
+
+fn mount_overlay(lower: &Path, work: &WorkDir, dir: &Path) -> Result<()> {
+    let (upper, scratch) = (work.join("upper"), work.join("overlay-work"));
+    for d in [&upper, &scratch, &dir.to_path_buf()] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let opts = format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), scratch.display());
+    if [lower, upper.as_path(), scratch.as_path()].iter().any(|p| p.to_string_lossy().contains([',', ':'])) {
+        bail!("cache and work paths must not contain `,` or `:` (overlay mount options): {opts}");
+    }
+    Cmd::new("mount").args(["-t", "overlay", "overlay", "-o"]).arg(&opts).arg(dir).run().context("mounting the build's overlay over the cached root")
+}
+
+/// Unmount the overlay of a cached root (no-op for a plain directory).
+pub fn release(root: &Root) -> Result<()> {
+    if crate::work::mounts_below(&root.dir)?.iter().any(|m| m == &root.dir.canonicalize().unwrap_or_else(|_| root.dir.clone())) {
+        Cmd::new("umount").arg(&root.dir).run().context("unmounting the build's overlay")?;
+    }
+    Ok(())
 }
 
 fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
@@ -80,6 +128,9 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         .arg(format!("--components={}", r.base.components.join(",")))
         .arg(format!("--include={}", plan.packages.join(",")))
         .arg("--aptopt=Acquire::Retries \"3\"")
+        // Keep apt's package lists: they hold the sha256 of every installed .deb (for the SBOM
+        // and lock files). system::clean removes them before the image is made.
+        .arg("--skip=cleanup/apt/lists")
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
     for hook in setup_hooks(&plan.initramfs_modules) {
@@ -121,16 +172,4 @@ fn locale_hook(locale: &str) -> Option<String> {
     let charset = locale.split('.').nth(1).unwrap_or("UTF-8");
     let q = crate::cmd::shell_quote(&format!("{locale} {charset}"));
     Some(format!("echo {q} > \"$1/etc/locale.gen\" && chroot \"$1\" locale-gen"))
-}
-
-/// Unpack the root tarball into `dir`, keeping owners, modes and extended attributes.
-pub fn unpack(tar: &Path, dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Cmd::new("tar")
-        .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
-        .arg(tar)
-        .arg("-C")
-        .arg(dir)
-        .run()
-        .context("unpacking the root")
 }

@@ -46,7 +46,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
     for user in &plan.recipe.users {
-        add_user(root, user).with_context(|| format!("adding user `{}`", user.name))?;
+        add_user(root, user, plan.recipe.source_date_epoch).with_context(|| format!("adding user `{}`", user.name))?;
     }
     for (rel, text, mode) in AGENT {
         write_file(root, rel, text.as_bytes(), *mode)?;
@@ -82,9 +82,10 @@ fn timezone(root: &Path, tz: &str) -> Result<()> {
     write_file(root, "etc/timezone", format!("{tz}\n").as_bytes(), 0o644)
 }
 
-fn add_user(root: &Path, user: &User) -> Result<()> {
+fn add_user(root: &Path, user: &User, epoch: i64) -> Result<()> {
     if user.name != "root" {
-        let mut cmd = Cmd::new("useradd").arg("--root").arg(root).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
+        // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
+        let mut cmd = Cmd::new("useradd").env("SOURCE_DATE_EPOCH", epoch.to_string()).arg("--root").arg(root).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
         if !user.groups.is_empty() {
             cmd = cmd.arg("--groups").arg(user.groups.join(","));
         }
@@ -139,6 +140,18 @@ pub fn checks_tsv(checks: &[Check]) -> String {
             format!("{kind}\t{}\t{}\t{arg}\n", c.timeout, c.name)
         })
         .collect()
+}
+
+/// Mark the image's /etc and /var as up to date with its /usr, so the first boot does not redo
+/// what the packages' maintainer scripts already did at build time (ldconfig, hwdb, journal
+/// catalog: `ConditionNeedsUpdate=`). /usr gets the recipe's timestamp, and .updated says so.
+pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
+    let stamp = format!("# written by kiln: /usr is as new as this image\nTIMESTAMP_NSEC={}\n", i128::from(epoch) * 1_000_000_000);
+    write_file(root, "etc/.updated", stamp.as_bytes(), 0o644)?;
+    write_file(root, "var/.updated", stamp.as_bytes(), 0o644)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(epoch).unwrap_or(0));
+    let usr = std::fs::File::open(root.join("usr")).context("opening /usr")?;
+    usr.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).context("setting the time of /usr")
 }
 
 /// Remove what a build leaves behind and what must be unique per machine.

@@ -1,0 +1,113 @@
+//! The Debian packages installed in a root: what dpkg says is installed, joined with the sha256
+//! and pool path of each .deb from apt's package lists (kept through the bootstrap for this).
+//! Used by the SBOM and by lock files.
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// Source package name (the binary's name when dpkg records none).
+    pub source: String,
+    /// sha256 of the .deb, when apt's lists know it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Path of the .deb below the mirror (`pool/main/...`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+/// Paragraphs of a deb822 file (dpkg status, apt Packages): field name → value.
+pub fn paragraphs(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    let mut cur: BTreeMap<String, String> = BTreeMap::new();
+    let mut last: Option<String> = None;
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            last = None;
+        } else if line.starts_with([' ', '\t']) {
+            if let Some(v) = last.as_ref().and_then(|k| cur.get_mut(k)) {
+                v.push('\n');
+                v.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            cur.insert(k.to_string(), v.trim().to_string());
+            last = Some(k.to_string());
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Installed packages of the root at `root`, sorted by name and architecture.
+pub fn installed(root: &Path) -> Result<Vec<Package>> {
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).context("reading the root's dpkg status")?;
+    let known = list_index(root)?;
+    let mut pkgs: Vec<Package> = paragraphs(&status)
+        .into_iter()
+        .filter(|p| p.get("Status").is_some_and(|s| s.ends_with(" installed")))
+        .map(|p| {
+            let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+            let (name, version, architecture) = (get("Package"), get("Version"), get("Architecture"));
+            let source = p.get("Source").and_then(|s| s.split_whitespace().next()).map(String::from).unwrap_or_else(|| name.clone());
+            let hit = known.get(&(name.clone(), version.clone(), architecture.clone()));
+            Package { sha256: hit.map(|h| h.0.clone()), filename: hit.map(|h| h.1.clone()), name, version, architecture, source }
+        })
+        .collect();
+    pkgs.sort();
+    Ok(pkgs)
+}
+
+/// (name, version, arch) → (sha256, filename) from every `*_Packages` list in the root.
+fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String, String)>> {
+    let mut index = BTreeMap::new();
+    let dir = root.join("var/lib/apt/lists");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(index) };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_Packages"))).collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for p in paragraphs(&text) {
+            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) = (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename")) {
+                index.entry((n.clone(), v.clone(), a.clone())).or_insert_with(|| (sha.clone(), file.clone()));
+            }
+        }
+    }
+    Ok(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_status_with_lists() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
+        std::fs::create_dir_all(r.join("var/lib/apt/lists")).unwrap();
+        std::fs::write(
+            r.join("var/lib/dpkg/status"),
+            "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nSource: zlib (1:1.3)\nVersion: 1:1.3-1\nDescription: x\n continued\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\nArchitecture: amd64\n\nPackage: bash\nStatus: install ok installed\nVersion: 5.2-1\nArchitecture: amd64\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("var/lib/apt/lists/m_debian_dists_trixie_main_binary-amd64_Packages"),
+            "Package: bash\nVersion: 5.2-1\nArchitecture: amd64\nFilename: pool/main/b/bash/bash_5.2-1_amd64.deb\nSHA256: abc\n\nPackage: bash\nVersion: 5.1-1\nArchitecture: amd64\nFilename: old\nSHA256: old\n",
+        )
+        .unwrap();
+        let pkgs = installed(r).unwrap();
+        assert_eq!(pkgs.len(), 2);
+        assert_eq!((pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()), ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb")));
+        assert_eq!((pkgs[1].name.as_str(), pkgs[1].source.as_str(), pkgs[1].sha256.as_deref()), ("zlib1g", "zlib", None));
+    }
+}

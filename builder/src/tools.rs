@@ -1,0 +1,101 @@
+//! The tools that write image bytes (mke2fs, mkfs.erofs) run from a pinned tools tree, not from
+//! the host, so that an image's bytes do not depend on the host's tool versions (Debian 12's
+//! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
+//! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
+//! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
+use crate::arch::Arch;
+use crate::cmd::Cmd;
+use crate::work::WorkDir;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Bump when the tools tree's recipe changes.
+const TOOLS_FORMAT: u32 = 1;
+pub const TOOLS_SUITE: &str = "trixie";
+const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils"];
+
+/// Where image-writing tools come from.
+#[derive(Debug, Clone)]
+pub enum Tools {
+    /// The host's own programs (`--tools host`): faster to start, not host-independent.
+    Host,
+    /// A pinned tools tree.
+    Tree { root: PathBuf, arch: Arch },
+}
+
+#[derive(Serialize)]
+struct ToolsInputs<'a> {
+    format: u32,
+    suite: &'a str,
+    mirror: &'a str,
+    arch: &'a str,
+    packages: &'a [&'a str],
+}
+
+impl Tools {
+    /// The tools tree for this host from `cache` (made and stored there when missing).
+    pub fn tree(cache: &Path, mirror: &str, work: &WorkDir) -> Result<Tools> {
+        let arch = Arch::host().context("the tools tree needs an x86_64 or aarch64 host")?;
+        let inputs = ToolsInputs { format: TOOLS_FORMAT, suite: TOOLS_SUITE, mirror, arch: arch.debian(), packages: TOOLS_PACKAGES };
+        let key = crate::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes());
+        let root = cache.join("tools").join(&key);
+        if !root.join("usr/sbin/mke2fs").is_file() {
+            let fresh = work.join("tools");
+            Cmd::new("mmdebstrap")
+                .args(["--mode=root", "--variant=minbase", "--skip=cleanup/apt/lists"])
+                .arg(format!("--architectures={}", arch.debian()))
+                .arg(format!("--include={}", TOOLS_PACKAGES.join(",")))
+                .env("TMPDIR", work.path())
+                .arg(TOOLS_SUITE)
+                .arg(&fresh)
+                .arg(mirror)
+                .run()
+                .with_context(|| format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", ")))?;
+            crate::rootfs::store(&fresh, &root).context("storing the tools tree in the cache")?;
+        }
+        Ok(Tools::Tree { root, arch })
+    }
+
+    /// A command running `program` (a path inside the tree, e.g. `usr/sbin/mke2fs`).
+    pub fn cmd(&self, program: &str) -> Result<Cmd> {
+        match self {
+            Tools::Host => {
+                let name = Path::new(program).file_name().context("program name")?;
+                Ok(Cmd::new(name))
+            }
+            Tools::Tree { root, arch } => {
+                let exe = root.join(program);
+                if !exe.is_file() {
+                    bail!("{} is missing from the tools tree {}", program, root.display());
+                }
+                let triplet = arch.multiarch_triplet();
+                let libs = [root.join("usr/lib").join(triplet), root.join("lib").join(triplet)];
+                let libs = std::env::join_paths(libs.iter()).context("library path")?;
+                Ok(Cmd::new(root.join(arch.dynamic_loader()))
+                    .arg("--library-path")
+                    .arg(libs)
+                    .arg(exe)
+                    .env("MKE2FS_CONFIG", root.join("etc/mke2fs.conf")))
+            }
+        }
+    }
+
+    /// "tree <path>" or "host", for logs and build records.
+    pub fn describe(&self) -> String {
+        match self {
+            Tools::Host => "host".into(),
+            Tools::Tree { root, .. } => format!("tree {}", root.display()),
+        }
+    }
+
+    /// Version of a Debian package in the tools tree (or on the host), for build records.
+    pub fn package_version(&self, package: &str) -> Option<String> {
+        let status = match self {
+            Tools::Host => Path::new("/").to_path_buf(),
+            Tools::Tree { root, .. } => root.clone(),
+        };
+        let pkgs = crate::packages::installed(&status).ok()?;
+        pkgs.into_iter().find(|p| p.name == package).map(|p| p.version)
+    }
+}
