@@ -9,7 +9,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 1;
+/// 2: apt's package lists stay in the root (the SBOM reads the .debs' SHA256 from them;
+/// `system::clean` removes them before the image is made).
+const BOOTSTRAP_FORMAT: u32 = 2;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -80,6 +82,7 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         .arg(format!("--components={}", r.base.components.join(",")))
         .arg(format!("--include={}", plan.packages.join(",")))
         .arg("--aptopt=Acquire::Retries \"3\"")
+        .arg("--skip=cleanup/apt/lists")
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
     for hook in setup_hooks(&r.base.initramfs_modules) {
