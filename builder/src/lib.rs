@@ -4,6 +4,7 @@
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
 pub mod boot;
+pub mod checksums;
 pub mod cli;
 pub mod cmd;
 pub mod disk;
@@ -15,6 +16,7 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod rootfs;
+pub mod sign;
 pub mod system;
 pub mod vm;
 pub mod work;
