@@ -1,0 +1,171 @@
+//! The software bill of materials: every Debian package installed in the image, read from
+//! the configured root during the build, written as an SPDX 2.3 JSON document.
+//!
+//! [`inventory`] must run before `system::clean`, which removes apt's package lists (the
+//! only place the .debs' SHA256 are recorded). [`spdx::document`] turns the inventory into
+//! the SBOM once the image and its digest exist.
+pub mod deb822;
+pub mod license;
+pub mod spdx;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
+use std::path::{Component, Path, PathBuf};
+
+/// One installed Debian package.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DebPackage {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    pub source: String,
+    pub source_version: String,
+    /// SPDX expression from the machine-readable copyright file; None when there is none.
+    pub licence: Option<license::Licences>,
+    /// SHA256 of the .deb, from apt's package lists, when they were present.
+    pub deb_sha256: Option<String>,
+    /// The .deb's file name in the archive (`pool/main/b/bash/bash_5.2.37-2_amd64.deb` → last part).
+    pub deb_file: Option<String>,
+}
+
+/// The packages of a root, sorted by name, architecture and version.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inventory {
+    pub packages: Vec<DebPackage>,
+}
+
+impl Serialize for license::Licences {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.expression)
+    }
+}
+
+/// Read the installed packages of the root at `root`: dpkg's status database, the copyright
+/// file of each package, and the .deb checksums from apt's lists (if still present).
+pub fn inventory(root: &Path) -> Result<Inventory> {
+    let status_path = root.join("var/lib/dpkg/status");
+    let status = std::fs::read_to_string(&status_path).with_context(|| format!("reading {}", status_path.display()))?;
+    let mut packages: Vec<DebPackage> = Vec::new();
+    for p in deb822::paragraphs(&status) {
+        let installed = p.get("Status").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
+        let (Some(name), Some(version), Some(arch)) = (p.get("Package"), p.get("Version"), p.get("Architecture")) else { continue };
+        if !installed {
+            continue;
+        }
+        let (source, source_version) = match p.get("Source") {
+            Some(s) => match s.split_once(' ') {
+                Some((n, v)) => (n.to_string(), v.trim().trim_start_matches('(').trim_end_matches(')').to_string()),
+                None => (s.to_string(), version.to_string()),
+            },
+            None => (name.to_string(), version.to_string()),
+        };
+        let licence = read_in_root(root, &format!("usr/share/doc/{name}/copyright")).and_then(|t| license::from_copyright(&t));
+        packages.push(DebPackage { name: name.into(), version: version.into(), architecture: arch.into(), source, source_version, licence, deb_sha256: None, deb_file: None });
+    }
+    packages.sort_by(|a, b| (&a.name, &a.architecture, &a.version).cmp(&(&b.name, &b.architecture, &b.version)));
+    let found = apt_checksums(root, &mut packages)?;
+    tracing::info!("{} installed packages, {found} with .deb checksums, {} with machine-readable licences", packages.len(), packages.iter().filter(|p| p.licence.is_some()).count());
+    Ok(Inventory { packages })
+}
+
+/// Fill in `deb_sha256` from `var/lib/apt/lists/*_Packages`; returns how many were found.
+fn apt_checksums(root: &Path, packages: &mut [DebPackage]) -> Result<usize> {
+    let lists = root.join("var/lib/apt/lists");
+    let Ok(dir) = std::fs::read_dir(&lists) else { return Ok(0) };
+    let mut files: Vec<PathBuf> = dir.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_Packages"))).collect();
+    files.sort();
+    if files.is_empty() {
+        tracing::warn!("no apt package lists in the root: the SBOM has no .deb checksums");
+        return Ok(0);
+    }
+    let mut wanted: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    for (i, p) in packages.iter().enumerate() {
+        wanted.insert((p.name.as_str(), p.version.as_str(), p.architecture.as_str()), i);
+    }
+    let mut hits: BTreeMap<usize, (String, Option<String>)> = BTreeMap::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        for p in deb822::paragraphs(&text) {
+            let (Some(n), Some(v), Some(a), Some(sha)) = (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256")) else { continue };
+            if let Some(&i) = wanted.get(&(n, v, a)) {
+                let file = p.get("Filename").and_then(|f| f.rsplit('/').next()).map(String::from);
+                hits.entry(i).or_insert((sha.to_ascii_lowercase(), file));
+            }
+        }
+    }
+    let found = hits.len();
+    for (i, (sha, file)) in hits {
+        packages[i].deb_sha256 = Some(sha);
+        packages[i].deb_file = file;
+    }
+    Ok(found)
+}
+
+/// Read a file at `rel` inside `root`, following symbolic links as the image would: absolute
+/// targets resolve against `root`, never against the host. None if absent or unreadable.
+pub fn read_in_root(root: &Path, rel: &str) -> Option<String> {
+    std::fs::read_to_string(resolve_in_root(root, Path::new(rel))?).ok()
+}
+
+fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut pending: VecDeque<OsString> = rel.components().filter_map(|c| component_name(&c)).collect();
+    let mut cur = PathBuf::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop_front() {
+        match c.to_str() {
+            Some("/") => cur.clear(),
+            Some(".") => {}
+            Some("..") => {
+                cur.pop();
+            }
+            _ => {
+                cur.push(&c);
+                if let Ok(target) = std::fs::read_link(root.join(&cur)) {
+                    hops += 1;
+                    if hops > 40 {
+                        return None;
+                    }
+                    cur.pop();
+                    for t in target.components().rev().filter_map(|c| component_name(&c)) {
+                        pending.push_front(t);
+                    }
+                }
+            }
+        }
+    }
+    Some(root.join(cur))
+}
+
+fn component_name(c: &Component) -> Option<OsString> {
+    match c {
+        Component::RootDir => Some("/".into()),
+        Component::CurDir => Some(".".into()),
+        Component::ParentDir => Some("..".into()),
+        Component::Normal(n) => Some(n.to_os_string()),
+        Component::Prefix(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let doc = root.path().join("usr/share/doc");
+        std::fs::create_dir_all(doc.join("real")).unwrap();
+        std::fs::write(doc.join("real/copyright"), "inside").unwrap();
+        std::os::unix::fs::symlink("real", doc.join("rel")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/doc/real", doc.join("abs")).unwrap();
+        std::os::unix::fs::symlink("/etc", doc.join("host")).unwrap();
+        std::os::unix::fs::symlink("loop", doc.join("loop")).unwrap();
+        assert_eq!(read_in_root(root.path(), "usr/share/doc/rel/copyright").as_deref(), Some("inside"));
+        assert_eq!(read_in_root(root.path(), "usr/share/doc/abs/copyright").as_deref(), Some("inside"));
+        assert_eq!(read_in_root(root.path(), "usr/share/doc/host/hostname"), None, "must not read the host's /etc");
+        assert_eq!(read_in_root(root.path(), "usr/share/doc/../../../../../etc/hostname"), None);
+        assert_eq!(read_in_root(root.path(), "usr/share/doc/loop/x"), None);
+    }
+}
