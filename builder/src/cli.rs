@@ -143,6 +143,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 cache: if args.no_cache { None } else { args.cache.or_else(default_cache) },
                 work_parent: args.work_dir,
                 keep_work: args.keep_work,
+                formats: None,
+                signer: None,
             };
             let report = pipeline::build(plan, &opts)?;
             let total: f64 = report.stages.iter().map(|s| s.1).sum();
