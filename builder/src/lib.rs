@@ -20,8 +20,10 @@ pub mod recipe;
 pub mod release;
 pub mod rootfs;
 pub mod sbom;
+pub mod scan;
 pub mod sign;
 pub mod system;
+pub mod verify;
 pub mod vm;
 pub mod work;
 
