@@ -53,10 +53,20 @@ pub fn is_plain_name(s: &str) -> bool {
 
 /// SHA-256 (hex) and length of a file, read once.
 pub fn hash_file(path: &Path) -> Result<(String, u64)> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut reader = HashingReader::new(file);
-    io::copy(&mut reader, &mut io::sink()).with_context(|| format!("reading {}", path.display()))?;
-    Ok(reader.finish())
+    let mut file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (mut hasher, mut len) = (Sha256::new(), 0u64);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), len))
 }
 
 /// A writer that hashes and counts everything written through it.
