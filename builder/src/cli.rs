@@ -92,6 +92,7 @@ pub enum Command {
     /// and the image's partition table and partitions against the manifest. Exit status 0 only
     /// when everything matched; otherwise the failures name the file and partition.
     Verify {
+        /// NAME-VERSION-ARCH.img or .img.zst, with SHA256SUMS and the manifest beside it.
         image: PathBuf,
         /// Public key (kiln.pub) to check the signature with; without it only checksums and
         /// manifest are checked.
