@@ -4,21 +4,30 @@
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
 pub mod boot;
+pub mod checksums;
 pub mod cli;
 pub mod cmd;
+pub mod deb822;
 pub mod disk;
 pub mod emulation;
+pub mod export;
 pub mod fs;
 pub mod ids;
+pub mod manifest;
 pub mod overlay;
 pub mod packages;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod release;
 pub mod rootfs;
+pub mod sbom;
+pub mod scan;
+pub mod sign;
 pub mod system;
 pub mod tools;
+pub mod verify;
 pub mod vm;
 pub mod work;
 

@@ -28,6 +28,8 @@ pub struct Plan {
     pub kernel_cmdline: String,
     /// File name of the image in the output directory.
     pub image_name: String,
+    /// Files written beside it: `img` always, then the recipe's `[output] formats`.
+    pub formats: Vec<crate::recipe::OutputFormat>,
 }
 
 impl Plan {
@@ -67,6 +69,7 @@ impl Plan {
         cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
         Ok(Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
+            formats: recipe.output.formats.clone(),
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
             kernel_cmdline: cmdline.join(" "),
