@@ -61,6 +61,9 @@ pub enum Command {
         /// Where to write the guest's serial console [default: $TMPDIR/kiln-test-IMAGE.serial.log].
         #[arg(long)]
         serial_log: Option<PathBuf>,
+        /// Write the guest's changes to the image (e.g. to test what a second boot does).
+        #[arg(long)]
+        persist: bool,
         #[command(flatten)]
         vm: VmArgs,
     },
@@ -88,6 +91,10 @@ pub struct BuildArgs {
     /// Keep the work directory (for debugging).
     #[arg(long)]
     pub keep_work: bool,
+    /// Directory of artifacts supplied offline, named by their sha256 or their URL's file name;
+    /// those are never downloaded.
+    #[arg(long, env = "KILN_ARTIFACTS")]
+    pub artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -143,6 +150,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 cache: if args.no_cache { None } else { args.cache.or_else(default_cache) },
                 work_parent: args.work_dir,
                 keep_work: args.keep_work,
+                artifacts: args.artifacts,
             };
             let report = pipeline::build(plan, &opts)?;
             let total: f64 = report.stages.iter().map(|s| s.1).sum();
@@ -154,9 +162,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             vm::boot(&image, &vm.options(), persist)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { image, timeout, serial_log, vm } => {
+        Command::Test { image, timeout, serial_log, persist, vm } => {
             let log = serial_log.unwrap_or_else(|| vm::default_log(&image));
-            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log).with_context(|| format!("testing {}", image.display()))?;
+            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log, persist).with_context(|| format!("testing {}", image.display()))?;
             for c in &report.checks {
                 let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
                 println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);

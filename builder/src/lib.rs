@@ -3,18 +3,22 @@
 //! The pipeline (`pipeline::build`) reads top to bottom: recipe → plan → rootfs (mmdebstrap)
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
+pub mod artifacts;
 pub mod boot;
 pub mod cli;
 pub mod cmd;
 pub mod disk;
 pub mod emulation;
+pub mod firstboot;
 pub mod fs;
 pub mod ids;
+pub mod net;
 pub mod overlay;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod repos;
 pub mod rootfs;
 pub mod system;
 pub mod vm;

@@ -5,7 +5,10 @@ use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::work::WorkDir;
-use crate::{fs, overlay, rootfs, system};
+use crate::net::{self, Need};
+use crate::recipe::Artifact;
+use crate::repos::{self, Keyring};
+use crate::{artifacts, firstboot, fs, overlay, rootfs, system};
 
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -20,6 +23,8 @@ pub struct BuildOptions {
     /// Where the work directory is made (system temp dir when None).
     pub work_parent: Option<PathBuf>,
     pub keep_work: bool,
+    /// Directory with artifacts supplied offline (named by sha256 or by their URL's file name).
+    pub artifacts: Option<PathBuf>,
 }
 
 /// What a build produced: the image and the record written beside it.
@@ -45,7 +50,7 @@ const HOST_TOOLS: &[&str] = &["mmdebstrap", "mkfs.ext4", "tar", "useradd", "syst
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
-    preflight()?;
+    preflight(&plan)?;
     // A foreign architecture's maintainer scripts run under qemu-user.
     crate::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
@@ -53,13 +58,19 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let tree = work.join("root");
-    let mut p = Progress::new(8);
+    let mut p = Progress::new(9);
 
-    let (tarball, cached) = p.stage("bootstrap Debian root (mmdebstrap)", || rootfs::bootstrap(&plan, &work, opts.cache.as_deref()))?;
+    // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
+    let (keys, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    let extra = rootfs::ExtraSources { lines: repos::mmdebstrap_sources(&plan, &keys), setup_hooks: repos::setup_hooks(&plan, work.path())? };
+    let (tarball, cached) = p.stage("bootstrap Debian root (mmdebstrap)", || rootfs::bootstrap(&plan, &work, opts.cache.as_deref(), &extra))?;
     p.stage("unpack root", || rootfs::unpack(&tarball, &tree))?;
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
-    p.stage("apply overlays, enable units", || {
+    p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
         overlay::apply(&overlays, &tree)?;
+        repos::install(&plan, &keys, &tree)?;
+        artifacts::install(&fetched, &tree, work.path())?;
+        firstboot::install(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
@@ -90,12 +101,36 @@ pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) 
     Ok(value)
 }
 
-fn preflight() -> Result<()> {
+/// Keys of the extra repositories, and every artifact as a verified local file. Fails early:
+/// unreachable hosts (all named at once), a repository not signed by its key, a wrong digest.
+fn outside_inputs<'p>(plan: &'p Plan, work: &Path, opts: &BuildOptions) -> Result<(Vec<Keyring>, Vec<(&'p Artifact, PathBuf)>)> {
+    let keys = repos::keyrings(plan, work)?;
+    let store = artifacts::Store::new(opts.cache.as_deref(), work, opts.artifacts.as_deref());
+    let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
+    let mut needs: Vec<Need> = plan.recipe.repositories.iter().map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) }).collect();
+    needs.extend(artifacts::needs(&missing));
+    net::preflight(&needs)?;
+    repos::verify_releases(plan, &keys, work)?;
+    for a in missing {
+        tracing::info!("downloading artifact `{}` from {}", a.name, a.url);
+        local.push((a, store.fetch(a)?));
+    }
+    Ok((keys, local))
+}
+
+fn preflight(plan: &Plan) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
     }
-    let missing: Vec<&str> = HOST_TOOLS.iter().copied().filter(|t| !cmd::have(t)).collect();
+    let mut tools = HOST_TOOLS.to_vec();
+    if !plan.recipe.repositories.is_empty() {
+        tools.extend(["gpg", "gpgv", "curl"]);
+    }
+    if !plan.recipe.artifacts.is_empty() {
+        tools.push("curl");
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !cmd::have(t)).collect();
     if !missing.is_empty() {
         bail!("missing host tools: {}; install them with `scripts/setup-host` (as root)", missing.join(", "));
     }

@@ -23,6 +23,27 @@ struct BootstrapInputs<'a> {
     initramfs_modules: &'a InitramfsModules,
     locale: &'a str,
     source_date_epoch: i64,
+    /// Extra apt repositories (left out when there are none, so older keys stay valid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repositories: Vec<RepoInputs<'a>>,
+}
+
+#[derive(Serialize)]
+struct RepoInputs<'a> {
+    name: &'a str,
+    url: &'a str,
+    suite: &'a str,
+    components: &'a [String],
+    fingerprint: &'a str,
+    pin: Option<String>,
+}
+
+/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and setup hooks
+/// (pins) run before anything is installed. See `repos.rs`.
+#[derive(Debug, Default)]
+pub struct ExtraSources {
+    pub lines: Vec<String>,
+    pub setup_hooks: Vec<String>,
 }
 
 fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
@@ -37,6 +58,11 @@ fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
         initramfs_modules: &plan.initramfs_modules,
         locale: &r.system.locale,
         source_date_epoch: r.source_date_epoch,
+        repositories: r
+            .repositories
+            .iter()
+            .map(|x| RepoInputs { name: &x.name, url: &x.url, suite: &x.suite, components: &x.components, fingerprint: &x.fingerprint, pin: crate::repos::pin_file(x) })
+            .collect(),
     }
 }
 
@@ -47,7 +73,7 @@ pub fn cache_key(plan: &Plan) -> String {
 
 /// Return a tarball of the bootstrapped root: from `cache` when present, else made by mmdebstrap
 /// (and stored in `cache` when given).
-pub fn bootstrap(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<(PathBuf, bool)> {
+pub fn bootstrap(plan: &Plan, work: &WorkDir, cache: Option<&Path>, extra: &ExtraSources) -> Result<(PathBuf, bool)> {
     let key = cache_key(plan);
     if let Some(cache) = cache {
         let cached = cache.join("roots").join(format!("{key}.tar"));
@@ -57,7 +83,7 @@ pub fn bootstrap(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<(P
         }
     }
     let tar = work.join("root.tar");
-    mmdebstrap(plan, work, &tar)?;
+    mmdebstrap(plan, work, &tar, extra)?;
     if let Some(cache) = cache {
         let dir = cache.join("roots");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating cache directory {}", dir.display()))?;
@@ -71,7 +97,7 @@ pub fn bootstrap(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<(P
     Ok((tar, false))
 }
 
-fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
+fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, extra: &ExtraSources) -> Result<()> {
     let r = &plan.recipe;
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
@@ -82,7 +108,7 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         .arg("--aptopt=Acquire::Retries \"3\"")
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
-    for hook in setup_hooks(&plan.initramfs_modules) {
+    for hook in setup_hooks(&plan.initramfs_modules).iter().chain(&extra.setup_hooks) {
         cmd = cmd.arg(format!("--setup-hook={hook}"));
     }
     cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"));
@@ -90,7 +116,13 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
-    cmd.arg(&r.base.suite).arg(out).arg(&plan.mirror).run().with_context(|| format!("bootstrapping Debian {} ({}) from {}", r.base.suite, plan.arch().debian(), plan.mirror))
+    let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
+    cmd.arg(&r.base.suite)
+        .arg(out)
+        .arg(&plan.mirror)
+        .args(&extra.lines)
+        .run()
+        .with_context(|| format!("bootstrapping Debian {} ({}) from {}{extra_names}", r.base.suite, plan.arch().debian(), plan.mirror))
 }
 
 /// mkinitramfs would run once when the kernel is installed and again for every trigger; under

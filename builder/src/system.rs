@@ -58,6 +58,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
 pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     let mut enable = vec!["kiln-check.service".to_string()];
+    enable.extend(plan.recipe.first_boot.iter().map(crate::firstboot::unit_name));
     enable.extend(sys.enable.iter().cloned());
     systemctl(root, "enable", &enable)?;
     systemctl(root, "disable", &sys.disable)
