@@ -146,6 +146,13 @@ pub fn checks_tsv(checks: &[Check]) -> String {
 pub fn clean(root: &Path) -> Result<()> {
     // An empty machine-id makes systemd treat the first boot as such and generate one.
     write_file(root, "etc/machine-id", b"", 0o444)?;
+    // ssl-cert's snakeoil certificate is made per box (debian-base's kiln-ssl-snakeoil.service).
+    for rel in ["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"] {
+        let p = root.join(rel);
+        if p.is_file() || p.is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+        }
+    }
     for rel in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
         let p = root.join(rel);
         if p.is_file() || p.is_symlink() {
