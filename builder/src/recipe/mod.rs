@@ -149,9 +149,14 @@ pub struct Artifact {
     pub dest: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extract: Option<Extract>,
+    #[serde(serialize_with = "octal")]
     pub mode: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+}
+
+fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
 }
 
 /// A first-boot action (see `firstboot.rs`).
