@@ -63,6 +63,7 @@ cases!(bad:
     first_boot_two_kinds => "first-boot-two-kinds",
     duplicate_repository => "duplicate-repository",
     artifact_relative_dest => "artifact-relative-dest",
+    first_boot_before_socket => "first-boot-before-socket",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.

@@ -80,6 +80,9 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         if let Some(u) = f.get_ref().before.iter().chain(&f.get_ref().after).find(|u| !is_unit_name(u)) {
             return Err(err(at, format!("first_boot[{i}]"), format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)")));
         }
+        if let Some(u) = f.get_ref().before.iter().find(|u| u.ends_with(".socket") || matches!(u.as_str(), "sysinit.target" | "basic.target" | "sockets.target")) {
+            return Err(err(at, format!("first_boot[{i}].before"), format!("first-boot actions start after basic.target, so they cannot come before `{u}` (an ordering cycle); order them before the service instead")));
+        }
     }
     Ok(())
 }
