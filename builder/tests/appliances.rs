@@ -263,7 +263,7 @@ fn kvm_host_builds_and_passes_its_checks() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", stderr(&out));
-    assert!(stdout.contains("ok   libvirtd answers virsh") && stdout.contains("ok   Cockpit answers on 9090") && stdout.contains("ok   bridge br0"), "{stdout}");
+    assert!(stdout.contains("ok   libvirtd answers virsh") && stdout.contains("ok   Cockpit serves its login page") && stdout.contains("ok   bridge br0"), "{stdout}");
 }
 
 /// Proxmox VE and office-in-a-box need download.proxmox.com / download.nextcloud.com, which
