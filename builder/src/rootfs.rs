@@ -166,3 +166,20 @@ pub fn unpack(tar: &Path, dir: &Path) -> Result<()> {
         .run()
         .context("unpacking the root")
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    #[test]
+    fn extra_repositories_change_the_cache_key() {
+        let plan = Plan::new(crate::recipe::load(Path::new("tests/recipes/good/extras.toml")).unwrap()).unwrap();
+        let mut without = plan.clone();
+        without.recipe.repositories.clear();
+        let mut other_key = plan.clone();
+        other_key.recipe.repositories[0].fingerprint = "0".repeat(40);
+        let keys = [super::cache_key(&plan), super::cache_key(&without), super::cache_key(&other_key)];
+        assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2], "{keys:?}");
+    }
+}
