@@ -11,6 +11,7 @@ use crate::recipe::{Artifact, Extract};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Where artifacts are looked for and kept.
@@ -111,7 +112,15 @@ pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path, work: &Path) -> 
         let dest = root.join(a.dest.trim_start_matches('/'));
         match a.extract {
             None => {
-                crate::system::write_file(root, &a.dest, &std::fs::read(file).with_context(|| format!("reading {}", file.display()))?, a.mode)?;
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent).with_context(|| format!("creating the parent of {} in the image", a.dest))?;
+                }
+                if dest.is_symlink() {
+                    std::fs::remove_file(&dest).with_context(|| format!("replacing {}", a.dest))?;
+                }
+                std::fs::copy(file, &dest).with_context(|| format!("copying artifact `{}` to {}", a.name, a.dest))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(a.mode)).with_context(|| format!("setting the mode of {}", a.dest))?;
+                std::os::unix::fs::lchown(&dest, Some(0), Some(0)).with_context(|| format!("chown {}", a.dest))?;
                 if let Some((uid, gid)) = ids {
                     std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).with_context(|| format!("chown {}", a.dest))?;
                 }

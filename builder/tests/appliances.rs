@@ -266,6 +266,22 @@ fn kvm_host_builds_and_passes_its_checks() {
     assert!(stdout.contains("ok   libvirtd answers virsh") && stdout.contains("ok   Cockpit serves its login page") && stdout.contains("ok   bridge br0"), "{stdout}");
 }
 
+/// office-in-a-box's mail layer (Postfix + Dovecot from Debian) delivers mail and serves it, with
+/// a TLS certificate made at first boot. (The rest of office-in-a-box needs download.nextcloud.com.)
+#[test]
+fn opendesk_mail_layer_delivers_mail() {
+    if !e2e_enabled() {
+        return;
+    }
+    let base = e2e_dir().join("opendesk-mail");
+    let image = build("tests/recipes/e2e/opendesk-mail.toml", &base.join("out"), &base.join("cache"));
+    let out = kiln(&["test", image.to_str().unwrap(), "--timeout", "900"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}");
+    assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", stderr(&out));
+    assert!(stdout.contains("ok   mail to a local user lands in its Maildir via LMTP") && stdout.contains("ok   dovecot serves IMAP on 143"), "{stdout}");
+}
+
 /// Proxmox VE and office-in-a-box need download.proxmox.com / download.nextcloud.com, which
 /// these machines cannot reach: the build stops before any bootstrap work, naming the host and
 /// the way to build offline. (Where the hosts are reachable this test has nothing to show.)
