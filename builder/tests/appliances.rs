@@ -279,7 +279,7 @@ fn opendesk_mail_layer_delivers_mail() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", stderr(&out));
-    assert!(stdout.contains("ok   mail to a local user is saved in its Maildir by Dovecot (LMTP) (exit 0: /home/kilnmail/Maildir/new/") && stdout.contains("ok   dovecot serves IMAP on 143"), "{stdout}");
+    assert!(stdout.contains("ok   mail to a local user is saved in its Maildir by Dovecot (LMTP) (exit 0: /home/kilnmail/Maildir/") && stdout.contains("ok   dovecot serves IMAP on 143"), "{stdout}");
 }
 
 /// Proxmox VE and office-in-a-box need download.proxmox.com / download.nextcloud.com, which
