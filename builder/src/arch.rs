@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::recipe::InitramfsModules;
 use uuid::{uuid, Uuid};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     #[serde(rename = "x86_64")]

@@ -65,6 +65,9 @@ pub enum Command {
         /// Where to write the guest's serial console [default: $TMPDIR/kiln-test-IMAGE.serial.log].
         #[arg(long)]
         serial_log: Option<PathBuf>,
+        /// Write the guest's changes to the image (e.g. to test what a second boot does).
+        #[arg(long)]
+        persist: bool,
         #[command(flatten)]
         vm: VmArgs,
     },
@@ -135,6 +138,10 @@ pub struct BuildArgs {
     /// Write this format besides the .img, instead of the recipe's [output] formats (repeatable).
     #[arg(long = "format", value_enum, value_name = "FORMAT")]
     pub formats: Vec<FormatArg>,
+    /// Directory of artifacts supplied offline, named by their sha256 or their URL's file name;
+    /// those are never downloaded.
+    #[arg(long, env = "KILN_ARTIFACTS")]
+    pub artifacts: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -215,6 +222,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 keep_work: args.keep_work,
                 formats: (!args.formats.is_empty()).then(|| args.formats.iter().map(|&f| f.into()).collect()),
                 signer,
+                artifacts: args.artifacts,
             };
             let report = pipeline::build(plan, &opts)?;
             let total: f64 = report.stages.iter().map(|s| s.1).sum();
@@ -229,9 +237,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             vm::boot(&image, &vm.options(), persist)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Test { image, timeout, serial_log, vm } => {
+        Command::Test { image, timeout, serial_log, persist, vm } => {
             let log = serial_log.unwrap_or_else(|| vm::default_log(&image));
-            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log).with_context(|| format!("testing {}", image.display()))?;
+            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log, persist).with_context(|| format!("testing {}", image.display()))?;
             for c in &report.checks {
                 let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
                 println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);

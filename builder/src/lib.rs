@@ -3,6 +3,7 @@
 //! The pipeline (`pipeline::build`) reads top to bottom: recipe → plan → rootfs (mmdebstrap)
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
+pub mod artifacts;
 pub mod boot;
 pub mod checksums;
 pub mod cli;
@@ -11,9 +12,11 @@ pub mod deb822;
 pub mod disk;
 pub mod emulation;
 pub mod export;
+pub mod firstboot;
 pub mod fs;
 pub mod ids;
 pub mod manifest;
+pub mod net;
 pub mod overlay;
 pub mod packages;
 pub mod pipeline;
@@ -21,6 +24,7 @@ pub mod plan;
 pub mod progress;
 pub mod recipe;
 pub mod release;
+pub mod repos;
 pub mod rootfs;
 pub mod sbom;
 pub mod scan;

@@ -7,8 +7,11 @@ use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::sign::Signer;
 use crate::work::WorkDir;
+use crate::net::{self, Need};
+use crate::recipe::Artifact;
+use crate::repos::{self, Keyring};
 use crate::tools::Tools;
-use crate::{fs, overlay, release, rootfs, sbom, system};
+use crate::{artifacts, firstboot, fs, overlay, release, rootfs, sbom, system};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,8 @@ pub struct BuildOptions {
     pub formats: Option<Vec<OutputFormat>>,
     /// Sign `SHA256SUMS` with this key (already decrypted, held only in memory).
     pub signer: Option<Signer>,
+    /// Directory with artifacts supplied offline (named by sha256 or by their URL's file name).
+    pub artifacts: Option<PathBuf>,
 }
 
 /// What a build produced: the image and the record written beside it.
@@ -59,21 +64,27 @@ const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "useradd", "systemctl", "cp
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
-    preflight()?;
+    preflight(&plan)?;
     // A foreign architecture's maintainer scripts run under qemu-user.
     crate::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
     let overlays = overlay::render(&plan.recipe)?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
-    let mut p = Progress::new(11);
+    let mut p = Progress::new(12);
 
+    // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
+    let (keys, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    let extra = rootfs::ExtraSources { lines: repos::mmdebstrap_sources(&plan, &keys), setup_hooks: repos::setup_hooks(&plan, work.path())? };
     let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &plan.mirror, &work) })?;
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path())))?;
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &extra))?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
-    p.stage("apply overlays, enable units", || {
+    p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
         overlay::apply(&overlays, &tree)?;
+        repos::install(&plan, &keys, &tree)?;
+        artifacts::install(&fetched, &tree, work.path())?;
+        firstboot::install(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;
     // Before `system::clean`, which removes apt's lists (the .debs' checksums).
@@ -116,12 +127,36 @@ pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) 
     Ok(value)
 }
 
-fn preflight() -> Result<()> {
+/// Keys of the extra repositories, and every artifact as a verified local file. Fails early:
+/// unreachable hosts (all named at once), a repository not signed by its key, a wrong digest.
+fn outside_inputs<'p>(plan: &'p Plan, work: &Path, opts: &BuildOptions) -> Result<(Vec<Keyring>, Vec<(&'p Artifact, PathBuf)>)> {
+    let keys = repos::keyrings(plan, work)?;
+    let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
+    let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
+    let mut needs: Vec<Need> = plan.recipe.repositories.iter().map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) }).collect();
+    needs.extend(artifacts::needs(&missing));
+    net::preflight(&needs)?;
+    repos::verify_releases(plan, &keys, work)?;
+    for a in missing {
+        tracing::info!("downloading artifact `{}` from {}", a.name, a.url);
+        local.push((a, store.fetch(a)?));
+    }
+    Ok((keys, local))
+}
+
+fn preflight(plan: &Plan) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
     }
-    let missing: Vec<&str> = HOST_TOOLS.iter().copied().filter(|t| !cmd::have(t)).collect();
+    let mut tools = HOST_TOOLS.to_vec();
+    if !plan.recipe.repositories.is_empty() {
+        tools.extend(["gpg", "gpgv", "curl"]);
+    }
+    if !plan.recipe.artifacts.is_empty() {
+        tools.push("curl");
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !cmd::have(t)).collect();
     if !missing.is_empty() {
         bail!("missing host tools: {}; install them with `scripts/setup-host` (as root)", missing.join(", "));
     }

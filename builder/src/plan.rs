@@ -17,7 +17,8 @@ pub struct Plan {
     /// sha256 of the resolved recipe: the seed of every identifier in the image.
     pub recipe_hash: String,
     pub mirror: String,
-    /// The packages passed to mmdebstrap: kiln's base set, the kernel, then the recipe's.
+    /// The packages passed to mmdebstrap: kiln's base set, the kernel, then the recipe's (and its
+    /// packages for this architecture).
     pub packages: Vec<String>,
     /// Drivers in the initrd: the recipe's choice or the architecture's default.
     pub initramfs_modules: InitramfsModules,
@@ -46,11 +47,12 @@ impl Plan {
         let recipe_hash = ids::sha256_hex(serde_json::to_string(&recipe)?.as_bytes());
         let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
-        packages.push(arch.kernel_package().into());
+        packages.push(recipe.base.kernel.clone().unwrap_or_else(|| arch.kernel_package().into()));
         if !matches!(recipe.system.locale.as_str(), "C" | "C.UTF-8" | "POSIX") {
             packages.push("locales".into());
         }
-        for p in &recipe.base.packages {
+        let for_arch = recipe.base.arch_packages.get(&arch).into_iter().flatten();
+        for p in recipe.base.packages.iter().chain(for_arch) {
             if !packages.contains(p) {
                 packages.push(p.clone());
             }

@@ -23,6 +23,27 @@ struct BootstrapInputs<'a> {
     initramfs_modules: &'a InitramfsModules,
     locale: &'a str,
     source_date_epoch: i64,
+    /// Extra apt repositories (left out when there are none, so older keys stay valid).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    repositories: Vec<RepoInputs<'a>>,
+}
+
+#[derive(Serialize)]
+struct RepoInputs<'a> {
+    name: &'a str,
+    url: &'a str,
+    suite: &'a str,
+    components: &'a [String],
+    fingerprint: &'a str,
+    pin: Option<String>,
+}
+
+/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and setup hooks
+/// (pins) run before anything is installed. See `repos.rs`.
+#[derive(Debug, Default)]
+pub struct ExtraSources {
+    pub lines: Vec<String>,
+    pub setup_hooks: Vec<String>,
 }
 
 fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
@@ -37,6 +58,11 @@ fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
         initramfs_modules: &plan.initramfs_modules,
         locale: &r.system.locale,
         source_date_epoch: r.source_date_epoch,
+        repositories: r
+            .repositories
+            .iter()
+            .map(|x| RepoInputs { name: &x.name, url: &x.url, suite: &x.suite, components: &x.components, fingerprint: &x.fingerprint, pin: crate::repos::pin_file(x) })
+            .collect(),
     }
 }
 
@@ -56,10 +82,10 @@ pub struct Root {
 /// there (made once per set of inputs) and the build works on an overlay over it, so the cached
 /// tree is never changed and a warm build copies nothing. Without a cache, mmdebstrap writes
 /// `work/root` directly.
-pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<Root> {
+pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, extra: &ExtraSources) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
-        mmdebstrap(plan, work, &dir)?;
+        mmdebstrap(plan, work, &dir, extra)?;
         return Ok(Root { dir, from_cache: false });
     };
     let cached = cache.join("roots").join(cache_key(plan));
@@ -68,7 +94,7 @@ pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>) -> Result<Root
         tracing::info!("reusing cached root {}", cached.display());
     } else {
         let fresh = work.join("bootstrap");
-        mmdebstrap(plan, work, &fresh)?;
+        mmdebstrap(plan, work, &fresh, extra)?;
         store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
     }
     mount_overlay(&cached, work, &dir)?;
@@ -119,7 +145,7 @@ pub fn release(root: &Root) -> Result<()> {
     Ok(())
 }
 
-fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
+fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, extra: &ExtraSources) -> Result<()> {
     let r = &plan.recipe;
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
@@ -133,7 +159,7 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         .arg("--skip=cleanup/apt/lists")
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
-    for hook in setup_hooks(&plan.initramfs_modules) {
+    for hook in setup_hooks(&plan.initramfs_modules).iter().chain(&extra.setup_hooks) {
         cmd = cmd.arg(format!("--setup-hook={hook}"));
     }
     cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"));
@@ -141,7 +167,13 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path) -> Result<()> {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
-    cmd.arg(&r.base.suite).arg(out).arg(&plan.mirror).run().with_context(|| format!("bootstrapping Debian {} ({}) from {}", r.base.suite, plan.arch().debian(), plan.mirror))
+    let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
+    cmd.arg(&r.base.suite)
+        .arg(out)
+        .arg(&plan.mirror)
+        .args(&extra.lines)
+        .run()
+        .with_context(|| format!("bootstrapping Debian {} ({}) from {}{extra_names}", r.base.suite, plan.arch().debian(), plan.mirror))
 }
 
 /// mkinitramfs would run once when the kernel is installed and again for every trigger; under
@@ -172,4 +204,21 @@ fn locale_hook(locale: &str) -> Option<String> {
     let charset = locale.split('.').nth(1).unwrap_or("UTF-8");
     let q = crate::cmd::shell_quote(&format!("{locale} {charset}"));
     Some(format!("echo {q} > \"$1/etc/locale.gen\" && chroot \"$1\" locale-gen"))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::plan::Plan;
+    use std::path::Path;
+
+    #[test]
+    fn extra_repositories_change_the_cache_key() {
+        let plan = Plan::new(crate::recipe::load(Path::new("tests/recipes/good/extras.toml")).unwrap()).unwrap();
+        let mut without = plan.clone();
+        without.recipe.repositories.clear();
+        let mut other_key = plan.clone();
+        other_key.recipe.repositories[0].fingerprint = "0".repeat(40);
+        let keys = [super::cache_key(&plan), super::cache_key(&without), super::cache_key(&other_key)];
+        assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2], "{keys:?}");
+    }
 }

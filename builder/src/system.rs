@@ -59,6 +59,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
 pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     let mut enable = vec!["kiln-check.service".to_string()];
+    enable.extend(plan.recipe.first_boot.iter().map(crate::firstboot::unit_name));
     enable.extend(sys.enable.iter().cloned());
     systemctl(root, "enable", &enable)?;
     systemctl(root, "disable", &sys.disable)
@@ -176,6 +177,13 @@ pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
 pub fn clean(root: &Path) -> Result<()> {
     // An empty machine-id makes systemd treat the first boot as such and generate one.
     write_file(root, "etc/machine-id", b"", 0o444)?;
+    // ssl-cert's snakeoil certificate is made per box (debian-base's kiln-ssl-snakeoil.service).
+    for rel in ["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"] {
+        let p = root.join(rel);
+        if p.is_file() || p.is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+        }
+    }
     for rel in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
         let p = root.join(rel);
         if p.is_file() || p.is_symlink() {

@@ -39,6 +39,7 @@ cases!(good:
     defaults => "defaults",
     aarch64 => "aarch64",
     outputs => "outputs",
+    extras => "extras",
 );
 
 cases!(bad:
@@ -58,7 +59,41 @@ cases!(bad:
     syntax_error => "syntax-error",
     bad_ssh_key => "bad-ssh-key",
     bad_output_format => "bad-output-format",
+    wrong_fingerprint => "wrong-fingerprint",
+    missing_key => "missing-key",
+    bad_sha256 => "bad-sha256",
+    first_boot_two_kinds => "first-boot-two-kinds",
+    duplicate_repository => "duplicate-repository",
+    artifact_relative_dest => "artifact-relative-dest",
+    first_boot_before_socket => "first-boot-before-socket",
 );
+
+/// The shipped appliance recipes are valid, and plan what their layers promise.
+#[test]
+fn appliance_recipes_check() {
+    let plan = |r: &str| kiln::pipeline::check(Path::new(&format!("../recipes/{r}.toml")), None).unwrap_or_else(|e| panic!("{r}: {e:#}"));
+    for r in ["minimal", "kvm-host"] {
+        plan(r);
+    }
+    let kvm = plan("kvm-host");
+    for p in ["libvirt-daemon-system", "cockpit-machines", "qemu-system-x86", "ovmf"] {
+        assert!(kvm.packages.iter().any(|x| x == p), "kvm-host lacks {p}: {:?}", kvm.packages);
+    }
+    let pve = plan("proxmox-ve");
+    assert!(pve.packages.iter().any(|p| p == "proxmox-default-kernel"), "{:?}", pve.packages);
+    assert!(!pve.packages.iter().any(|p| p == "linux-image-amd64" || p == "os-prober"), "no Debian kernel, no os-prober: {:?}", pve.packages);
+    let repo = &pve.recipe.repositories[0];
+    assert_eq!((repo.name.as_str(), repo.suite.as_str(), repo.fingerprint.as_str()), ("pve", "trixie", "24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E"));
+    assert_eq!(repo.components, ["pve-no-subscription"]);
+    let office = plan("office-in-a-box");
+    let nc = office.recipe.artifacts.iter().find(|a| a.name == "nextcloud").expect("nextcloud artifact");
+    assert!(nc.url.starts_with("https://download.nextcloud.com/server/releases/nextcloud-") && nc.sha256.len() == 64);
+    for p in ["nginx", "php8.4-fpm", "postgresql", "redis-server", "postfix", "dovecot-imapd", "libvirt-daemon-system"] {
+        assert!(office.packages.iter().any(|x| x == p), "office-in-a-box lacks {p}");
+    }
+    let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["cockpit-admin", "nextcloud-install"]);
+}
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
 #[test]

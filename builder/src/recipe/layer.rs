@@ -7,6 +7,7 @@ use super::error::{key_of, RecipeError};
 use super::size::Size;
 use crate::arch::Arch;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use toml::Spanned;
 
@@ -28,6 +29,9 @@ pub struct Layer {
     pub boot: Option<BootLayer>,
     pub checks: Option<Vec<Spanned<CheckLayer>>>,
     pub output: Option<OutputLayer>,
+    pub repositories: Option<Vec<Spanned<RepositoryLayer>>>,
+    pub artifacts: Option<Vec<Spanned<ArtifactLayer>>>,
+    pub first_boot: Option<Vec<Spanned<FirstBootLayer>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +42,10 @@ pub struct BaseLayer {
     pub components: Option<Vec<String>>,
     pub packages: Option<Vec<String>>,
     pub initramfs_modules: Option<InitramfsModules>,
+    /// Kernel package instead of the architecture's Debian kernel (e.g. Proxmox's).
+    pub kernel: Option<String>,
+    /// Packages only installed on one architecture (`x86_64 = ["ovmf"]`).
+    pub arch_packages: Option<BTreeMap<Arch, Vec<String>>>,
 }
 
 /// Which drivers mkinitramfs puts into the initrd.
@@ -121,6 +129,55 @@ pub struct CheckLayer {
     pub timeout: Option<u32>,
 }
 
+/// An extra apt repository, trusted through one OpenPGP key kept beside the recipe.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepositoryLayer {
+    pub name: String,
+    pub url: Spanned<String>,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// Path of the public key file, relative to the file that names it.
+    pub key: Spanned<String>,
+    /// The key's full fingerprint (40 hex digits; spaces allowed).
+    pub fingerprint: Spanned<String>,
+    pub pin_priority: Option<i32>,
+    pub pin_packages: Option<Vec<String>>,
+}
+
+/// A file fetched by URL, checked by sha256 and laid into the image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArtifactLayer {
+    pub name: String,
+    pub url: Spanned<String>,
+    pub sha256: Spanned<String>,
+    pub dest: Spanned<String>,
+    pub extract: Option<Extract>,
+    pub mode: Option<Spanned<String>>,
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Extract {
+    /// A tar archive (any compression GNU tar recognises), unpacked into `dest`.
+    Tar,
+}
+
+/// A command run once, on the box's first boot.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FirstBootLayer {
+    pub name: String,
+    pub command: Option<String>,
+    pub script: Option<String>,
+    #[serde(default)]
+    pub before: Vec<String>,
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
 /// Parse one file into a layer; errors carry file, line, column and key.
 pub fn parse(file: &Path, text: &str) -> Result<Layer, RecipeError> {
     let de = toml::Deserializer::new(text);
@@ -186,6 +243,13 @@ impl Layer {
                 components: append(l.components, u.components),
                 packages: append(l.packages, u.packages),
                 initramfs_modules: last(l.initramfs_modules, u.initramfs_modules),
+                kernel: last(l.kernel, u.kernel),
+                arch_packages: merge_with(l.arch_packages, u.arch_packages, |mut l, u| {
+                    for (arch, pkgs) in u {
+                        l.entry(arch).or_default().extend(pkgs);
+                    }
+                    l
+                }),
             }),
             system: merge_with(self.system, upper.system, |l, u| SystemLayer {
                 hostname: last(l.hostname, u.hostname),
@@ -208,6 +272,9 @@ impl Layer {
             }),
             checks: append(self.checks, upper.checks),
             output: merge_with(self.output, upper.output, |l, u| OutputLayer { formats: append(l.formats, u.formats) }),
+            repositories: append(self.repositories, upper.repositories),
+            artifacts: append(self.artifacts, upper.artifacts),
+            first_boot: append(self.first_boot, upper.first_boot),
         }
     }
 }

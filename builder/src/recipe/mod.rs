@@ -1,16 +1,18 @@
 //! The recipe model: TOML files (a recipe and the layers it includes) resolved into one `Recipe`.
 mod error;
+mod external;
 pub mod layer;
 mod size;
 mod validate;
 
 pub use error::RecipeError;
-pub use layer::{Filesystem, InitramfsModules, OutputFormat};
+pub use layer::{Extract, Filesystem, InitramfsModules, OutputFormat};
 pub use size::Size;
 
 use crate::arch::Arch;
 use layer::Layer;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 /// A fully resolved recipe: every include merged, defaults filled in, values checked.
@@ -34,6 +36,12 @@ pub struct Recipe {
     /// the image (the plan shows them).
     #[serde(skip)]
     pub output: Output,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repositories: Vec<Repository>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub first_boot: Vec<FirstBoot>,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }
@@ -47,6 +55,11 @@ pub struct Base {
     pub packages: Vec<String>,
     /// None: the architecture's default (see `Arch::default_initramfs_modules`).
     pub initramfs_modules: Option<InitramfsModules>,
+    /// None: the architecture's Debian kernel package.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub arch_packages: BTreeMap<Arch, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +123,69 @@ pub enum CheckKind {
     Unit(String),
     /// A TCP port on the guest's loopback that must accept a connection.
     Port(u16),
+}
+
+/// An extra apt repository (see `repos.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Repository {
+    pub name: String,
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    /// The key file as written, relative to the recipe directory.
+    pub key: PathBuf,
+    #[serde(skip)]
+    pub key_path: PathBuf,
+    /// Full fingerprint, upper-case hex without spaces.
+    pub fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<Pin>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pin {
+    pub priority: i32,
+    pub packages: Vec<String>,
+}
+
+/// A file fetched by URL and checked by sha256 (see `artifacts.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Artifact {
+    pub name: String,
+    pub url: String,
+    /// Lower-case hex.
+    pub sha256: String,
+    /// Absolute path in the image: the file, or the directory a tar archive is unpacked into.
+    pub dest: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extract: Option<Extract>,
+    #[serde(serialize_with = "octal")]
+    pub mode: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
+}
+
+/// A first-boot action (see `firstboot.rs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FirstBoot {
+    pub name: String,
+    #[serde(flatten)]
+    pub run: FirstBootRun,
+    pub before: Vec<String>,
+    pub after: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FirstBootRun {
+    /// A bash command line.
+    Command(String),
+    /// An executable in the image (shipped by an overlay).
+    Script(String),
 }
 
 /// Defaults used when no layer sets a value.

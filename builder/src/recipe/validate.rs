@@ -58,6 +58,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
             }
         }
     }
+    super::external::per_file(layer, file, text, top_dir)?;
     if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
         if !matches!(p.as_str(), "most" | "netboot" | "dep") {
             return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
@@ -89,7 +90,8 @@ fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
 }
 
 /// Fill defaults into the merged layer and check what spans files.
-pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
+pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
+    let (repositories, artifacts, first_boot) = super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer)?;
     let missing = |key: &str| RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string());
     let name = layer.name.ok_or_else(|| missing("name"))?.into_inner();
     let version = layer.version.ok_or_else(|| missing("version"))?;
@@ -104,6 +106,8 @@ pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recip
         components,
         packages: dedup(base.packages.unwrap_or_default()),
         initramfs_modules: base.initramfs_modules,
+        kernel: base.kernel,
+        arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
     };
 
     let sys = layer.system.unwrap_or_default();
@@ -182,6 +186,9 @@ pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recip
         boot,
         checks,
         output,
+        repositories,
+        artifacts,
+        first_boot,
         sources,
     })
 }

@@ -38,9 +38,9 @@ enum Event {
 
 /// Boot `image`, wait for the agent's verdict, and return the report (also on failed checks).
 /// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
-/// The whole serial console is written to `log`.
-pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path) -> Result<TestReport> {
-    let m = machine(image, opts, false, Some("kiln.test"))?;
+/// The whole serial console is written to `log`. With `persist` the guest's writes reach the image.
+pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
+    let m = machine(image, opts, persist, Some("kiln.test"))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
