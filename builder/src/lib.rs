@@ -10,6 +10,7 @@ pub mod disk;
 pub mod emulation;
 pub mod fs;
 pub mod ids;
+pub mod lock;
 pub mod overlay;
 pub mod packages;
 pub mod pipeline;

@@ -3,10 +3,11 @@
 use crate::arch::{Arch, ESP_TYPE};
 use crate::disk::gpt::{plan_layout, Layout, PartitionSpec};
 use crate::ids;
+use crate::lock::Lock;
 use crate::recipe::{InitramfsModules, Recipe, RecipeError};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Packages every image gets, whatever the recipe says: the pieces kiln's boot path relies on.
 pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd-boot-efi", "initramfs-tools", "zstd"];
@@ -28,6 +29,18 @@ pub struct Plan {
     pub kernel_cmdline: String,
     /// File name of the image in the output directory.
     pub image_name: String,
+    /// sha256 of the lock the build installs from (joined into `recipe_hash`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_hash: Option<String>,
+    #[serde(skip)]
+    pub lock: Option<PlanLock>,
+}
+
+/// The lock a plan builds from, and where it was read.
+#[derive(Debug, Clone)]
+pub struct PlanLock {
+    pub lock: Lock,
+    pub path: PathBuf,
 }
 
 impl Plan {
@@ -36,12 +49,22 @@ impl Plan {
     }
 
     /// Plan for `arch` instead of the recipe's own architecture (`kiln build --arch`).
-    pub fn with_arch(mut recipe: Recipe, arch: Option<Arch>) -> Result<Plan> {
+    pub fn with_arch(recipe: Recipe, arch: Option<Arch>) -> Result<Plan> {
+        Self::with_lock(recipe, arch, None)
+    }
+
+    /// Plan building from a lock: its hash joins the seed of every identifier, so the image's
+    /// identity follows the lock. Fails when the lock was made for other inputs.
+    pub fn with_lock(mut recipe: Recipe, arch: Option<Arch>, lock: Option<PlanLock>) -> Result<Plan> {
         if let Some(a) = arch {
             recipe.architecture = a;
         }
         let arch = recipe.architecture;
-        let recipe_hash = ids::sha256_hex(serde_json::to_string(&recipe)?.as_bytes());
+        let mut recipe_hash = ids::sha256_hex(serde_json::to_string(&recipe)?.as_bytes());
+        let lock_hash = lock.as_ref().map(|l| l.lock.hash());
+        if let Some(h) = &lock_hash {
+            recipe_hash = ids::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
+        }
         let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
         packages.push(arch.kernel_package().into());
@@ -65,7 +88,7 @@ impl Plan {
         let console = arch.serial_console();
         let mut cmdline = vec![format!("root=PARTUUID={root_guid}"), "rw".into(), "console=tty0".into(), format!("console={console},115200")];
         cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
-        Ok(Plan {
+        let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
@@ -76,7 +99,13 @@ impl Plan {
             packages,
             layout,
             recipe,
-        })
+            lock_hash,
+            lock,
+        };
+        if let Some(l) = &plan.lock {
+            l.lock.check_matches(&plan, &l.path)?;
+        }
+        Ok(plan)
     }
 
     pub fn arch(&self) -> Arch {
