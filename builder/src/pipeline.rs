@@ -1,8 +1,10 @@
 //! `kiln build`: the whole flow from recipe to image, top to bottom.
 use crate::boot::{self, BootInfo};
 use crate::cmd;
+use crate::debcache::DebCache;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
-use crate::plan::Plan;
+use crate::lock::{Lock, LockChoice};
+use crate::plan::{Plan, PlanLock};
 use crate::progress::Progress;
 use crate::work::WorkDir;
 use crate::tools::Tools;
@@ -24,6 +26,8 @@ pub struct BuildOptions {
     /// Where the work directory is made (system temp dir when None).
     pub work_parent: Option<PathBuf>,
     pub keep_work: bool,
+    /// Use only the .deb cache: no network (needs a lock whose .debs are all cached).
+    pub offline: bool,
 }
 
 /// What a build produced: the image and the record written beside it.
@@ -49,6 +53,14 @@ pub fn check(recipe: &Path, arch: Option<crate::arch::Arch>) -> Result<Plan> {
     Ok(plan)
 }
 
+/// `check`, then the lock `choice` names for the recipe (if any) joined to the plan.
+pub fn plan(recipe: &Path, arch: Option<crate::arch::Arch>, choice: &LockChoice) -> Result<Plan> {
+    let plan = check(recipe, arch)?;
+    let Some(path) = choice.path(recipe)? else { return Ok(plan) };
+    let lock = PlanLock { lock: Lock::read(&path)?, path };
+    Plan::with_lock(plan.recipe, arch, Some(lock))
+}
+
 const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "useradd", "systemctl", "cp"];
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
@@ -60,10 +72,21 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let overlays = overlay::render(&plan.recipe)?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
+    let debs = DebCache::new(&opts.cache);
+    let (root_src, tools_src) = crate::locking::sources(&plan, opts.offline)?;
+    // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
+    let mut needed = Vec::new();
+    if !opts.host_tools && !Tools::is_cached(&opts.cache, &tools_src)? {
+        needed.push(&tools_src);
+    }
+    if !opts.reuse_root || !rootfs::is_cached(&plan, &root_src, &opts.cache) {
+        needed.push(&root_src);
+    }
+    crate::locking::check_available(&needed, &debs, &work, &plan)?;
     let mut p = Progress::new(8);
 
-    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &plan.mirror, &work) })?;
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path())))?;
+    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs))?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, enable units", || {
@@ -103,7 +126,7 @@ pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) 
     Ok(value)
 }
 
-fn preflight() -> Result<()> {
+pub(crate) fn preflight() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
