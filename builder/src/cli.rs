@@ -120,7 +120,8 @@ pub struct BuildArgs {
     /// Build for this architecture instead of the recipe's.
     #[arg(long)]
     pub arch: Option<ArchArg>,
-    /// Cache of bootstrapped roots and .debs [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
+    /// kiln's cache: bootstrapped roots (reused while their inputs are unchanged), the tools
+    /// tree and the .deb cache [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
     #[arg(long, env = "KILN_CACHE")]
     pub cache: Option<PathBuf>,
     #[command(flatten)]
@@ -135,7 +136,8 @@ pub struct BuildArgs {
     /// the image then depends on the host's e2fsprogs version).
     #[arg(long)]
     pub host_tools: bool,
-    /// Where to create the work directory [default: $TMPDIR].
+    /// Where to create the work directory [default: CACHE/tmp, so a fresh root moves into the
+    /// cache by rename].
     #[arg(long)]
     pub work_dir: Option<PathBuf>,
     /// Keep the work directory (for debugging).

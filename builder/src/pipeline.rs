@@ -95,17 +95,17 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     })?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
     let packages = crate::packages::installed(&tree)?;
+    let esp_img = work.join("esp.img");
+    p.stage("write ESP (fatfs)", || {
+        let opts = EspOptions { size: plan.layout.partitions[0].size, volume_id: plan.esp_volume_id, label: "ESP".into(), timestamp: plan.recipe.source_date_epoch };
+        disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
+    })?;
     let root_img = p.stage("make root filesystem", || {
         system::clean(&tree)?;
         system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
         let img = fs::make_root(&plan, &tools, &tree, work.path())?;
         rootfs::release(&root)?;
         Ok(img)
-    })?;
-    let esp_img = work.join("esp.img");
-    p.stage("write ESP (fatfs)", || {
-        let opts = EspOptions { size: plan.layout.partitions[0].size, volume_id: plan.esp_volume_id, label: "ESP".into(), timestamp: plan.recipe.source_date_epoch };
-        disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
     })?;
     cmd::check_interrupted()?;
     let image = opts.out_dir.join(&plan.image_name);

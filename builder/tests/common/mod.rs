@@ -29,12 +29,12 @@ pub fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).stdin(Stdio::null()).output().expect("running kiln")
 }
 
-/// Run an outside tool; panic with its output unless it exits 0. Returns stdout + stderr.
+/// Run an outside tool; panic with its output unless it exits 0. Returns stdout.
 pub fn run(tool: &str, args: &[&str]) -> String {
     let out = Command::new(tool).args(args).output().unwrap_or_else(|e| panic!("{tool}: {e}"));
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{tool} {args:?} failed ({}):\n{text}", out.status);
-    String::from_utf8_lossy(&out.stdout).into_owned() + if out.stdout.is_empty() { &text } else { "" }
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `kiln build` to completion; returns the image path (the last line of stdout).
