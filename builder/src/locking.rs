@@ -67,8 +67,9 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let plan = crate::pipeline::check(recipe, arch)?;
     crate::emulation::ensure(plan.arch())?;
     let path = lock::path_for(recipe);
-    let previous = path.is_file().then(|| Lock::read(&path)).transpose()?;
-    let old = previous.as_ref().filter(|_| !opts.update);
+    // With --update the existing lock is not read at all (it may be of an older format).
+    let previous = if opts.update { None } else { path.is_file().then(|| Lock::read(&path)).transpose()? };
+    let old = previous.as_ref();
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let debs = DebCache::new(&opts.cache);
     let host = Tools::host_arch()?;
@@ -90,9 +91,10 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
         crate::source::check_available(&needed, &debs, work.path(), &help(&l, &plan))?;
     }
     let reuse = !opts.update;
-    eprintln!("kiln: resolving {} (tools tree, then root; cached ones are reused{})", recipe.display(), if reuse { "" } else { ": no, --update" });
-    let tools = Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse)?;
-    let root = rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs)?;
+    let mut p = crate::progress::Progress::new(2);
+    let cached = if reuse { "or cached" } else { "afresh: --update" };
+    let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse))?;
+    let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs))?;
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);
     rootfs::release(&root)?;
@@ -135,7 +137,7 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
             rootfs::store(tools_dir, &tools_to).context("storing the resolved tools tree in the cache")?;
         }
     }
-    let changed = previous.as_ref().map(|p| p.to_toml().ok()) != Some(new.to_toml().ok()) || std::fs::read_to_string(&path).ok() != new.to_toml().ok();
+    let changed = std::fs::read_to_string(&path).ok() != Some(new.to_toml()?);
     if changed {
         new.write(&path)?;
     }

@@ -60,7 +60,7 @@ impl Plan {
             recipe.architecture = a;
         }
         let arch = recipe.architecture;
-        let mut recipe_hash = ids::sha256_hex(serde_json::to_string(&recipe)?.as_bytes());
+        let mut recipe_hash = identity(&recipe)?;
         let lock_hash = lock.as_ref().map(|l| l.lock.hash());
         if let Some(h) = &lock_hash {
             recipe_hash = ids::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
@@ -111,6 +111,17 @@ impl Plan {
     pub fn arch(&self) -> Arch {
         self.recipe.architecture
     }
+}
+
+/// sha256 of a recipe's resolved content, without where its files were read from (`sources`,
+/// paths as given on the command line): the same recipe built from another directory (another
+/// checkout, a `kiln vendor` bundle) gets the same identifiers.
+fn identity(recipe: &Recipe) -> Result<String> {
+    let mut v = serde_json::to_value(recipe)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("sources");
+    }
+    Ok(ids::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
 }
 
 /// The Debian mirror this host's apt uses (`KILN_MIRROR` overrides), else deb.debian.org.

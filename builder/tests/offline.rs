@@ -112,6 +112,19 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
     assert!(!out.status.success() && err.contains("is out of date with the recipe (packages added to the recipe: zstd)") && err.contains("kiln lock"), "{err}");
 }
 
+/// A vendored bundle builds the recipe from another directory: the identity must not change.
+#[test]
+fn plan_identity_does_not_depend_on_where_the_recipe_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("defaults.toml");
+    std::fs::copy("tests/recipes/good/defaults.toml", &copy).unwrap();
+    let here = kiln::pipeline::check(Path::new("tests/recipes/good/defaults.toml"), None).unwrap();
+    let there = kiln::pipeline::check(&copy, None).unwrap();
+    assert_ne!(here.recipe.sources, there.recipe.sources);
+    assert_eq!(here.recipe_hash, there.recipe_hash);
+    assert_eq!(here.layout.disk_guid, there.layout.disk_guid);
+}
+
 #[test]
 fn offline_without_a_lock_is_refused() {
     let plan = kiln::pipeline::plan(Path::new("tests/recipes/good/defaults.toml"), None, &kiln::lock::LockChoice::Ignore).unwrap();
