@@ -2,10 +2,14 @@
 use crate::arch::Arch;
 use crate::lock::LockChoice;
 use crate::locking::{self, LockOptions};
+use crate::export::OutputFormat;
 use crate::pipeline::{self, BuildOptions};
+use crate::sign::{self, KeyPaths, Signer};
+use crate::verify::{self, Status};
 use crate::vm::{self, Accel, VmOptions};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -108,6 +112,37 @@ pub enum Command {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Make a signing key pair in minisign's format: kiln.key (secret) and kiln.pub (public).
+    ///
+    /// The secret key is encrypted with a passphrase, asked on the terminal or taken from
+    /// KILN_PASSPHRASE; --unencrypted writes it in the clear (for CI secrets stores).
+    Keygen {
+        /// Directory for kiln.key and kiln.pub.
+        #[arg(long, default_value = ".", conflicts_with = "prefix")]
+        out: PathBuf,
+        /// Write PREFIX.key and PREFIX.pub instead.
+        #[arg(short = 'o', long = "prefix", value_name = "PREFIX")]
+        prefix: Option<PathBuf>,
+        /// Do not encrypt the secret key.
+        #[arg(long)]
+        unencrypted: bool,
+        /// Replace existing key files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check an image (.img or .img.zst) and the files beside it.
+    ///
+    /// Checks the signature of SHA256SUMS (with --key), the checksum of every file it lists,
+    /// and the image's partition table and partitions against the manifest. Exit status 0 only
+    /// when everything matched; otherwise the failures name the file and partition.
+    Verify {
+        /// NAME-VERSION-ARCH.img or .img.zst, with SHA256SUMS and the manifest beside it.
+        image: PathBuf,
+        /// Public key (kiln.pub) to check the signature with; without it only checksums and
+        /// manifest are checked.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -143,6 +178,29 @@ pub struct BuildArgs {
     /// Keep the work directory (for debugging).
     #[arg(long)]
     pub keep_work: bool,
+    /// Sign SHA256SUMS with this minisign secret key (passphrase from KILN_PASSPHRASE or a prompt).
+    #[arg(long, env = "KILN_SIGN_KEY", value_name = "KEY")]
+    pub sign: Option<PathBuf>,
+    /// Write this format besides the .img, instead of the recipe's [output] formats (repeatable).
+    #[arg(long = "format", value_enum, value_name = "FORMAT")]
+    pub formats: Vec<FormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum FormatArg {
+    Img,
+    Zst,
+    Qcow2,
+}
+
+impl From<FormatArg> for OutputFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Img => OutputFormat::Img,
+            FormatArg::Zst => OutputFormat::Zst,
+            FormatArg::Qcow2 => OutputFormat::Qcow2,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -232,6 +290,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Build(args) => {
             let plan = pipeline::plan(&args.recipe, args.arch.map(ArchArg::arch), &args.lock.choice())?;
             let cache = args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
+            // Decrypt the key first: a wrong passphrase fails before any slow work.
+            let signer = args.sign.as_deref().map(Signer::load).transpose()?;
             let opts = BuildOptions {
                 out_dir: args.out,
                 reuse_root: !args.no_cache,
@@ -241,9 +301,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 cache,
                 keep_work: args.keep_work,
                 offline: args.offline,
+                formats: (!args.formats.is_empty()).then(|| args.formats.iter().map(|&f| f.into()).collect()),
+                signer,
             };
             let report = pipeline::build(plan, &opts)?;
             let total: f64 = report.stages.iter().map(|s| s.1).sum();
+            for f in &report.outputs {
+                eprintln!("kiln: wrote {}", f.display());
+            }
             eprintln!("kiln: built {} ({} MiB, sha256 {}) in {total:.1}s", report.image.display(), report.digest.size >> 20, report.digest.sha256);
             println!("{}", report.image.display());
             Ok(ExitCode::SUCCESS)
@@ -292,6 +357,35 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 println!("result: FAIL ({} of {} checks failed: {}); serial log: {}", failed.len(), report.checks.len(), failed.join(", "), log.display());
                 Ok(ExitCode::from(1))
             }
+        }
+        Command::Keygen { out, prefix, unencrypted, force } => {
+            let paths = prefix.as_deref().map(KeyPaths::with_prefix).unwrap_or_else(|| KeyPaths::in_dir(&out));
+            let passphrase = if unencrypted { None } else { Some(sign::passphrase("the new secret key", true)?) };
+            let id = sign::keygen(&paths, passphrase, force)?;
+            eprintln!("kiln: wrote secret key {} ({}) and public key {}", paths.secret.display(), if unencrypted { "unencrypted" } else { "encrypted" }, paths.public.display());
+            println!("key id {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { image, key } => {
+            let report = verify::verify(&image, key.as_deref())?;
+            let mut lines: Vec<String> = report
+                .findings
+                .iter()
+                .map(|f| {
+                    let tag = match f.status {
+                        Status::Ok => "ok  ",
+                        Status::Fail => "FAIL",
+                        Status::Note => "note",
+                    };
+                    format!("{tag} {}: {}", f.subject, f.detail)
+                })
+                .collect();
+            let how = if report.signature_checked { "signature, checksums and manifest" } else { "checksums and manifest; signature NOT checked" };
+            lines.push(if report.passed() { format!("result: ok ({how})") } else { format!("result: FAIL: {}", report.failed().join("; ")) });
+            // A closed pipe (`| head`) is not an error of the verification.
+            let mut out = std::io::stdout().lock();
+            let _ = lines.iter().try_for_each(|l| writeln!(out, "{l}"));
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }

@@ -120,7 +120,7 @@ impl DebCache {
                 std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
                 continue;
             };
-            let get = |f: &str| crate::packages::field(stanza, f).unwrap_or_default().to_string();
+            let get = |f: &str| crate::deb822::field(stanza, f).unwrap_or_default().to_string();
             let pkg = LockedPackage { name: get("Package"), version: get("Version"), architecture: get("Architecture"), filename: get("Filename"), sha256: sha };
             if !self.has(&pkg.sha256) {
                 added += 1;

@@ -4,15 +4,19 @@
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
 pub mod boot;
+pub mod checksums;
 pub mod cli;
 pub mod cmd;
+pub mod deb822;
 pub mod debcache;
 pub mod disk;
 pub mod emulation;
+pub mod export;
 pub mod fs;
 pub mod ids;
 pub mod lock;
 pub mod locking;
+pub mod manifest;
 pub mod mirror;
 pub mod overlay;
 pub mod packages;
@@ -20,11 +24,16 @@ pub mod pipeline;
 pub mod plan;
 pub mod progress;
 pub mod recipe;
+pub mod release;
 pub mod rootfs;
+pub mod sbom;
+pub mod scan;
+pub mod sign;
 pub mod source;
 pub mod system;
 pub mod tools;
 pub mod vendor;
+pub mod verify;
 pub mod vm;
 pub mod work;
 

@@ -42,7 +42,7 @@ impl Index {
     }
 
     fn add(&mut self, text: &str, keys: &HashSet<(&str, &str, &str)>) {
-        use crate::packages::{field, raw_paragraphs};
+        use crate::deb822::{field, raw_paragraphs};
         for p in raw_paragraphs(text) {
             let (Some(n), Some(v), Some(a)) = (field(p, "Package"), field(p, "Version"), field(p, "Architecture")) else { continue };
             if keys.contains(&(n, v, a)) {

@@ -1,6 +1,7 @@
 //! The Debian packages installed in a root: what dpkg says is installed, joined with the sha256
 //! and pool path of each .deb from apt's package lists (kept through the bootstrap for this).
 //! Used by the SBOM and by lock files.
+use crate::deb822;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -13,6 +14,8 @@ pub struct Package {
     pub architecture: String,
     /// Source package name (the binary's name when dpkg records none).
     pub source: String,
+    /// Source package version (the binary's version when dpkg records none).
+    pub source_version: String,
     /// sha256 of the .deb, when apt's lists know it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -21,46 +24,22 @@ pub struct Package {
     pub filename: Option<String>,
 }
 
-/// Paragraphs of a deb822 file (dpkg status, apt Packages): field name → value.
-pub fn paragraphs(text: &str) -> Vec<BTreeMap<String, String>> {
-    let mut out = Vec::new();
-    let mut cur: BTreeMap<String, String> = BTreeMap::new();
-    let mut last: Option<String> = None;
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            if !cur.is_empty() {
-                out.push(std::mem::take(&mut cur));
-            }
-            last = None;
-        } else if line.starts_with([' ', '\t']) {
-            if let Some(v) = last.as_ref().and_then(|k| cur.get_mut(k)) {
-                v.push('\n');
-                v.push_str(line.trim());
-            }
-        } else if let Some((k, v)) = line.split_once(':') {
-            cur.insert(k.to_string(), v.trim().to_string());
-            last = Some(k.to_string());
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
 /// Installed packages of the root at `root`, sorted by name and architecture.
 pub fn installed(root: &Path) -> Result<Vec<Package>> {
     let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).context("reading the root's dpkg status")?;
     let known = list_index(root)?;
-    let mut pkgs: Vec<Package> = paragraphs(&status)
-        .into_iter()
-        .filter(|p| p.get("Status").is_some_and(|s| s.ends_with(" installed")))
+    let mut pkgs: Vec<Package> = deb822::paragraphs(&status)
+        .filter(|p| p.get("Status").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")))
         .map(|p| {
-            let get = |k: &str| p.get(k).cloned().unwrap_or_default();
+            let get = |k: &str| p.get(k).unwrap_or_default().to_string();
             let (name, version, architecture) = (get("Package"), get("Version"), get("Architecture"));
-            let source = p.get("Source").and_then(|s| s.split_whitespace().next()).map(String::from).unwrap_or_else(|| name.clone());
+            let (source, source_version) = match p.get("Source").map(|s| s.split_once(' ').unwrap_or((s, ""))) {
+                Some((n, v)) if !v.is_empty() => (n.to_string(), v.trim().trim_start_matches('(').trim_end_matches(')').to_string()),
+                Some((n, _)) => (n.to_string(), version.clone()),
+                None => (name.clone(), version.clone()),
+            };
             let hit = known.get(&(name.clone(), version.clone(), architecture.clone()));
-            Package { sha256: hit.map(|h| h.0.clone()), filename: hit.map(|h| h.1.clone()), name, version, architecture, source }
+            Package { sha256: hit.map(|h| h.0.clone()), filename: hit.map(|h| h.1.clone()), name, version, architecture, source, source_version }
         })
         .collect();
     pkgs.sort();
@@ -72,23 +51,13 @@ fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String,
     let mut index = BTreeMap::new();
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        for p in raw_paragraphs(&text) {
-            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) = (field(p, "Package"), field(p, "Version"), field(p, "Architecture"), field(p, "SHA256"), field(p, "Filename")) {
-                index.entry((n.to_string(), v.to_string(), a.to_string())).or_insert_with(|| (sha.to_string(), file.to_string()));
+        for p in deb822::paragraphs(&text) {
+            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) = (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename")) {
+                index.entry((n.to_string(), v.to_string(), a.to_string())).or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string()));
             }
         }
     }
     Ok(index)
-}
-
-/// Raw paragraphs of a deb822 text (an apt Packages list), each without its separating blank line.
-pub fn raw_paragraphs(text: &str) -> impl Iterator<Item = &str> {
-    text.split("\n\n").map(|p| p.trim_matches('\n')).filter(|p| !p.trim().is_empty())
-}
-
-/// The value of a one-line field of a raw paragraph.
-pub fn field<'a>(paragraph: &'a str, name: &str) -> Option<&'a str> {
-    paragraph.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
 /// The Packages stanzas of the root's apt lists whose .deb has one of the sha256s in `want`,
@@ -97,8 +66,8 @@ pub fn list_stanzas(root: &Path, want: &std::collections::HashSet<String>) -> Re
     let mut out = BTreeMap::new();
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        for p in raw_paragraphs(&text) {
-            if let Some(sha) = field(p, "SHA256").filter(|s| want.contains(*s)) {
+        for p in deb822::raw_paragraphs(&text) {
+            if let Some(sha) = deb822::field(p, "SHA256").filter(|s| want.contains(*s)) {
                 out.entry(sha.to_string()).or_insert_with(|| format!("{p}\n"));
             }
         }
@@ -149,6 +118,6 @@ mod tests {
         let pkgs = installed(r).unwrap();
         assert_eq!(pkgs.len(), 2);
         assert_eq!((pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()), ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb")));
-        assert_eq!((pkgs[1].name.as_str(), pkgs[1].source.as_str(), pkgs[1].sha256.as_deref()), ("zlib1g", "zlib", None));
+        assert_eq!((pkgs[1].name.as_str(), pkgs[1].source.as_str(), pkgs[1].source_version.as_str(), pkgs[1].sha256.as_deref()), ("zlib1g", "zlib", "1:1.3", None));
     }
 }

@@ -4,11 +4,13 @@ use crate::cmd;
 use crate::debcache::DebCache;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::lock::{Lock, LockChoice};
+use crate::export::{OutputFormat, Staging};
 use crate::plan::{Plan, PlanLock};
 use crate::progress::Progress;
+use crate::sign::Signer;
 use crate::work::WorkDir;
 use crate::tools::Tools;
-use crate::{fs, overlay, rootfs, system};
+use crate::{fs, overlay, release, rootfs, sbom, system};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,10 @@ pub struct BuildOptions {
     pub keep_work: bool,
     /// Use only the .deb cache: no network (needs a lock whose .debs are all cached).
     pub offline: bool,
+    /// Output formats instead of the recipe's (`img` is always written).
+    pub formats: Option<Vec<OutputFormat>>,
+    /// Sign `SHA256SUMS` with this key (already decrypted, held only in memory).
+    pub signer: Option<Signer>,
 }
 
 /// What a build produced: the image and the record written beside it.
@@ -38,10 +44,10 @@ pub struct BuildReport {
     pub boot: BootInfo,
     pub digest: ImageDigest,
     pub root_from_cache: bool,
-    /// The Debian packages in the image, with the sha256 of each .deb where known.
-    pub packages: Vec<crate::packages::Package>,
     /// Where mke2fs and friends came from, and the e2fsprogs version.
     pub tools: String,
+    /// Every file written to the output directory, the image first.
+    pub outputs: Vec<PathBuf>,
     /// Seconds per stage.
     pub stages: Vec<(String, f64)>,
 }
@@ -83,7 +89,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         needed.push(&root_src);
     }
     crate::locking::check_available(&needed, &debs, &work, &plan)?;
-    let mut p = Progress::new(8);
+    let mut p = Progress::new(11);
 
     let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
     let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs))?;
@@ -93,8 +99,9 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         overlay::apply(&overlays, &tree)?;
         system::units(&plan, &tree)
     })?;
+    // Before `system::clean`, which removes apt's lists (the .debs' checksums).
+    let inventory = p.stage("list installed packages (SBOM)", || sbom::inventory(&tree))?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
-    let packages = crate::packages::installed(&tree)?;
     let esp_img = work.join("esp.img");
     p.stage("write ESP (fatfs)", || {
         let opts = EspOptions { size: plan.layout.partitions[0].size, volume_id: plan.esp_volume_id, label: "ESP".into(), timestamp: plan.recipe.source_date_epoch };
@@ -108,10 +115,16 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         Ok(img)
     })?;
     cmd::check_interrupted()?;
+    // Every output appears at once at the end, or not at all.
+    let mut staging = Staging::new(&opts.out_dir);
+    let digest = p.stage("assemble GPT disk image", || staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()])))?;
+    let formats = crate::export::with_img(opts.formats.as_deref().unwrap_or(&plan.formats));
+    let inputs = release::Inputs { plan: &plan, boot: &boot, digest: &digest, inventory: &inventory, formats: &formats, signer: opts.signer.as_ref() };
+    p.stage("write formats, manifest, SBOM, checksums, signature", || release::write_outputs(&mut staging, &inputs))?;
+    let outputs = staging.commit()?;
     let image = opts.out_dir.join(&plan.image_name);
-    let digest = p.stage("assemble GPT disk image", || write_atomically(&image, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()])))?;
     let tools = format!("{} (e2fsprogs {})", tools.describe(), tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into()));
-    Ok(BuildReport { image, plan, boot, digest, root_from_cache: root.from_cache, packages, tools, stages: p.timings().to_vec() })
+    Ok(BuildReport { image, plan, boot, digest, root_from_cache: root.from_cache, tools, outputs, stages: p.timings().to_vec() })
 }
 
 /// Write `dest` through a temporary file in the same directory, renamed into place only when

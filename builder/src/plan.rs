@@ -29,6 +29,8 @@ pub struct Plan {
     pub kernel_cmdline: String,
     /// File name of the image in the output directory.
     pub image_name: String,
+    /// Files written beside it: `img` always, then the recipe's `[output] formats`.
+    pub formats: Vec<crate::recipe::OutputFormat>,
     /// sha256 of the lock the build installs from (joined into `recipe_hash`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_hash: Option<String>,
@@ -90,6 +92,7 @@ impl Plan {
         cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
         let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
+            formats: recipe.output.formats.clone(),
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
             kernel_cmdline: cmdline.join(" "),

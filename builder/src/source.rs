@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn verify_exact_and_partial() {
         let pin = locked("a", b"a");
-        let inst = |name: &str, version: &str| Package { name: name.into(), version: version.into(), architecture: "amd64".into(), source: name.into(), sha256: None, filename: None };
+        let inst = |name: &str, version: &str| Package { name: name.into(), version: version.into(), architecture: "amd64".into(), source: name.into(), source_version: version.into(), sha256: None, filename: None };
         let mut s = Source { mirror: "m".into(), suite: "trixie".into(), components: vec!["main".into()], arch: "amd64".into(), pins: Some(vec![pin]), exact: true, offline: false };
         s.verify(&[inst("a", "1.0-1")]).unwrap();
         let err = s.verify(&[inst("a", "1.0-1"), inst("extra", "2")]).unwrap_err().to_string();

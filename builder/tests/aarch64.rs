@@ -10,7 +10,7 @@ fn minimal_aarch64_builds_passes_outside_checks_and_boots() {
         return;
     }
     let dir = e2e_dir().join("aarch64");
-    let out = kiln(&["build", "../recipes/minimal.toml", "--arch", "aarch64", "--out", dir.join("out").to_str().unwrap(), "--cache", dir.join("cache").to_str().unwrap()]);
+    let out = kiln(&["build", "../recipes/minimal.toml", "--arch", "aarch64", "--out", dir.join("out").to_str().unwrap(), "--cache", shared_cache().to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert!(out.status.success(), "aarch64 build failed:\n{stderr}");

@@ -38,6 +38,7 @@ cases!(good:
     layered => "layered",
     defaults => "defaults",
     aarch64 => "aarch64",
+    outputs => "outputs",
 );
 
 cases!(bad:
@@ -56,6 +57,7 @@ cases!(bad:
     disk_too_small => "disk-too-small",
     syntax_error => "syntax-error",
     bad_ssh_key => "bad-ssh-key",
+    bad_output_format => "bad-output-format",
 );
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
@@ -75,4 +77,20 @@ fn cli_build_of_bad_recipe_leaves_no_output() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["build", "tests/recipes/bad/bad-template.toml", "--out"]).arg(out_dir.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
+}
+
+/// Output formats change which files are written, not the image: they stay out of the recipe
+/// hash that seeds every GUID.
+#[test]
+fn output_formats_do_not_change_the_recipe_hash() {
+    // The recipe's path is part of the hash: same name, same relative directory.
+    let base = "name = \"x\"\nversion = \"1\"\n[base]\nmirror = \"http://deb.example/debian\"\n";
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("r.toml");
+    std::fs::write(&recipe, base).unwrap();
+    let a = kiln::pipeline::check(&recipe, None).unwrap();
+    std::fs::write(&recipe, format!("{base}[output]\nformats = [\"zst\", \"qcow2\"]\n")).unwrap();
+    let b = kiln::pipeline::check(&recipe, None).unwrap();
+    assert_eq!(a.recipe_hash, b.recipe_hash);
+    assert_eq!(serde_json::to_value(&b.formats).unwrap(), serde_json::json!(["img", "zst", "qcow2"]));
 }

@@ -27,6 +27,7 @@ pub struct Layer {
     pub disk: Option<DiskLayer>,
     pub boot: Option<BootLayer>,
     pub checks: Option<Vec<Spanned<CheckLayer>>>,
+    pub output: Option<OutputLayer>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,6 +90,24 @@ pub enum Filesystem {
 pub struct BootLayer {
     pub kernel_cmdline: Option<Vec<String>>,
     pub menu_timeout: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputLayer {
+    pub formats: Option<Vec<OutputFormat>>,
+}
+
+/// A file format of the built image (`.img` is always written).
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputFormat {
+    /// The raw GPT disk image.
+    Img,
+    /// The raw image compressed with zstd (`.img.zst`).
+    Zst,
+    /// A qcow2 image made with `qemu-img` (`.qcow2`).
+    Qcow2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,6 +207,7 @@ impl Layer {
                 menu_timeout: last(l.menu_timeout, u.menu_timeout),
             }),
             checks: append(self.checks, upper.checks),
+            output: merge_with(self.output, upper.output, |l, u| OutputLayer { formats: append(l.formats, u.formats) }),
         }
     }
 }

@@ -5,7 +5,7 @@ mod size;
 mod validate;
 
 pub use error::RecipeError;
-pub use layer::{Filesystem, InitramfsModules};
+pub use layer::{Filesystem, InitramfsModules, OutputFormat};
 pub use size::Size;
 
 use crate::arch::Arch;
@@ -30,6 +30,10 @@ pub struct Recipe {
     pub disk: Disk,
     pub boot: Boot,
     pub checks: Vec<Check>,
+    /// Output formats. Not serialised, so not part of the recipe hash: they do not change
+    /// the image (the plan shows them).
+    #[serde(skip)]
+    pub output: Output,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }
@@ -81,6 +85,12 @@ pub struct Disk {
 pub struct Boot {
     pub kernel_cmdline: Vec<String>,
     pub menu_timeout: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Output {
+    /// Formats to write, `img` first (always there), without duplicates.
+    pub formats: Vec<OutputFormat>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -1,7 +1,7 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::RecipeError;
 use super::layer::{CheckLayer, InitramfsModules, Layer};
-use super::{defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Overlay, Recipe, System, User};
+use super::{defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay, Recipe, System, User};
 use crate::arch::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -161,6 +161,10 @@ pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recip
         checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
     }
 
+    let mut formats = vec![OutputFormat::Img];
+    formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
+    let output = Output { formats: dedup(formats) };
+
     let vars = serde_json::to_value(layer.vars.unwrap_or_default()).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
 
     Ok(Recipe {
@@ -177,6 +181,7 @@ pub fn resolve(layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recip
         disk,
         boot,
         checks,
+        output,
         sources,
     })
 }
@@ -187,7 +192,7 @@ fn too_small(size: u64, esp: u64) -> Option<String> {
     (size < esp + min_root + (2 << 20)).then(|| format!("{} leaves no room for a root filesystem of at least 512MiB beside a {} ESP", super::Size(size), super::Size(esp)))
 }
 
-fn dedup(v: Vec<String>) -> Vec<String> {
+fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {
     let mut seen = BTreeSet::new();
     v.into_iter().filter(|s| seen.insert(s.clone())).collect()
 }

@@ -13,16 +13,22 @@ pub fn e2e_enabled() -> bool {
     on
 }
 
-/// Scratch space of this test run (fresh per run, so the first build is a cold one).
+/// Scratch space of this test run. `scripts/test` sets KILN_E2E_DIR to one fresh directory for
+/// all test binaries, so they share one cache (the tools tree and each root are bootstrapped
+/// once per run, the first time cold); otherwise each test binary gets its own.
 pub fn e2e_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = std::env::var_os("KILN_E2E_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e"));
-        let dir = base.join(format!("run-{}", std::process::id()));
+        let dir = std::env::var_os("KILN_E2E_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(format!("run-{}", std::process::id())));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
     .clone()
+}
+
+/// The cache shared by the tests of this run.
+pub fn shared_cache() -> PathBuf {
+    e2e_dir().join("cache")
 }
 
 pub fn kiln(args: &[&str]) -> Output {
@@ -71,7 +77,7 @@ pub fn minimal() -> Option<&'static Minimal> {
     }
     Some(FX.get_or_init(|| {
         let dir = e2e_dir();
-        let cache = dir.join("cache");
+        let cache = shared_cache();
         let image = build("../recipes/minimal.toml", &dir.join("minimal"), &cache);
         let out = kiln(&["check", "--print", "../recipes/minimal.toml"]);
         assert!(out.status.success());
