@@ -1,5 +1,7 @@
 //! Command-line interface: clap types and the dispatch to the library. No logic of its own.
 use crate::arch::Arch;
+use crate::lock::LockChoice;
+use crate::locking::{self, LockOptions};
 use crate::export::OutputFormat;
 use crate::pipeline::{self, BuildOptions};
 use crate::sign::{self, KeyPaths, Signer};
@@ -36,12 +38,54 @@ pub enum Command {
         /// Print the resolved build plan as JSON (merged recipe, packages, partition layout, ids).
         #[arg(long)]
         print: bool,
+        #[command(flatten)]
+        lock: LockArgs,
     },
     /// Build the image of a recipe. Must run as root.
     ///
     /// Progress goes to stderr; the last line of stdout is the path of the image. On failure
     /// or interruption nothing is left at the output path and no work files remain.
     Build(BuildArgs),
+    /// Resolve a recipe's packages into a lock file beside it (NAME.lock). Must run as root.
+    ///
+    /// Bootstraps the root and the tools tree (reusing cached ones) and records every package
+    /// (version, architecture, sha256 of the .deb, pool path), the suite, mirror and
+    /// SOURCE_DATE_EPOCH. Versions of an existing lock are kept unless --update. Builds then
+    /// install exactly these versions; commit the lock beside the recipe.
+    Lock {
+        recipe: PathBuf,
+        /// Resolve afresh to the mirror's current versions (ignore the existing lock and cached roots).
+        #[arg(long)]
+        update: bool,
+        /// Lock for this architecture instead of the recipe's.
+        #[arg(long)]
+        arch: Option<ArchArg>,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Download every .deb a recipe's lock names into kiln's cache (for `kiln build --offline`).
+    ///
+    /// Each .deb is checked against the lock's sha256 before it is stored.
+    Fetch {
+        recipe: PathBuf,
+        #[command(flatten)]
+        lock: LockArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
+    /// Write a self-contained bundle to DIR from which an air-gapped site builds the image offline.
+    ///
+    /// The bundle holds the recipe, its layers and overlays, the lock, every locked .deb (root
+    /// and tools tree), this kiln binary and a README with the command to build.
+    Vendor {
+        recipe: PathBuf,
+        /// Directory to create (it must not exist, or be empty).
+        dir: PathBuf,
+        #[command(flatten)]
+        lock: LockArgs,
+        #[command(flatten)]
+        cache: CacheArgs,
+    },
     /// Boot an image interactively on this terminal's serial console (QEMU + UEFI firmware).
     ///
     /// The image is opened copy-on-write (changes are discarded) unless --persist. Quit with Ctrl-a x.
@@ -114,10 +158,15 @@ pub struct BuildArgs {
     /// Build for this architecture instead of the recipe's.
     #[arg(long)]
     pub arch: Option<ArchArg>,
-    /// kiln's cache: bootstrapped roots (reused while their inputs are unchanged) and the
-    /// tools tree [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
+    /// kiln's cache: bootstrapped roots (reused while their inputs are unchanged), the tools
+    /// tree and the .deb cache [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
     #[arg(long, env = "KILN_CACHE")]
     pub cache: Option<PathBuf>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+    /// Use only kiln's cache, no network: the lock's .debs must be in it (`kiln fetch`).
+    #[arg(long)]
+    pub offline: bool,
     /// Bootstrap the root afresh and do not store it (the tools tree is still cached).
     #[arg(long)]
     pub no_cache: bool,
@@ -161,6 +210,39 @@ impl From<FormatArg> for OutputFormat {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// Build from this lock file [default: NAME.lock beside the recipe, if there is one].
+    #[arg(long, conflicts_with = "no_lock")]
+    pub lock: Option<PathBuf>,
+    /// Ignore the lock file beside the recipe.
+    #[arg(long)]
+    pub no_lock: bool,
+}
+
+impl LockArgs {
+    fn choice(&self) -> LockChoice {
+        match (&self.lock, self.no_lock) {
+            (Some(p), _) => LockChoice::File(p.clone()),
+            (None, true) => LockChoice::Ignore,
+            (None, false) => LockChoice::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// kiln's cache [default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln].
+    #[arg(long, env = "KILN_CACHE")]
+    pub cache: Option<PathBuf>,
+}
+
+impl CacheArgs {
+    fn dir(&self) -> Result<PathBuf> {
+        self.cache.clone().or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")
+    }
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ArchArg {
     #[value(name = "x86_64")]
@@ -187,6 +269,15 @@ impl VmArgs {
     }
 }
 
+impl ArchArg {
+    fn arch(self) -> Arch {
+        match self {
+            ArchArg::X86_64 => Arch::X86_64,
+            ArchArg::Aarch64 => Arch::Aarch64,
+        }
+    }
+}
+
 fn default_cache() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("kiln"))
@@ -194,8 +285,8 @@ fn default_cache() -> Option<PathBuf> {
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Check { recipe, print } => {
-            let plan = pipeline::check(&recipe, None)?;
+        Command::Check { recipe, print, lock } => {
+            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
             if print {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
@@ -204,11 +295,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(args) => {
-            let arch = args.arch.map(|a| match a {
-                ArchArg::X86_64 => Arch::X86_64,
-                ArchArg::Aarch64 => Arch::Aarch64,
-            });
-            let plan = pipeline::check(&args.recipe, arch)?;
+            let plan = pipeline::plan(&args.recipe, args.arch.map(ArchArg::arch), &args.lock.choice())?;
             let cache = args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
             // Decrypt the key first: a wrong passphrase fails before any slow work.
             let signer = args.sign.as_deref().map(Signer::load).transpose()?;
@@ -220,6 +307,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
                 cache,
                 keep_work: args.keep_work,
+                offline: args.offline,
                 formats: (!args.formats.is_empty()).then(|| args.formats.iter().map(|&f| f.into()).collect()),
                 signer,
                 artifacts: args.artifacts,
@@ -231,6 +319,30 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             }
             eprintln!("kiln: built {} ({} MiB, sha256 {}) in {total:.1}s", report.image.display(), report.digest.size >> 20, report.digest.sha256);
             println!("{}", report.image.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lock { recipe, update, arch, cache } => {
+            let cache = cache.dir()?;
+            let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
+            let out = locking::lock(&recipe, arch.map(ArchArg::arch), &opts)?;
+            let tools = out.lock.tools.as_ref().map(|t| format!(", tools tree: {} packages, e2fsprogs {}", t.packages.len(), t.e2fsprogs)).unwrap_or_default();
+            eprintln!("kiln: {} {} ({} packages{tools})", out.path.display(), if out.changed { "written" } else { "is up to date" }, out.lock.packages.len());
+            println!("{}", out.path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Fetch { recipe, lock, cache } => {
+            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
+            let cache = cache.dir()?;
+            let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
+            eprintln!("kiln: {} locked .debs in {} ({} downloaded)", out.locked, crate::debcache::DebCache::new(&cache).dir().display(), out.downloaded);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Vendor { recipe, dir, lock, cache } => {
+            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
+            let cache = cache.dir()?;
+            let out = crate::vendor::vendor(&plan, &cache, &dir, Some(&cache.join("tmp")))?;
+            eprintln!("kiln: bundle with {} .debs written to {}; build it with: sudo bin/kiln build --offline --cache cache {}", out.debs, out.dir.display(), out.recipe.display());
+            println!("{}", out.dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Boot { image, persist, vm } => {

@@ -44,6 +44,17 @@ pub fn paragraphs(text: &str) -> impl Iterator<Item = Paragraph<'_>> {
     })
 }
 
+/// The paragraphs of `text` as written (continuation lines included, no separating blank
+/// line): for copying a Packages stanza exactly.
+pub fn raw_paragraphs(text: &str) -> impl Iterator<Item = &str> {
+    text.split("\n\n").map(|p| p.trim_matches('\n')).filter(|p| !p.trim().is_empty())
+}
+
+/// The value of a one-line field of a raw paragraph (field names compare exactly).
+pub fn field<'a>(paragraph: &'a str, name: &str) -> Option<&'a str> {
+    paragraph.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

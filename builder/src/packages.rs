@@ -49,11 +49,7 @@ pub fn installed(root: &Path) -> Result<Vec<Package>> {
 /// (name, version, arch) → (sha256, filename) from every `*_Packages` list in the root.
 fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String, String)>> {
     let mut index = BTreeMap::new();
-    let dir = root.join("var/lib/apt/lists");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(index) };
-    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with("_Packages"))).collect();
-    files.sort();
-    for f in files {
+    for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         for p in deb822::paragraphs(&text) {
             if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) = (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename")) {
@@ -62,6 +58,41 @@ fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String,
         }
     }
     Ok(index)
+}
+
+/// The Packages stanzas of the root's apt lists whose .deb has one of the sha256s in `want`,
+/// by sha256: what a local repository needs to offer exactly those .debs as the mirror did.
+pub fn list_stanzas(root: &Path, want: &std::collections::HashSet<String>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for f in list_files(root, "_Packages")? {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for p in deb822::raw_paragraphs(&text) {
+            if let Some(sha) = deb822::field(p, "SHA256").filter(|s| want.contains(*s)) {
+                out.entry(sha.to_string()).or_insert_with(|| format!("{p}\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `Date:` of the first suite Release file in the root's apt lists (when the lists were made).
+pub fn archive_date(root: &Path) -> Result<Option<String>> {
+    for f in list_files(root, "Release")? {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("Date:")) {
+            return Ok(Some(d.trim().to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Files of the root's apt lists whose names end in `suffix`, sorted.
+fn list_files(root: &Path, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
+    let dir = root.join("var/lib/apt/lists");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(suffix))).collect();
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

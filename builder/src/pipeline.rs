@@ -1,9 +1,11 @@
 //! `kiln build`: the whole flow from recipe to image, top to bottom.
 use crate::boot::{self, BootInfo};
 use crate::cmd;
+use crate::debcache::DebCache;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
+use crate::lock::{Lock, LockChoice};
 use crate::export::{OutputFormat, Staging};
-use crate::plan::Plan;
+use crate::plan::{Plan, PlanLock};
 use crate::progress::Progress;
 use crate::sign::Signer;
 use crate::work::WorkDir;
@@ -29,6 +31,8 @@ pub struct BuildOptions {
     /// Where the work directory is made (system temp dir when None).
     pub work_parent: Option<PathBuf>,
     pub keep_work: bool,
+    /// Use only the .deb cache: no network (needs a lock whose .debs are all cached).
+    pub offline: bool,
     /// Output formats instead of the recipe's (`img` is always written).
     pub formats: Option<Vec<OutputFormat>>,
     /// Sign `SHA256SUMS` with this key (already decrypted, held only in memory).
@@ -60,6 +64,14 @@ pub fn check(recipe: &Path, arch: Option<crate::arch::Arch>) -> Result<Plan> {
     Ok(plan)
 }
 
+/// `check`, then the lock `choice` names for the recipe (if any) joined to the plan.
+pub fn plan(recipe: &Path, arch: Option<crate::arch::Arch>, choice: &LockChoice) -> Result<Plan> {
+    let plan = check(recipe, arch)?;
+    let Some(path) = choice.path(recipe)? else { return Ok(plan) };
+    let lock = PlanLock { lock: Lock::read(&path)?, path };
+    Plan::with_lock(plan.recipe, arch, Some(lock))
+}
+
 const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "useradd", "systemctl", "cp"];
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
@@ -71,13 +83,23 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let overlays = overlay::render(&plan.recipe)?;
     std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
+    let debs = DebCache::new(&opts.cache);
+    let (root_src, tools_src) = crate::locking::sources(&plan, opts.offline)?;
+    // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
+    let mut needed = Vec::new();
+    if !opts.host_tools && !Tools::is_cached(&opts.cache, &tools_src)? {
+        needed.push(&tools_src);
+    }
+    if !opts.reuse_root || !rootfs::is_cached(&plan, &root_src, &opts.cache) {
+        needed.push(&root_src);
+    }
+    crate::locking::check_available(&needed, &debs, &work, &plan)?;
     let mut p = Progress::new(12);
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
-    let (keys, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
-    let extra = rootfs::ExtraSources { lines: repos::mmdebstrap_sources(&plan, &keys), setup_hooks: repos::setup_hooks(&plan, work.path())? };
-    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &plan.mirror, &work) })?;
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &extra))?;
+    let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra))?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
@@ -127,24 +149,33 @@ pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) 
     Ok(value)
 }
 
-/// Keys of the extra repositories, and every artifact as a verified local file. Fails early:
-/// unreachable hosts (all named at once), a repository not signed by its key, a wrong digest.
-fn outside_inputs<'p>(plan: &'p Plan, work: &Path, opts: &BuildOptions) -> Result<(Vec<Keyring>, Vec<(&'p Artifact, PathBuf)>)> {
+/// Keys and mmdebstrap sources of the recipe's extra repositories: keys checked by fingerprint,
+/// hosts reachable, Release files signed by their keys. Used by `kiln build` and `kiln lock`.
+pub(crate) fn repo_sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, rootfs::ExtraSources)> {
     let keys = repos::keyrings(plan, work)?;
-    let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
-    let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
-    let mut needs: Vec<Need> = plan.recipe.repositories.iter().map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) }).collect();
-    needs.extend(artifacts::needs(&missing));
+    let needs: Vec<Need> = plan.recipe.repositories.iter().map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) }).collect();
     net::preflight(&needs)?;
     repos::verify_releases(plan, &keys, work)?;
+    let extra = rootfs::ExtraSources { lines: repos::mmdebstrap_sources(plan, &keys), setup_hooks: repos::setup_hooks(plan, work)? };
+    Ok((keys, extra))
+}
+
+/// Keys and sources of the extra repositories, and every artifact as a verified local file.
+/// Fails early: unreachable hosts (all named at once), a repository not signed by its key, a
+/// wrong digest.
+fn outside_inputs<'p>(plan: &'p Plan, work: &Path, opts: &BuildOptions) -> Result<(Vec<Keyring>, rootfs::ExtraSources, Vec<(&'p Artifact, PathBuf)>)> {
+    let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
+    let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
+    net::preflight(&artifacts::needs(&missing))?;
+    let (keys, extra) = repo_sources(plan, work)?;
     for a in missing {
         tracing::info!("downloading artifact `{}` from {}", a.name, a.url);
         local.push((a, store.fetch(a)?));
     }
-    Ok((keys, local))
+    Ok((keys, extra, local))
 }
 
-fn preflight(plan: &Plan) -> Result<()> {
+pub(crate) fn preflight(plan: &Plan) -> Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");

@@ -3,10 +3,11 @@
 use crate::arch::{Arch, ESP_TYPE};
 use crate::disk::gpt::{plan_layout, Layout, PartitionSpec};
 use crate::ids;
+use crate::lock::Lock;
 use crate::recipe::{InitramfsModules, Recipe, RecipeError};
 use anyhow::Result;
 use serde::Serialize;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Packages every image gets, whatever the recipe says: the pieces kiln's boot path relies on.
 pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd-boot-efi", "initramfs-tools", "zstd"];
@@ -31,6 +32,18 @@ pub struct Plan {
     pub image_name: String,
     /// Files written beside it: `img` always, then the recipe's `[output] formats`.
     pub formats: Vec<crate::recipe::OutputFormat>,
+    /// sha256 of the lock the build installs from (joined into `recipe_hash`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_hash: Option<String>,
+    #[serde(skip)]
+    pub lock: Option<PlanLock>,
+}
+
+/// The lock a plan builds from, and where it was read.
+#[derive(Debug, Clone)]
+pub struct PlanLock {
+    pub lock: Lock,
+    pub path: PathBuf,
 }
 
 impl Plan {
@@ -39,12 +52,22 @@ impl Plan {
     }
 
     /// Plan for `arch` instead of the recipe's own architecture (`kiln build --arch`).
-    pub fn with_arch(mut recipe: Recipe, arch: Option<Arch>) -> Result<Plan> {
+    pub fn with_arch(recipe: Recipe, arch: Option<Arch>) -> Result<Plan> {
+        Self::with_lock(recipe, arch, None)
+    }
+
+    /// Plan building from a lock: its hash joins the seed of every identifier, so the image's
+    /// identity follows the lock. Fails when the lock was made for other inputs.
+    pub fn with_lock(mut recipe: Recipe, arch: Option<Arch>, lock: Option<PlanLock>) -> Result<Plan> {
         if let Some(a) = arch {
             recipe.architecture = a;
         }
         let arch = recipe.architecture;
-        let recipe_hash = ids::sha256_hex(serde_json::to_string(&recipe)?.as_bytes());
+        let mut recipe_hash = identity(&recipe)?;
+        let lock_hash = lock.as_ref().map(|l| l.lock.hash());
+        if let Some(h) = &lock_hash {
+            recipe_hash = ids::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
+        }
         let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
         packages.push(recipe.base.kernel.clone().unwrap_or_else(|| arch.kernel_package().into()));
@@ -69,7 +92,7 @@ impl Plan {
         let console = arch.serial_console();
         let mut cmdline = vec![format!("root=PARTUUID={root_guid}"), "rw".into(), "console=tty0".into(), format!("console={console},115200")];
         cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
-        Ok(Plan {
+        let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
             formats: recipe.output.formats.clone(),
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
@@ -81,12 +104,29 @@ impl Plan {
             packages,
             layout,
             recipe,
-        })
+            lock_hash,
+            lock,
+        };
+        if let Some(l) = &plan.lock {
+            l.lock.check_matches(&plan, &l.path)?;
+        }
+        Ok(plan)
     }
 
     pub fn arch(&self) -> Arch {
         self.recipe.architecture
     }
+}
+
+/// sha256 of a recipe's resolved content, without where its files were read from (`sources`,
+/// paths as given on the command line): the same recipe built from another directory (another
+/// checkout, a `kiln vendor` bundle) gets the same identifiers.
+fn identity(recipe: &Recipe) -> Result<String> {
+    let mut v = serde_json::to_value(recipe)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("sources");
+    }
+    Ok(ids::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
 }
 
 /// The Debian mirror this host's apt uses (`KILN_MIRROR` overrides), else deb.debian.org.

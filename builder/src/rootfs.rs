@@ -1,7 +1,9 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
 use crate::cmd::Cmd;
+use crate::debcache::DebCache;
 use crate::plan::Plan;
+use crate::source::Source;
 use crate::recipe::InitramfsModules;
 use crate::work::WorkDir;
 use anyhow::{bail, Context, Result};
@@ -9,7 +11,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 4;
+const BOOTSTRAP_FORMAT: u32 = 5;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -23,6 +25,9 @@ struct BootstrapInputs<'a> {
     initramfs_modules: &'a InitramfsModules,
     locale: &'a str,
     source_date_epoch: i64,
+    /// Hash of the locked package set, when the bootstrap pins one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pins: Option<String>,
     /// Extra apt repositories (left out when there are none, so older keys stay valid).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     repositories: Vec<RepoInputs<'a>>,
@@ -46,7 +51,7 @@ pub struct ExtraSources {
     pub setup_hooks: Vec<String>,
 }
 
-fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
+fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
     let r = &plan.recipe;
     BootstrapInputs {
         format: BOOTSTRAP_FORMAT,
@@ -58,6 +63,7 @@ fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
         initramfs_modules: &plan.initramfs_modules,
         locale: &r.system.locale,
         source_date_epoch: r.source_date_epoch,
+        pins: source.pins_hash(),
         repositories: r
             .repositories
             .iter()
@@ -66,9 +72,39 @@ fn inputs(plan: &Plan) -> BootstrapInputs<'_> {
     }
 }
 
-/// Cache key of the plan's bootstrapped root.
-pub fn cache_key(plan: &Plan) -> String {
-    crate::ids::sha256_hex(serde_json::to_string(&inputs(plan)).unwrap_or_default().as_bytes())
+/// Cache key of the plan's bootstrapped root (online and offline bootstraps of one lock share it).
+pub fn cache_key(plan: &Plan, source: &Source) -> String {
+    crate::ids::sha256_hex(serde_json::to_string(&inputs(plan, source)).unwrap_or_default().as_bytes())
+}
+
+/// Where the cache keeps the root `prepare` bootstraps for `plan` from `source`.
+pub fn cache_dir(plan: &Plan, source: &Source, cache: &Path) -> PathBuf {
+    cache.join("roots").join(cache_key(plan, source))
+}
+
+/// Whether the cache holds the root `prepare` would bootstrap.
+pub fn is_cached(plan: &Plan, source: &Source, cache: &Path) -> bool {
+    cache_dir(plan, source, cache).join("etc/os-release").exists()
+}
+
+/// Give the cached tree `from` a second name `to` in the cache (a tree of hard links, complete
+/// before it is renamed into place). For `kiln lock`: the tree it resolved a lock from is what a
+/// bootstrap pinned to that lock makes, so a build from the new lock need not bootstrap again.
+pub fn alias(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() || !from.is_dir() || from == to {
+        return Ok(());
+    }
+    let parent = to.parent().context("cache path")?;
+    let tmp = parent.join(format!(".{}.partial-{}", to.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    crate::work::remove_tree(&tmp)?;
+    if let Err(e) = Cmd::new("cp").args(["-al", "--no-target-directory"]).arg(from).arg(&tmp).run() {
+        let _ = crate::work::remove_tree(&tmp);
+        return Err(e);
+    }
+    if to.exists() {
+        return crate::work::remove_tree(&tmp);
+    }
+    std::fs::rename(&tmp, to).with_context(|| format!("renaming into {}", to.display()))
 }
 
 /// The writable root of a build, at `dir`.
@@ -82,19 +118,22 @@ pub struct Root {
 /// there (made once per set of inputs) and the build works on an overlay over it, so the cached
 /// tree is never changed and a warm build copies nothing. Without a cache, mmdebstrap writes
 /// `work/root` directly.
-pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, extra: &ExtraSources) -> Result<Root> {
+///
+/// The packages come from `source` (mirror or local repository, pinned to a lock or not); the
+/// .debs mmdebstrap downloads move into `debs`, out of the root.
+pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
-        mmdebstrap(plan, work, &dir, extra)?;
+        bootstrap(plan, work, &dir, source, debs, extra)?;
         return Ok(Root { dir, from_cache: false });
     };
-    let cached = cache.join("roots").join(cache_key(plan));
+    let cached = cache_dir(plan, source, cache);
     let from_cache = cached.join("etc/os-release").exists();
     if from_cache {
         tracing::info!("reusing cached root {}", cached.display());
     } else {
         let fresh = work.join("bootstrap");
-        mmdebstrap(plan, work, &fresh, extra)?;
+        bootstrap(plan, work, &fresh, source, debs, extra)?;
         store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
     }
     mount_overlay(&cached, work, &dir)?;
@@ -145,18 +184,33 @@ pub fn release(root: &Root) -> Result<()> {
     Ok(())
 }
 
-fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, extra: &ExtraSources) -> Result<()> {
+/// mmdebstrap into `out`, then the downloaded .debs into the cache and, with a lock, the
+/// installed packages checked against it.
+fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<()> {
+    mmdebstrap(plan, work, out, source, debs, extra)?;
+    debs.absorb(out).context("moving the downloaded .debs into the cache")?;
+    if source.pins.is_some() {
+        source.verify(&crate::packages::installed(out)?)?;
+    }
+    Ok(())
+}
+
+/// mmdebstrap's options that keep what kiln reads after a bootstrap: apt's package lists (the
+/// sha256 of every installed .deb, for the SBOM and lock files) and the downloaded .debs (for
+/// the .deb cache). system::clean removes what is left of them before the image is made.
+pub const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
+
+fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<()> {
     let r = &plan.recipe;
+    let src = source.mmdebstrap_args(debs, work, "root")?;
     let mut cmd = Cmd::new("mmdebstrap")
         .arg("--mode=root")
         .arg("--variant=minbase")
         .arg(format!("--architectures={}", plan.arch().debian()))
-        .arg(format!("--components={}", r.base.components.join(",")))
         .arg(format!("--include={}", plan.packages.join(",")))
         .arg("--aptopt=Acquire::Retries \"3\"")
-        // Keep apt's package lists: they hold the sha256 of every installed .deb (for the SBOM
-        // and lock files). system::clean removes them before the image is made.
-        .arg("--skip=cleanup/apt/lists")
+        .arg(KEEP)
+        .args(&src.options)
         .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
         .env("TMPDIR", work.path());
     for hook in setup_hooks(&plan.initramfs_modules).iter().chain(&extra.setup_hooks) {
@@ -167,13 +221,14 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, extra: &ExtraSources) -> 
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
+    let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
     let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
     cmd.arg(&r.base.suite)
         .arg(out)
-        .arg(&plan.mirror)
+        .arg(&src.mirror)
         .args(&extra.lines)
         .run()
-        .with_context(|| format!("bootstrapping Debian {} ({}) from {}{extra_names}", r.base.suite, plan.arch().debian(), plan.mirror))
+        .with_context(|| format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian()))
 }
 
 /// mkinitramfs would run once when the kernel is installed and again for every trigger; under
@@ -207,18 +262,19 @@ fn locale_hook(locale: &str) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+mod extra_tests {
     use crate::plan::Plan;
     use std::path::Path;
 
     #[test]
     fn extra_repositories_change_the_cache_key() {
         let plan = Plan::new(crate::recipe::load(Path::new("tests/recipes/good/extras.toml")).unwrap()).unwrap();
+        let key = |p: &Plan| super::cache_key(p, &crate::locking::sources(p, false).unwrap().0);
         let mut without = plan.clone();
         without.recipe.repositories.clear();
         let mut other_key = plan.clone();
         other_key.recipe.repositories[0].fingerprint = "0".repeat(40);
-        let keys = [super::cache_key(&plan), super::cache_key(&without), super::cache_key(&other_key)];
+        let keys = [key(&plan), key(&without), key(&other_key)];
         assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2], "{keys:?}");
     }
 }

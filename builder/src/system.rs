@@ -42,7 +42,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     let locale = format!("LANG={}\n", sys.locale);
     write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
     write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
-    apt_sources(plan, root)?;
+    apt_sources(root)?;
     // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
     write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
@@ -65,21 +65,15 @@ pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     systemctl(root, "disable", &sys.disable)
 }
 
-/// The image's Debian sources, written by kiln in one canonical form (deb822) whatever the
-/// mmdebstrap version wrote during the bootstrap.
-fn apt_sources(plan: &Plan, root: &Path) -> Result<()> {
-    for rel in ["etc/apt/sources.list", "etc/apt/sources.list.d/debian.sources"] {
-        let p = root.join(rel);
-        if p.is_file() || p.is_symlink() {
-            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
-        }
+/// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook
+/// in `rootfs`); a deb822 `debian.sources` that a newer mmdebstrap may add would duplicate it.
+fn apt_sources(root: &Path) -> Result<()> {
+    let rel = "etc/apt/sources.list.d/debian.sources";
+    let p = root.join(rel);
+    if p.is_file() || p.is_symlink() {
+        std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
     }
-    let b = &plan.recipe.base;
-    let text = format!(
-        "# Debian sources of this appliance (written by kiln).\nTypes: deb\nURIs: {}\nSuites: {}\nComponents: {}\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-        plan.mirror, b.suite, b.components.join(" ")
-    );
-    write_file(root, "etc/apt/sources.list.d/debian.sources", text.as_bytes(), 0o644)
+    Ok(())
 }
 
 fn timezone(root: &Path, tz: &str) -> Result<()> {

@@ -5,13 +5,15 @@
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
 use crate::arch::Arch;
 use crate::cmd::Cmd;
+use crate::debcache::DebCache;
+use crate::source::Source;
 use crate::work::WorkDir;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 1;
+const TOOLS_FORMAT: u32 = 2;
 pub const TOOLS_SUITE: &str = "trixie";
 const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils"];
 
@@ -31,30 +33,74 @@ struct ToolsInputs<'a> {
     mirror: &'a str,
     arch: &'a str,
     packages: &'a [&'a str],
+    /// Hash of the locked package set, when pinned to a lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pins: Option<String>,
 }
 
 impl Tools {
-    /// The tools tree for this host from `cache` (made and stored there when missing).
-    pub fn tree(cache: &Path, mirror: &str, work: &WorkDir) -> Result<Tools> {
-        let arch = Arch::host().context("the tools tree needs an x86_64 or aarch64 host")?;
-        let inputs = ToolsInputs { format: TOOLS_FORMAT, suite: TOOLS_SUITE, mirror, arch: arch.debian(), packages: TOOLS_PACKAGES };
-        let key = crate::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes());
-        let root = cache.join("tools").join(&key);
-        if !root.join("usr/sbin/mke2fs").is_file() {
-            let fresh = work.join("tools");
-            Cmd::new("mmdebstrap")
-                .args(["--mode=root", "--variant=minbase", "--skip=cleanup/apt/lists"])
-                .arg(format!("--architectures={}", arch.debian()))
-                .arg(format!("--include={}", TOOLS_PACKAGES.join(",")))
-                .env("TMPDIR", work.path())
-                .arg(TOOLS_SUITE)
-                .arg(&fresh)
-                .arg(mirror)
-                .run()
-                .with_context(|| format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", ")))?;
-            crate::rootfs::store(&fresh, &root).context("storing the tools tree in the cache")?;
+    /// Debian architecture of the tools tree on this host.
+    pub fn host_arch() -> Result<Arch> {
+        Arch::host().context("the tools tree needs an x86_64 or aarch64 host")
+    }
+
+    /// The source of a tools tree: this host's architecture, `mirror` (the image's), pinned to the
+    /// lock's tools packages when given.
+    pub fn source(mirror: &str, pins: Option<Vec<crate::lock::LockedPackage>>, offline: bool) -> Result<Source> {
+        let arch = Self::host_arch()?;
+        Ok(Source { mirror: mirror.into(), suite: TOOLS_SUITE.into(), components: vec!["main".into()], arch: arch.debian().into(), pins, exact: true, offline })
+    }
+
+    /// Where the cache keeps the tools tree of `source`.
+    pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
+        let inputs = ToolsInputs { format: TOOLS_FORMAT, suite: TOOLS_SUITE, mirror: &source.mirror, arch: &source.arch, packages: TOOLS_PACKAGES, pins: source.pins_hash() };
+        Ok(cache.join("tools").join(crate::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
+    }
+
+    pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
+        Ok(Self::cache_dir(cache, source)?.join("usr/sbin/mke2fs").is_file())
+    }
+
+    /// The tools tree for this host from `cache` (made and stored there when missing; with
+    /// `reuse` false made afresh in `work` and not stored). Offline, it is made from the .deb
+    /// cache, which needs the lock's tools packages.
+    pub fn tree(cache: &Path, source: &Source, work: &WorkDir, debs: &DebCache, reuse: bool) -> Result<Tools> {
+        let arch = Self::host_arch()?;
+        let root = Self::cache_dir(cache, source)?;
+        if reuse && root.join("usr/sbin/mke2fs").is_file() {
+            return Ok(Tools::Tree { root, arch });
         }
+        if source.offline && source.pins.is_none() {
+            bail!("the tools tree (mke2fs) is not in the cache {} and cannot be made offline: the lock has no tools packages for {}; run `kiln fetch` on an {} host while online, or build with --host-tools", cache.display(), source.arch, source.arch);
+        }
+        let fresh = work.join("tools");
+        let src = source.mmdebstrap_args(debs, work, "tools")?;
+        Cmd::new("mmdebstrap")
+            .args(["--mode=root", "--variant=minbase", crate::rootfs::KEEP])
+            .arg(format!("--architectures={}", source.arch))
+            .arg(format!("--include={}", TOOLS_PACKAGES.join(",")))
+            .args(&src.options)
+            .env("TMPDIR", work.path())
+            .arg(TOOLS_SUITE)
+            .arg(&fresh)
+            .arg(&src.mirror)
+            .run()
+            .with_context(|| format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", ")))?;
+        debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
+        source.verify(&crate::packages::installed(&fresh)?).context("checking the tools tree")?;
+        if !reuse {
+            return Ok(Tools::Tree { root: fresh, arch });
+        }
+        crate::rootfs::store(&fresh, &root).context("storing the tools tree in the cache")?;
         Ok(Tools::Tree { root, arch })
+    }
+
+    /// The tree's directory (None for host tools).
+    pub fn root(&self) -> Option<&Path> {
+        match self {
+            Tools::Host => None,
+            Tools::Tree { root, .. } => Some(root),
+        }
     }
 
     /// A command running `program` (a path inside the tree, e.g. `usr/sbin/mke2fs`).
