@@ -9,8 +9,6 @@ use crate::cmd::Cmd;
 use crate::net::{self, Need};
 use crate::recipe::{Artifact, Extract};
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +30,7 @@ impl Store {
     pub fn local(&self, a: &Artifact) -> Result<Option<PathBuf>> {
         let stored = self.dir.join(&a.sha256);
         if stored.is_file() {
-            if sha256_file(&stored)? == a.sha256 {
+            if crate::ids::sha256_file(&stored)? == a.sha256 {
                 return Ok(Some(stored));
             }
             tracing::warn!("removing corrupt store entry {}", stored.display());
@@ -42,7 +40,7 @@ impl Store {
             for name in [a.sha256.as_str(), file_name(&a.url)] {
                 let candidate = dir.join(name);
                 if !name.is_empty() && candidate.is_file() {
-                    let actual = sha256_file(&candidate)?;
+                    let actual = crate::ids::sha256_file(&candidate)?;
                     if actual != a.sha256 {
                         bail!("artifact `{}` ({}): {} has sha256 {actual}, expected {}", a.name, a.url, candidate.display(), a.sha256);
                     }
@@ -58,7 +56,7 @@ impl Store {
         std::fs::create_dir_all(&self.dir).with_context(|| format!("creating artifact store {}", self.dir.display()))?;
         let tmp = tempfile::Builder::new().prefix(&format!(".{}.", a.sha256)).suffix(".partial").tempfile_in(&self.dir).context("creating a temporary file in the artifact store")?;
         net::download(&a.url, tmp.path()).with_context(|| format!("artifact `{}`", a.name))?;
-        let actual = sha256_file(tmp.path())?;
+        let actual = crate::ids::sha256_file(tmp.path())?;
         if actual != a.sha256 {
             bail!("artifact `{}`: {} has sha256 {actual}, expected {}; the download was discarded", a.name, a.url, a.sha256);
         }
@@ -71,20 +69,6 @@ impl Store {
 /// The last path segment of a URL (without query).
 fn file_name(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().unwrap_or("")
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// What must come from the network: artifacts that are neither stored nor supplied offline.

@@ -12,9 +12,7 @@
 //! bootstrap (the .debs mmdebstrap downloaded are moved here, out of the root).
 use crate::lock::LockedPackage;
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 use std::collections::HashSet;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub struct DebCache {
@@ -57,7 +55,7 @@ impl DebCache {
     /// Store `file` (moved when on the same file system, else copied) as the .deb of `pkg`, with
     /// its Packages stanza. Fails, storing nothing, when the file's sha256 is not `pkg.sha256`.
     pub fn put(&self, file: &Path, pkg: &LockedPackage, stanza: &str) -> Result<()> {
-        let got = sha256_file(file)?;
+        let got = crate::ids::sha256_file(file)?;
         if got != pkg.sha256 {
             bail!("{} has sha256 {got}, the lock says {}: refusing it", pkg.describe(), pkg.sha256);
         }
@@ -105,7 +103,7 @@ impl DebCache {
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "deb") && e.file_type().is_ok_and(|t| t.is_file()) {
-                debs.push((sha256_file(&path)?, path));
+                debs.push((crate::ids::sha256_file(&path)?, path));
             }
         }
         if debs.is_empty() {
@@ -174,21 +172,6 @@ fn move_or_copy(from: &Path, to: &Path) -> Result<()> {
 
 fn remove_if_moved(file: &Path) -> Result<()> {
     std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
-}
-
-/// Hex sha256 of a file's content.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
 }
 
 #[cfg(test)]

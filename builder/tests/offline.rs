@@ -190,7 +190,7 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
     for p in lock.packages.iter().chain(&tools.packages) {
         assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/main/"), "{p:?}");
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
-        assert_eq!(kiln::debcache::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
+        assert_eq!(kiln::ids::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
     let plan: serde_json::Value = serde_json::from_slice(&kiln(&["check", "--print", "--no-lock", fx.recipe.to_str().unwrap()]).stdout).unwrap();
     let mut requested: Vec<String> = plan["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
@@ -251,7 +251,7 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
 
     // Online from the same lock (its root is the one `kiln lock` resolved): the same bytes.
     let online = build(fx.recipe.to_str().unwrap(), &fx.dir.join("out-online"), &fx.cache);
-    let sha = |p: &Path| kiln::debcache::sha256_file(p).unwrap();
+    let sha = |p: &Path| kiln::ids::sha256_file(p).unwrap();
     assert_eq!(sha(&offline), sha(&online), "offline and online builds from one lock differ");
 
     // The image names the real mirror and carries exactly the locked packages.
