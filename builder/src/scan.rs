@@ -9,7 +9,7 @@ use crate::disk::{Layout, PlacedPartition};
 use anyhow::{ensure, Context, Result};
 use gpt::disk::LogicalBlockSize;
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
@@ -134,7 +134,7 @@ impl Parts {
 /// their CRCs must be valid (as `disk::read_layout` requires of a file).
 pub fn gpt_from_ends(head: &[u8], tail: &[u8], size: u64) -> Result<Layout> {
     ensure!(size >= HEAD_LEN + TAIL_LEN && size % SECTOR == 0, "{size} bytes is too small or not whole sectors for a GPT disk");
-    let mut dev = Ends { head: head.to_vec(), tail: tail.to_vec(), size, pos: 0 };
+    let mut dev = crate::disk::gpt::GptDevice::from_ends(size, head.to_vec(), tail.to_vec()).context("reading the GPT regions")?;
     let header = gpt::header::read_header_from_arbitrary_device(&mut dev, LogicalBlockSize::Lb512).context("reading the primary GPT header")?;
     // The gpt crate asserts (panics) on unusual entry sizes: check first.
     ensure!(header.part_size == 128, "unsupported GPT entry size {}", header.part_size);
@@ -148,56 +148,6 @@ pub fn gpt_from_ends(head: &[u8], tail: &[u8], size: u64) -> Result<Layout> {
         partitions.push(PlacedPartition { number, label: p.name.clone(), type_guid: p.part_type_guid.guid, part_guid: p.part_guid, offset, size });
     }
     Ok(Layout { disk_size: size, disk_guid: *disk.guid(), partitions })
-}
-
-/// A read-only disk holding `head` at its start and `tail` at its end, zeros between.
-#[derive(Debug)]
-struct Ends {
-    head: Vec<u8>,
-    tail: Vec<u8>,
-    size: u64,
-    pos: u64,
-}
-
-impl Read for Ends {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = (self.size.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
-        let tail_start = self.size - self.tail.len() as u64;
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            let at = self.pos + i as u64;
-            *b = if at < self.head.len() as u64 {
-                self.head[at as usize]
-            } else if at >= tail_start {
-                self.tail[(at - tail_start) as usize]
-            } else {
-                0
-            };
-        }
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Write for Ends {
-    fn write(&mut self, _: &[u8]) -> io::Result<usize> {
-        Err(io::Error::new(io::ErrorKind::PermissionDenied, "read-only"))
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Seek for Ends {
-    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            SeekFrom::Start(p) => Some(p),
-            SeekFrom::End(d) => self.size.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        self.pos = new.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before start"))?;
-        Ok(self.pos)
-    }
 }
 
 #[cfg(test)]

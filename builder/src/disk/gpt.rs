@@ -336,7 +336,7 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
 /// An in-memory disk of `len` bytes that only stores the GPT regions: the head
 /// (`HEAD_LEN` bytes at 0) and the tail (`TAIL_LEN` bytes at the end). Everything
 /// in between reads as zeros and refuses writes.
-struct GptDevice {
+pub(crate) struct GptDevice {
     len: u64,
     pos: u64,
     head: Vec<u8>,
@@ -350,6 +350,15 @@ impl std::fmt::Debug for GptDevice {
 }
 
 impl GptDevice {
+    /// A disk of `len` bytes whose first and last bytes are `head` and `tail` (as read from an
+    /// image, to parse its GPT without reading the whole image); zeros between.
+    pub(crate) fn from_ends(len: u64, head: Vec<u8>, tail: Vec<u8>) -> io::Result<Self> {
+        if head.len() as u64 != HEAD_LEN || tail.len() as u64 != TAIL_LEN || len < HEAD_LEN + TAIL_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "head, tail and disk size do not fit a GPT disk"));
+        }
+        Ok(GptDevice { len, pos: 0, head, tail })
+    }
+
     fn new(len: u64) -> Self {
         let (head, tail) = (vec![0; HEAD_LEN as usize], vec![0; TAIL_LEN as usize]);
         GptDevice {
