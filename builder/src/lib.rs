@@ -43,6 +43,19 @@ pub mod work;
 
 use std::process::ExitCode;
 
+/// File mode creation mask for kiln and every tool it runs. An image's file modes must not
+/// depend on the caller's umask (077 would make every directory kiln or mmdebstrap creates
+/// private), so kiln always works with the usual 022.
+pub const UMASK: u32 = 0o022;
+
+/// Set [`UMASK`] for this process (and so for everything it starts).
+pub fn fix_umask() {
+    // SAFETY: umask only swaps the process's mask; it cannot fail.
+    unsafe {
+        libc::umask(UMASK as libc::mode_t);
+    }
+}
+
 /// Print an error the way the CLI does and choose the exit status: 2 for a bad recipe,
 /// 130 for an interrupted run, 1 for everything else.
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
