@@ -310,6 +310,24 @@ fn assemble_is_deterministic_and_digests_match() {
 
     check_with_tools(&a, &layout);
 
+    // The same content as a sparse file (holes where the zero run is and after the end, as
+    // mke2fs leaves them): holes are not read, yet the image and digests are the same.
+    let sparse = d.join("root-sparse.img");
+    {
+        use std::os::unix::fs::FileExt;
+        let f = File::create(&sparse).unwrap();
+        f.set_len(layout.partitions[1].size - 3 * MIB).unwrap();
+        f.write_all_at(&root[..5 * MIB as usize], 0).unwrap();
+        f.write_all_at(&root[14 * MIB as usize..], 14 * MIB).unwrap();
+    }
+    assert!(fs::metadata(&sparse).unwrap().blocks() * 512 < 7 * MIB, "test file is not sparse");
+    let c = d.join("c.img");
+    let dc = assemble(&c, &layout, &[esp.clone(), sparse]).unwrap();
+    assert_eq!(dc.sha256, da.sha256, "sparse content, same image digest");
+    assert_eq!(sha256_file(&c), da.sha256);
+    let parts = |x: &kiln::disk::ImageDigest| x.partitions.iter().map(|p| p.sha256.clone()).collect::<Vec<_>>();
+    assert_eq!(parts(&dc), parts(&da), "sparse content, same partition digests");
+
     // The ESP cut out of the image is a clean FAT file system.
     let esp_cut = d.join("esp-cut.img");
     let p = &layout.partitions[0];
