@@ -48,12 +48,19 @@ use std::process::ExitCode;
 /// private), so kiln always works with the usual 022.
 pub const UMASK: u32 = 0o022;
 
-/// Set [`UMASK`] for this process (and so for everything it starts).
-pub fn fix_umask() {
+/// Make the process's inherited state one fixed value before anything runs, since every tool
+/// kiln starts (mmdebstrap, maintainer scripts, mke2fs) inherits it: umask [`UMASK`], the
+/// C.UTF-8 locale (messages and sort orders) and UTC. Call once at start, before threads.
+pub fn normalize_process() {
     // SAFETY: umask only swaps the process's mask; it cannot fail.
     unsafe {
         libc::umask(UMASK as libc::mode_t);
     }
+    for var in ["LANG", "LANGUAGE", "LC_CTYPE", "LC_COLLATE", "LC_MESSAGES", "LC_TIME", "LC_NUMERIC"] {
+        std::env::remove_var(var);
+    }
+    std::env::set_var("LC_ALL", "C.UTF-8");
+    std::env::set_var("TZ", "UTC");
 }
 
 /// Print an error the way the CLI does and choose the exit status: 2 for a bad recipe,

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = kiln::cli::Cli::parse();
-    kiln::fix_umask();
+    kiln::normalize_process();
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",

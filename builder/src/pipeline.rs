@@ -72,7 +72,7 @@ pub fn plan(recipe: &Path, arch: Option<crate::arch::Arch>, choice: &LockChoice)
     Plan::with_lock(plan.recipe, arch, Some(lock))
 }
 
-const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "useradd", "systemctl", "cp"];
+const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "chroot", "cp"];
 
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {

@@ -98,7 +98,7 @@ fn timezone(root: &Path, tz: &str) -> Result<()> {
 fn add_user(root: &Path, user: &User, epoch: i64) -> Result<()> {
     if user.name != "root" {
         // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
-        let mut cmd = Cmd::new("useradd").env("SOURCE_DATE_EPOCH", epoch.to_string()).arg("--root").arg(root).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
+        let mut cmd = in_root(root, "useradd").env("SOURCE_DATE_EPOCH", epoch.to_string()).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
         if !user.groups.is_empty() {
             cmd = cmd.arg("--groups").arg(user.groups.join(","));
         }
@@ -137,7 +137,14 @@ fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<()> {
     if units.is_empty() {
         return Ok(());
     }
-    Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg(verb).args(units).run().with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+    in_root(root, "systemctl").arg(verb).args(units).run().with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+}
+
+/// A program of the image itself, run chrooted into it: its systemctl and useradd write what
+/// that Debian release writes (Debian 12's systemctl links units to /lib, Debian 13's to
+/// /usr/lib), whatever release the host runs. Offline operations only: nothing is mounted.
+fn in_root(root: &Path, program: &str) -> Cmd {
+    Cmd::new("chroot").arg(root).arg(program)
 }
 
 /// The checks as the guest agent reads them: one per line, `kind<TAB>timeout<TAB>name<TAB>argument`.
@@ -192,8 +199,20 @@ pub fn clean(root: &Path) -> Result<()> {
             }
         }
     }
+    const APT_PARTIAL: [&str; 2] = ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
     for rel in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
-        empty_dir(root, rel, &["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"])?;
+        empty_dir(root, rel, &APT_PARTIAL)?;
+    }
+    // apt leaves its download directories to `_apt` only when its sandbox user could reach the
+    // build directory: set what an installed system has, whatever the build path's modes.
+    if let Ok((uid, _, _)) = passwd_entry(root, "_apt") {
+        for rel in APT_PARTIAL {
+            let p = root.join(rel);
+            if p.is_dir() {
+                std::os::unix::fs::lchown(&p, Some(uid), Some(0)).with_context(|| format!("setting the owner of /{rel}"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("setting mode of /{rel}"))?;
+            }
+        }
     }
     Ok(())
 }

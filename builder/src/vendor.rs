@@ -89,7 +89,7 @@ Made by `kiln vendor` ({kiln} {kv}). Everything needed to build the image `{imag
 | `{recipe}` | the recipe, with its layers and overlays beside it |\n\
 | `{lock}` | the lock: every package with the sha256 of its .deb |\n\
 | `cache/debs/` | the locked .debs: {n_root} for the root ({arch}), {n_tools} for the tools tree ({tools_arch}) |\n\n\
-Build, as root, on a Debian 12 or 13 {tools_arch} host with kiln's host tools (mmdebstrap, mount, useradd, systemctl; see kiln's `scripts/setup-host`):\n\n\
+Build, as root, on a Debian 12 or 13 {tools_arch} host with kiln's host tools (mmdebstrap, mount; see kiln's `scripts/setup-host`):\n\n\
 ```sh\nsudo bin/kiln build --offline --cache cache {recipe} --out out\n```\n\n\
 Every .deb is checked against the lock's sha256 before it is used. The image's apt sources name {mirror}.\n",
         name = r.name,
