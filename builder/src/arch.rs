@@ -85,6 +85,17 @@ impl Arch {
         }
     }
 
+    /// CPU model qemu-user emulates (`QEMU_CPU`) when this architecture's maintainer scripts
+    /// run on another one. qemu's default, `max`, has pointer authentication and SVE, and
+    /// Debian's arm64 binaries sign every return address: a Neoverse N1 (Armv8.2, neither
+    /// feature) runs the same programs about a quarter faster, with the same results.
+    pub fn qemu_user_cpu(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "max",
+            Arch::Aarch64 => "neoverse-n1",
+        }
+    }
+
     /// Drivers in the initrd unless the recipe chooses: on x86_64 Debian's `most`; on aarch64,
     /// where mkinitramfs runs under emulation, the storage drivers that boot QEMU `virt` and
     /// common arm64 boards and servers (virtio, NVMe, AHCI, USB storage, SD/MMC).

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 5;
+const BOOTSTRAP_FORMAT: u32 = 6;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -216,7 +216,10 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
     for hook in setup_hooks(&plan.initramfs_modules).iter().chain(&extra.setup_hooks) {
         cmd = cmd.arg(format!("--setup-hook={hook}"));
     }
-    cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}"));
+    if Some(plan.arch()) != crate::arch::Arch::host() {
+        cmd = cmd.env("QEMU_CPU", plan.arch().qemu_user_cpu());
+    }
+    cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}")).arg(format!("--essential-hook={NO_HOST_KEYS}"));
     if let Some(hook) = locale_hook(&r.system.locale) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
@@ -237,6 +240,11 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
 const DEFER_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
 /// ... and build the initrd exactly once, when everything is installed.
 const BUILD_INITRAMFS: &str = "rm \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot \"$1\" update-initramfs -c -k all";
+
+/// openssh-server's postinst makes host keys (RSA: seconds of prime search, far more under
+/// emulation) unless files are there; `system::clean` removes every `ssh_host_*` file anyway and
+/// each box makes its own at first boot. Empty placeholders skip the work.
+const NO_HOST_KEYS: &str = "mkdir -p \"$1/etc/ssh\" && for t in rsa ecdsa ed25519; do : > \"$1/etc/ssh/ssh_host_${t}_key\"; done";
 
 /// Hooks run before any package is installed: the initramfs driver policy.
 fn setup_hooks(modules: &InitramfsModules) -> Vec<String> {
