@@ -199,9 +199,8 @@ pub fn clean(root: &Path) -> Result<()> {
             }
         }
     }
-    const APT_PARTIAL: [&str; 2] = ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
     for rel in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
-        empty_dir(root, rel, &APT_PARTIAL)?;
+        empty_dir(root, rel)?;
     }
     // apt leaves its download directories to `_apt` only when its sandbox user could reach the
     // build directory: set what an installed system has, whatever the build path's modes.
@@ -217,8 +216,11 @@ pub fn clean(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// apt's download directories: emptied like the rest, then given a fixed owner and mode.
+const APT_PARTIAL: [&str; 2] = ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
+
 /// Remove the files below `root/rel`, keeping directories (their ownership matters to services).
-fn empty_dir(root: &Path, rel: &str, keep: &[&str]) -> Result<()> {
+fn empty_dir(root: &Path, rel: &str) -> Result<()> {
     let dir = root.join(rel);
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
     for e in entries {
@@ -227,12 +229,41 @@ fn empty_dir(root: &Path, rel: &str, keep: &[&str]) -> Result<()> {
         let ty = e.file_type()?;
         if ty.is_dir() {
             let sub = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            if !keep.contains(&sub.as_str()) {
-                empty_dir(root, &sub, keep)?;
-            }
+            empty_dir(root, &sub)?;
         } else if !(rel == "var/cache/debconf" && !e.file_name().to_string_lossy().ends_with("-old")) {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Whatever apt left (here: root-owned, 0755, with a stale download), `clean` leaves the
+    /// partial directories empty, `_apt:root` and 0700, as on an installed system.
+    #[test]
+    fn clean_gives_apt_partial_directories_one_owner_and_mode() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test changes file owners: run it as root (scripts/test does)");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n").unwrap();
+        for rel in super::APT_PARTIAL {
+            let d = r.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(d.join("stale.deb"), "x").unwrap();
+        }
+        super::clean(r).unwrap();
+        for rel in super::APT_PARTIAL {
+            let m = std::fs::metadata(r.join(rel)).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (42, 0, 0o700), "/{rel}");
+            assert_eq!(std::fs::read_dir(r.join(rel)).unwrap().count(), 0, "/{rel} not emptied");
+        }
+    }
 }
