@@ -90,7 +90,7 @@ pub fn needs(missing: &[&Artifact]) -> Vec<Need> {
 
 /// Lay each artifact into the root: a file with its mode and owner, or an unpacked archive
 /// whose members get the owner.
-pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path, work: &Path) -> Result<()> {
+pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path) -> Result<()> {
     for (a, file) in artifacts {
         let ids = a.owner.as_deref().map(|o| owner_ids(root, o)).transpose().with_context(|| format!("artifact `{}`", a.name))?;
         let dest = root.join(a.dest.trim_start_matches('/'));
@@ -109,32 +109,33 @@ pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path, work: &Path) -> 
                     std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).with_context(|| format!("chown {}", a.dest))?;
                 }
             }
-            Some(Extract::Tar) => unpack(a, file, &dest, ids, work)?,
+            Some(Extract::Tar) => unpack(a, file, &dest, ids)?,
         }
     }
     Ok(())
 }
 
-/// Unpack next to the root (same file system), give the members their owner, move them in.
-fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>, work: &Path) -> Result<()> {
-    let staging = work.join(format!("artifact-{}", a.name));
-    std::fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    Cmd::new("tar").args(["--no-same-owner", "--numeric-owner", "-xf"]).arg(file).arg("-C").arg(&staging).run().with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
-    if let Some((uid, gid)) = ids {
-        Cmd::new("chown").args(["-R", "--no-dereference", &format!("{uid}:{gid}")]).arg(&staging).run().with_context(|| format!("artifact `{}`: setting owner", a.name))?;
-    }
+/// Unpack into a staging directory inside `dest`, give the members their owner, move them in.
+/// The staging directory is on the root's own file system (the build's root is an overlay
+/// mount, so a rename from the work directory would cross devices).
+fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>) -> Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("creating {} in the image", a.dest))?;
-    let mut entries: Vec<_> = std::fs::read_dir(&staging)?.collect::<Result<_, _>>()?;
+    let staging = tempfile::Builder::new().prefix(".kiln-artifact-").tempdir_in(dest).with_context(|| format!("creating a staging directory in {} of the image", a.dest))?;
+    let staged = staging.path();
+    Cmd::new("tar").args(["--no-same-owner", "--numeric-owner", "-xf"]).arg(file).arg("-C").arg(staged).run().with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
+    if let Some((uid, gid)) = ids {
+        Cmd::new("chown").args(["-R", "--no-dereference", &format!("{uid}:{gid}")]).arg(staged).run().with_context(|| format!("artifact `{}`: setting owner", a.name))?;
+    }
+    let mut entries: Vec<_> = std::fs::read_dir(staged)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let target = dest.join(e.file_name());
         if target.symlink_metadata().is_ok() {
             bail!("artifact `{}`: {}/{} already exists in the image", a.name, a.dest, e.file_name().to_string_lossy());
         }
-        std::fs::rename(e.path(), &target).with_context(|| format!("moving {} into the image", e.path().display()))?;
+        std::fs::rename(e.path(), &target).with_context(|| format!("moving {} into {} of the image", e.file_name().to_string_lossy(), a.dest))?;
     }
-    std::fs::remove_dir(&staging).ok();
-    Ok(())
+    staging.close().with_context(|| format!("removing the staging directory in {} of the image", a.dest))
 }
 
 /// uid and gid of `user[:group]` in the image's /etc/passwd and /etc/group.
@@ -162,6 +163,23 @@ mod tests {
 
     fn artifact(sha: &str) -> Artifact {
         Artifact { name: "x".into(), url: "http://127.0.0.1:9/dl/x.tar.gz?y=1".into(), sha256: sha.into(), dest: "/opt/x".into(), extract: None, mode: 0o644, owner: None }
+    }
+
+    #[test]
+    fn tar_members_move_into_dest_and_never_over_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, root) = (dir.path().join("src"), dir.path().join("root"));
+        std::fs::create_dir_all(src.join("app")).unwrap();
+        std::fs::write(src.join("app/run.sh"), "echo app\n").unwrap();
+        let tarball = dir.path().join("app.tar");
+        Cmd::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&src).arg("app").run().unwrap();
+        let a = Artifact { dest: "/opt".into(), extract: Some(Extract::Tar), ..artifact(&"0".repeat(64)) };
+        install(&[(&a, tarball.clone())], &root).unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("opt/app/run.sh")).unwrap(), "echo app\n");
+        let names: Vec<_> = std::fs::read_dir(root.join("opt")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(names, ["app"], "nothing but the members is left in /opt");
+        let err = format!("{:#}", install(&[(&a, tarball)], &root).unwrap_err());
+        assert!(err.contains("/opt/app already exists in the image"), "{err}");
     }
 
     #[test]

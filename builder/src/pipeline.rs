@@ -105,7 +105,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
         overlay::apply(&overlays, &tree)?;
         repos::install(&plan, &keys, &tree)?;
-        artifacts::install(&fetched, &tree, work.path())?;
+        artifacts::install(&fetched, &tree)?;
         firstboot::install(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;

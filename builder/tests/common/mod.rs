@@ -44,6 +44,20 @@ pub fn run(tool: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Whether `path` exists in the ext4 file system image `fs` (debugfs `stat`, no mount). Panics
+/// when debugfs shows neither the inode nor "File not found", so a broken read never passes for
+/// an absent file.
+pub fn exists_in(fs: &Path, path: &str) -> bool {
+    let out = Command::new("debugfs").args(["-R", &format!("stat {path}")]).arg(fs).output().expect("running debugfs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "debugfs stat {path} failed ({}):\n{stdout}{stderr}", out.status);
+    if stdout.contains("Inode:") {
+        return true;
+    }
+    assert!(stderr.contains(&format!("{path}: File not found")), "debugfs stat {path}: neither its inode nor `File not found`:\n{stdout}{stderr}");
+    false
+}
+
 /// `kiln build` to completion; returns the image path (the last line of stdout).
 pub fn build(recipe: &str, out_dir: &Path, cache: &Path) -> PathBuf {
     let start = Instant::now();
