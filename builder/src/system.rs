@@ -185,7 +185,18 @@ pub fn clean(root: &Path) -> Result<()> {
             std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
         }
     }
-    for rel in ["var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
+    // make-ssl-cert also linked the (random) snakeoil certificate by its hash: a dangling link
+    // with a per-build name once the certificate is gone.
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssl/certs")) {
+        for e in entries.flatten() {
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.file_name().is_some_and(|n| n == "ssl-cert-snakeoil.pem")) {
+                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    // newaliases' Berkeley DB holds the build's time and a random file id; layers with a mail
+    // server rebuild it at first boot (`[[first_boot]]` `newaliases`, before postfix.service).
+    for rel in ["var/lib/dbus/machine-id", "etc/aliases.db", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
         let p = root.join(rel);
         if p.is_file() || p.is_symlink() {
             std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;

@@ -92,7 +92,7 @@ fn appliance_recipes_check() {
         assert!(office.packages.iter().any(|x| x == p), "office-in-a-box lacks {p}");
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["cockpit-admin", "nextcloud-install"]);
+    assert_eq!(names, ["cockpit-admin", "nextcloud-install", "mail-aliases"]);
 }
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
