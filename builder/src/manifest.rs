@@ -2,7 +2,7 @@
 //! partition's place and digest, so `kiln verify` can check an image part by part.
 //! Deterministic: it holds no wall-clock time, only the recipe's `source_date_epoch`.
 use crate::boot::BootInfo;
-use crate::disk::{ImageDigest, Layout};
+use crate::disk::{ImageDigest, Layout, PlacedPartition};
 use crate::plan::Plan;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -45,15 +45,11 @@ pub struct ImageInfo {
     pub disk_guid: Uuid,
 }
 
+/// A partition as the GPT places it (the fields are inlined in the JSON), and its digest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionInfo {
-    pub number: u32,
-    pub label: String,
-    pub type_guid: Uuid,
-    pub part_guid: Uuid,
-    /// Bytes from the start of the disk.
-    pub offset: u64,
-    pub size: u64,
+    #[serde(flatten)]
+    pub placed: PlacedPartition,
     /// SHA-256 of the partition's full extent.
     pub sha256: String,
 }
@@ -74,7 +70,7 @@ impl Manifest {
             .partitions
             .iter()
             .zip(&digest.partitions)
-            .map(|(p, d)| PartitionInfo { number: p.number, label: p.label.clone(), type_guid: p.type_guid, part_guid: p.part_guid, offset: p.offset, size: p.size, sha256: d.sha256.clone() })
+            .map(|(p, d)| PartitionInfo { placed: p.clone(), sha256: d.sha256.clone() })
             .collect();
         let r = &plan.recipe;
         Ok(Manifest {

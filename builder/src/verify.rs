@@ -166,7 +166,7 @@ fn check_manifest(r: &mut Report, dir: &Path, entries: &[Entry], name: &str) -> 
 
 /// One pass over the image: its checksum, then GPT and partitions against the manifest.
 fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry: Option<&Entry>, manifest: Option<&Manifest>) {
-    let ranges: Vec<Range> = manifest.map(|m| m.partitions.iter().map(|p| Range { offset: p.offset, size: p.size }).collect()).unwrap_or_default();
+    let ranges: Vec<Range> = manifest.map(|m| m.partitions.iter().map(|p| Range { offset: p.placed.offset, size: p.placed.size }).collect()).unwrap_or_default();
     let (scan, file_sha) = match scan_file(image, compressed, &ranges) {
         Ok(v) => v,
         Err(e) => {
@@ -199,7 +199,7 @@ fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry
             if layout.partitions.len() != m.partitions.len() {
                 fail(r, name.to_string(), format!("GPT has {} partitions, the manifest {}", layout.partitions.len(), m.partitions.len()));
             }
-            for (want, got) in m.partitions.iter().zip(&layout.partitions) {
+            for (want, got) in m.partitions.iter().map(|p| &p.placed).zip(&layout.partitions) {
                 let subject = format!("{name}: partition {} ({})", want.number, want.label);
                 let diffs: Vec<String> = [
                     (got.number != want.number).then(|| format!("number {}", got.number)),
@@ -219,7 +219,7 @@ fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry
         }
     }
     for (want, got) in m.partitions.iter().zip(&scan.ranges) {
-        let subject = format!("{name}: partition {} ({})", want.number, want.label);
+        let subject = format!("{name}: partition {} ({})", want.placed.number, want.placed.label);
         match got {
             None => fail(r, subject, "the image ends inside this partition".into()),
             Some(sha) if *sha != want.sha256 => fail(r, subject, format!("contents differ from the manifest (sha256 {sha}, expected {})", want.sha256)),

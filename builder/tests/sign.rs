@@ -362,7 +362,7 @@ fn real_image_from_kiln_test_image() {
         }
     }
     let m = kiln::manifest::Manifest::read(&dir.path().join(format!("{stem}.manifest.json"))).unwrap();
-    let root = &m.partitions[1];
+    let root = &m.partitions[1].placed;
     if name.ends_with(".img") {
         flip(&dir.path().join(&name), root.offset + 1024 + 0x30);
         let (ok, out) = verify(&dir.path().join(&name), key.as_deref());

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 
 use anyhow::{bail, ensure, Context, Result};
 use gpt::disk::LogicalBlockSize;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Logical sector size of every image kiln builds.
@@ -46,7 +46,7 @@ pub struct PartitionSpec {
 }
 
 /// A partition placed on the disk. Offsets and sizes are in bytes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlacedPartition {
     /// 1-based partition number (index in the GPT entry array + 1).
     pub number: u32,
