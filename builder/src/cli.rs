@@ -174,6 +174,12 @@ pub struct BuildArgs {
     /// the image then depends on the host's e2fsprogs version).
     #[arg(long)]
     pub host_tools: bool,
+    /// For a foreign architecture (aarch64 on x86_64): run every program of the Debian bootstrap
+    /// under qemu-user. By default dpkg and arch-neutral tools (coreutils, sed, openssl, …) of
+    /// the same Debian version run natively from the tools tree, which is several times faster
+    /// and gives the same image; this switch is for checking that claim and for debugging.
+    #[arg(long)]
+    pub full_emulation: bool,
     /// Where to create the work directory [default: CACHE/tmp, so a fresh root moves into the
     /// cache by rename].
     #[arg(long)]
@@ -303,6 +309,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 out_dir: args.out,
                 reuse_root: !args.no_cache,
                 host_tools: args.host_tools,
+                full_emulation: args.full_emulation,
                 // Work next to the cache, so a fresh bootstrap moves into it by rename.
                 work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
                 cache,

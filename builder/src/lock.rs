@@ -188,6 +188,12 @@ impl Lock {
                 diffs.push(format!("{what} is {now}, the lock has {locked}"));
             }
         }
+        if let Some(tools) = &self.tools {
+            let missing: Vec<&str> = crate::tools::TOOLS_PACKAGES.iter().copied().filter(|t| !tools.packages.iter().any(|p| p.name == *t)).collect();
+            if !missing.is_empty() {
+                diffs.push(format!("this kiln's tools tree also has {}, which the lock's does not", missing.join(", ")));
+            }
+        }
         if !diffs.is_empty() {
             bail!("lock file {} is out of date with the recipe ({}): run `kiln lock {}` (or build with --no-lock)", path.display(), diffs.join("; "), r.sources.first().map(|p| p.display().to_string()).unwrap_or_default());
         }

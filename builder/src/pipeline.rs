@@ -28,6 +28,8 @@ pub struct BuildOptions {
     pub reuse_root: bool,
     /// Run image-writing tools from the host instead of the pinned tools tree.
     pub host_tools: bool,
+    /// Run every program of a foreign-architecture bootstrap under emulation (no `assist`).
+    pub full_emulation: bool,
     /// Where the work directory is made (system temp dir when None).
     pub work_parent: Option<PathBuf>,
     pub keep_work: bool,
@@ -99,7 +101,8 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
     let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
     let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra))?;
+    let assist = if opts.full_emulation { None } else { crate::assist::Assist::new(plan.arch(), &tools, &work)? };
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, assist.as_ref()))?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {

@@ -1,5 +1,6 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
+use crate::assist::Assist;
 use crate::cmd::Cmd;
 use crate::debcache::DebCache;
 use crate::plan::Plan;
@@ -120,11 +121,12 @@ pub struct Root {
 /// `work/root` directly.
 ///
 /// The packages come from `source` (mirror or local repository, pinned to a lock or not); the
-/// .debs mmdebstrap downloads move into `debs`, out of the root.
-pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<Root> {
+/// .debs mmdebstrap downloads move into `debs`, out of the root. A foreign-architecture
+/// bootstrap runs arch-neutral programs natively with `assist` (same root; see `assist.rs`).
+pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
-        bootstrap(plan, work, &dir, source, debs, extra)?;
+        bootstrap(plan, work, &dir, source, debs, extra, assist)?;
         return Ok(Root { dir, from_cache: false });
     };
     let cached = cache_dir(plan, source, cache);
@@ -133,7 +135,7 @@ pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Sourc
         tracing::info!("reusing cached root {}", cached.display());
     } else {
         let fresh = work.join("bootstrap");
-        bootstrap(plan, work, &fresh, source, debs, extra)?;
+        bootstrap(plan, work, &fresh, source, debs, extra, assist)?;
         store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
     }
     mount_overlay(&cached, work, &dir)?;
@@ -186,8 +188,8 @@ pub fn release(root: &Root) -> Result<()> {
 
 /// mmdebstrap into `out`, then the downloaded .debs into the cache and, with a lock, the
 /// installed packages checked against it.
-fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<()> {
-    mmdebstrap(plan, work, out, source, debs, extra)?;
+fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<()> {
+    mmdebstrap(plan, work, out, source, debs, extra, assist)?;
     debs.absorb(out).context("moving the downloaded .debs into the cache")?;
     if source.pins.is_some() {
         source.verify(&crate::packages::installed(out)?)?;
@@ -200,10 +202,22 @@ fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &De
 /// the .deb cache). system::clean removes what is left of them before the image is made.
 pub const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
 
-fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources) -> Result<()> {
+fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<()> {
     let r = &plan.recipe;
     let src = source.mmdebstrap_args(debs, work, "root")?;
-    let mut cmd = Cmd::new("mmdebstrap")
+    // The assist's mounts live in a private mount namespace: gone with mmdebstrap, however it ends.
+    let mut cmd = match assist {
+        Some(_) => Cmd::new("unshare").args(["--mount", "--propagation", "private", "mmdebstrap"]),
+        None => Cmd::new("mmdebstrap"),
+    };
+    let hooks = assist.map(Assist::hooks);
+    if let Some(h) = &hooks {
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        cmd = cmd
+            .env("PATH", format!("{}:{path}", crate::assist::PATH_DIR))
+            .arg(format!("--extract-hook={}", h[0]));
+    }
+    cmd = cmd
         .arg("--mode=root")
         .arg("--variant=minbase")
         .arg(format!("--architectures={}", plan.arch().debian()))
@@ -220,10 +234,16 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
         cmd = cmd.env("QEMU_CPU", plan.arch().qemu_user_cpu());
     }
     cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}")).arg(format!("--essential-hook={NO_HOST_KEYS}"));
+    if let Some(h) = &hooks {
+        cmd = cmd.arg(format!("--essential-hook={}", h[1])).arg(format!("--customize-hook={}", h[2]));
+    }
     if let Some(hook) = locale_hook(&r.system.locale) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
+    if let Some(h) = &hooks {
+        cmd = cmd.arg(format!("--customize-hook={}", h[3]));
+    }
     let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
     let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
     cmd.arg(&r.base.suite)
@@ -231,7 +251,13 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
         .arg(&src.mirror)
         .args(&extra.lines)
         .run()
-        .with_context(|| format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian()))
+        .with_context(|| format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian()))?;
+    match assist.map(|a| a.summary()) {
+        Some(Some(s)) => eprintln!("kiln: foreign-architecture bootstrap: {s}"),
+        Some(None) => eprintln!("kiln: foreign-architecture bootstrap: everything ran under emulation (the root was not as expected; see -vv)"),
+        None => {}
+    }
+    Ok(())
 }
 
 /// mkinitramfs would run once when the kernel is installed and again for every trigger; under

@@ -13,9 +13,11 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 2;
+const TOOLS_FORMAT: u32 = 3;
 pub const TOOLS_SUITE: &str = "trixie";
-const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils"];
+/// e2fsprogs and erofs-utils write images; openssl, kmod, zstd and cpio (with the essential set)
+/// are the native programs of a foreign-architecture bootstrap (`assist.rs`).
+pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils", "openssl", "kmod", "zstd", "cpio"];
 
 /// Where image-writing tools come from.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ fn sample() -> Lock {
         archive_date: Some("Sat, 10 May 2025 09:00:00 UTC".into()),
         requested: vec!["zstd".into(), "systemd".into()],
         packages: vec![pkg("zstd", "1.5", "amd64"), pkg("adduser", "3.1", "all"), pkg("libc6", "2.41-1", "i386"), pkg("libc6", "2.41-1", "amd64")],
-        tools: Some(ToolsLock { suite: "trixie".into(), architecture: "amd64".into(), e2fsprogs: "1.47.2-3".into(), packages: vec![pkg("e2fsprogs", "1.47.2-3", "amd64"), pkg("base-files", "13", "amd64")] }),
+        tools: Some(ToolsLock { suite: "trixie".into(), architecture: "amd64".into(), e2fsprogs: "1.47.2-3".into(), packages: [("e2fsprogs", "1.47.2-3"), ("base-files", "13"), ("erofs-utils", "1.8"), ("openssl", "3.5"), ("kmod", "34"), ("zstd", "1.5"), ("cpio", "2.15")].iter().map(|(n, v)| pkg(n, v, "amd64")).collect() }),
     }
 }
 
@@ -111,6 +111,14 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
     let out = kiln(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("is out of date with the recipe (packages added to the recipe: zstd)") && err.contains("kiln lock"), "{err}");
+
+    // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
+    lock.requested = unlocked["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    lock.tools.as_mut().unwrap().packages.retain(|p| p.name != "openssl" && p.name != "cpio");
+    lock.write(&kiln::lock::path_for(&recipe)).unwrap();
+    let out = kiln(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tools tree also has openssl, cpio, which the lock's does not") && err.contains("kiln lock"), "{err}");
 }
 
 /// A vendored bundle builds the recipe from another directory: the identity must not change.

@@ -1,0 +1,98 @@
+#!/bin/sh
+# kiln: native help for a foreign-architecture bootstrap (see assist.rs for the why).
+# mmdebstrap runs this on the host, in kiln's private mount namespace:
+#   assist.sh setup|bind|teardown ROOT DIR TREE ARCH
+# DIR (made by kiln) holds bin/ (native programs whose ELF interpreter is /.kiln-assist/ld.so),
+# libexec/ (dpkg and the dash its wrapper runs), ld.so (finding libraries in tree/), list
+# (`program path kind package source-version`) and the mount points tree/ and root/. Nothing of
+# it lands in the root:
+# setup    (extract hook) drop programs whose package apt would install in another source
+#          version than the tools tree's, mount DIR at /.kiln-assist with the tools tree (its
+#          libraries) and the root itself (for dpkg --root), and put
+#          /.kiln-assist/bin first in dpkg's PATH
+# bind     (essential hook, and again as the first customize hook) mount the native programs of
+#          kind `bind` over the root's own copies once those are installed (nothing unpacks
+#          them again in this bootstrap): `#!/bin/sh` scripts then run a native dash, and
+#          mkinitramfs, which sets its own PATH, finds native tools
+# teardown (last customize hook) undo all of it
+set -eu
+action=$1 root=$2 dir=$3 tree=$4 arch=$5
+m=/.kiln-assist
+a=$root$m
+
+say() { echo "kiln assist: $*" >&2; }
+
+# `package source-version` of the candidates apt installs for the packages named on stdin (a
+# binNMU's source version is in its Source field), with mmdebstrap's apt configuration.
+candidates() {
+    # shellcheck disable=SC2046
+    APT_CONFIG=${MMDEBSTRAP_APT_CONFIG:?not run by mmdebstrap} apt-cache show --no-all-versions $(sort -u) 2>/dev/null | awk '
+        /^Package: / { p = $2; v = ""; s = "" }
+        /^Version: / { v = $2 }
+        /^Source: .*\(/ { s = $0; sub(/.*\(/, "", s); sub(/\).*/, "", s) }
+        /^$/ { if (p != "") print p, (s != "" ? s : v); p = "" }
+        END { if (p != "") print p, (s != "" ? s : v) }'
+}
+
+case $action in
+setup)
+    for p in "$a" "$root/etc/apt/apt.conf.d/00kiln-assist"; do
+        if [ -e "$p" ] || [ -L "$p" ]; then
+            say "$p exists; everything runs under emulation"
+            exit 0
+        fi
+    done
+    native='' emulated=''
+    cut -d' ' -f4 "$dir/list" | candidates > "$dir/candidates"
+    while read -r prog path kind pkg version; do
+        if grep -qxF "$pkg $version" "$dir/candidates"; then
+            native="$native $prog"
+        else
+            emulated="$emulated $prog"
+            rm -f "$dir/bin/$prog"
+        fi
+    done < "$dir/list"
+    # dpkg outside a chroot takes the root's architecture from this file (the root's dpkg
+    # writes the same content later).
+    [ -e "$root/var/lib/dpkg/arch-native" ] || printf '%s\n' "$arch" > "$root/var/lib/dpkg/arch-native"
+    mkdir "$a"
+    mount --bind "$dir" "$a"
+    mount --bind "$tree" "$a/tree"
+    mount -o remount,bind,ro "$a/tree"
+    printf 'DPkg::Path "%s/bin:/usr/sbin:/usr/bin:/sbin:/bin";\n' "$m" > "$root/etc/apt/apt.conf.d/00kiln-assist"
+    mount --rbind "$root" "$a/root"
+    : > "$dir/bound"
+    echo on > "$dir/state"
+    printf 'native:%s\nemulated:%s\n' "$native" "$emulated" > "$dir/summary"
+    say "native:$native"
+    [ -z "$emulated" ] || say "emulated (apt installs another version than the tools tree has):$emulated"
+    ;;
+bind)
+    [ -f "$dir/state" ] || exit 0
+    while read -r prog path kind pkg version; do
+        [ "$kind" = bind ] && [ -f "$dir/bin/$prog" ] || continue
+        grep -qxF "$path" "$dir/bound" && continue
+        if [ -f "$root/$path" ] && [ ! -L "$root/$path" ]; then
+            mount --bind "$dir/bin/$prog" "$root/$path"
+            echo "$path" >> "$dir/bound"
+            mount --bind "$dir/bin/$prog" "$a/root/$path"
+        fi
+    done < "$dir/list"
+    ;;
+teardown)
+    [ -f "$dir/state" ] || exit 0
+    while read -r path; do
+        umount "$a/root/$path" 2>/dev/null || true
+        umount "$root/$path"
+    done < "$dir/bound"
+    umount -R "$a/root"
+    umount "$a/tree"
+    umount "$a"
+    rmdir "$a"
+    rm "$root/etc/apt/apt.conf.d/00kiln-assist" "$dir/state"
+    ;;
+*)
+    say "unknown action $action"
+    exit 2
+    ;;
+esac
