@@ -46,8 +46,11 @@ enum Kind {
 /// Arch-neutral programs: their output does not depend on the machine they run on. Not here:
 /// anything that reports or depends on the architecture (uname, arch, ldconfig, ldd, gcc),
 /// dpkg-query/dpkg-divert/dpkg-trigger (they name packages relative to the native architecture),
-/// interpreters with built-in architecture facts (bash's $HOSTTYPE, perl's XS modules), and
-/// anything mkinitramfs copies into an initramfs (kmod, busybox, udevadm).
+/// bash (its $HOSTTYPE), and anything mkinitramfs copies into an initramfs (kmod, busybox,
+/// udevadm). perl (debconf, deb-systemd-helper, adduser) runs natively with its x86_64 module
+/// directories renamed into the tools tree, where perl-base's XS modules are; the root's
+/// pure-perl modules (same source version) are used as they are. A maintainer script that needs
+/// an XS module beyond perl-base fails natively; the bootstrap then runs again fully emulated.
 const PROGRAMS: &[(&str, Kind)] = &[
     ("dash", Kind::Bind),
     ("sed", Kind::Bind),
@@ -93,6 +96,7 @@ const PROGRAMS: &[(&str, Kind)] = &[
     ("mawk", Kind::Bind),
     ("run-parts", Kind::Bind),
     ("which", Kind::Bind),
+    ("perl", Kind::Bind),
     ("tar", Kind::Bind),
     ("gzip", Kind::Bind),
     ("zstd", Kind::Bind),
@@ -156,6 +160,12 @@ impl Assist {
             let (Some(name), Some(path)) = (f.next(), f.next()) else { continue };
             let to = if name == "dpkg" { dir.join("libexec/dpkg") } else { dir.join("bin").join(name) };
             native_copy(&tree.join(path), &to)?;
+            if name == "perl" {
+                // @INC's x86_64 directories (perl-base's XS modules) → the mounted tools tree.
+                let mut perl = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;
+                replace_all(&mut perl, LOADER_PATHS[0].0, LOADER_PATHS[0].1).context("renaming perl's module directories")?;
+                write_executable(&to, &perl)?;
+            }
         }
         native_copy(&tree.join("usr/bin/dash"), &dir.join("libexec/dash"))?;
         // dpkg on the root from outside it (`--root`; maintainer scripts are still chrooted and
@@ -308,7 +318,7 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "a program is listed twice");
-        for banned in ["uname", "arch", "ldconfig", "ldd", "bash", "perl", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"] {
+        for banned in ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"] {
             assert!(!names.contains(&banned), "{banned} must stay emulated");
         }
     }

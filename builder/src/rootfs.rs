@@ -189,7 +189,17 @@ pub fn release(root: &Root) -> Result<()> {
 /// mmdebstrap into `out`, then the downloaded .debs into the cache and, with a lock, the
 /// installed packages checked against it.
 fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<()> {
-    mmdebstrap(plan, work, out, source, debs, extra, assist)?;
+    match mmdebstrap(plan, work, out, source, debs, extra, assist) {
+        // Native help must never be why a build fails: a package whose maintainer script needs
+        // more than the help offers gets the plain emulated bootstrap.
+        Err(e) if assist.is_some() && !crate::cmd::interrupted() => {
+            eprintln!("kiln: the bootstrap with native help failed; bootstrapping again with everything emulated\n  ({:#})", e.chain().last().map(|c| c.to_string()).unwrap_or_default().lines().take(3).collect::<Vec<_>>().join(" / "));
+            tracing::debug!("bootstrap with native help: {e:#}");
+            crate::work::remove_tree(out)?;
+            mmdebstrap(plan, work, out, source, debs, extra, None)?;
+        }
+        r => r?,
+    }
     debs.absorb(out).context("moving the downloaded .debs into the cache")?;
     if source.pins.is_some() {
         source.verify(&crate::packages::installed(out)?)?;
