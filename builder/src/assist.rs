@@ -180,7 +180,9 @@ impl Assist {
         Ok(Some(Assist { dir, tree: tree.to_path_buf(), arch: target.debian(), offered: list.count }))
     }
 
-    fn hook(&self, action: &str) -> String {
+    /// The mmdebstrap hook running `assist.sh ACTION` (setup: extract hook; bind: essential hook
+    /// and first customize hook; teardown: last customize hook).
+    pub fn hook(&self, action: &str) -> String {
         let q = |p: &Path| crate::cmd::shell_quote(&p.to_string_lossy());
         format!("sh {} {action} \"$1\" {} {} {}", q(&self.dir.join("assist.sh")), q(&self.dir), q(&self.tree), self.arch)
     }
@@ -196,11 +198,6 @@ impl Assist {
             s.push_str(&format!("; emulated, as apt installed another version than the tools tree has: {}", emulated.join(", ")));
         }
         Some(s)
-    }
-
-    /// mmdebstrap hooks: (extract hook, essential hook, first customize hook, last customize hook).
-    pub fn hooks(&self) -> [String; 4] {
-        [self.hook("setup"), self.hook("bind"), self.hook("bind"), self.hook("teardown")]
     }
 }
 
@@ -329,8 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let to = dir.path().join("true");
         native_copy(Path::new("/usr/bin/true"), &to).unwrap();
-        let out = std::process::Command::new("readelf").arg("-l").arg(&to).output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = crate::cmd::Cmd::new("readelf").arg("-l").arg(&to).output().unwrap();
         assert!(text.contains("[Requesting program interpreter: /.kiln-assist/ld.so]"), "{text}");
         assert_eq!(std::fs::metadata(&to).unwrap().len(), std::fs::metadata("/usr/bin/true").unwrap().len());
         let mut not_elf = b"#!/bin/sh\n".to_vec();

@@ -95,8 +95,7 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let cached = if reuse { "or cached" } else { "afresh: --update" };
     let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse))?;
     let (_keys, extra) = crate::pipeline::repo_sources(&plan, work.path())?;
-    let assist = crate::assist::Assist::new(plan.arch(), &tools, &work)?;
-    let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, assist.as_ref()))?;
+    let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, Some(&tools)))?;
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);
     rootfs::release(&root)?;

@@ -101,8 +101,8 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
     let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
     let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
-    let assist = if opts.full_emulation { None } else { crate::assist::Assist::new(plan.arch(), &tools, &work)? };
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, assist.as_ref()))?;
+    let native = (!opts.full_emulation).then_some(&tools);
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, native))?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {

@@ -1,6 +1,7 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
 use crate::assist::Assist;
+use crate::tools::Tools;
 use crate::cmd::Cmd;
 use crate::debcache::DebCache;
 use crate::plan::Plan;
@@ -121,12 +122,13 @@ pub struct Root {
 /// `work/root` directly.
 ///
 /// The packages come from `source` (mirror or local repository, pinned to a lock or not); the
-/// .debs mmdebstrap downloads move into `debs`, out of the root. A foreign-architecture
-/// bootstrap runs arch-neutral programs natively with `assist` (same root; see `assist.rs`).
-pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<Root> {
+/// .debs mmdebstrap downloads move into `debs`, out of the root. With `native` (the tools tree),
+/// a foreign-architecture bootstrap runs arch-neutral programs natively from it (same root; see
+/// `assist.rs`); None emulates everything.
+pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources, native: Option<&Tools>) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
-        bootstrap(plan, work, &dir, source, debs, extra, assist)?;
+        bootstrap(plan, work, &dir, source, debs, extra, native)?;
         return Ok(Root { dir, from_cache: false });
     };
     let cached = cache_dir(plan, source, cache);
@@ -135,7 +137,7 @@ pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Sourc
         tracing::info!("reusing cached root {}", cached.display());
     } else {
         let fresh = work.join("bootstrap");
-        bootstrap(plan, work, &fresh, source, debs, extra, assist)?;
+        bootstrap(plan, work, &fresh, source, debs, extra, native)?;
         store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
     }
     mount_overlay(&cached, work, &dir)?;
@@ -188,7 +190,12 @@ pub fn release(root: &Root) -> Result<()> {
 
 /// mmdebstrap into `out`, then the downloaded .debs into the cache and, with a lock, the
 /// installed packages checked against it.
-fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<()> {
+fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, native: Option<&Tools>) -> Result<()> {
+    let assist = match native {
+        Some(tools) => Assist::new(plan.arch(), tools, work)?,
+        None => None,
+    };
+    let assist = assist.as_ref();
     match mmdebstrap(plan, work, out, source, debs, extra, assist) {
         // Native help must never be why a build fails: a package whose maintainer script needs
         // more than the help offers gets the plain emulated bootstrap.
@@ -220,12 +227,9 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
         Some(_) => Cmd::new("unshare").args(["--mount", "--propagation", "private", "mmdebstrap"]),
         None => Cmd::new("mmdebstrap"),
     };
-    let hooks = assist.map(Assist::hooks);
-    if let Some(h) = &hooks {
+    if let Some(a) = assist {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        cmd = cmd
-            .env("PATH", format!("{}:{path}", crate::assist::PATH_DIR))
-            .arg(format!("--extract-hook={}", h[0]));
+        cmd = cmd.env("PATH", format!("{}:{path}", crate::assist::PATH_DIR)).arg(format!("--extract-hook={}", a.hook("setup")));
     }
     cmd = cmd
         .arg("--mode=root")
@@ -244,15 +248,15 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
         cmd = cmd.env("QEMU_CPU", plan.arch().qemu_user_cpu());
     }
     cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}")).arg(format!("--essential-hook={NO_HOST_KEYS}"));
-    if let Some(h) = &hooks {
-        cmd = cmd.arg(format!("--essential-hook={}", h[1])).arg(format!("--customize-hook={}", h[2]));
+    if let Some(a) = assist {
+        cmd = cmd.arg(format!("--essential-hook={}", a.hook("bind"))).arg(format!("--customize-hook={}", a.hook("bind")));
     }
     if let Some(hook) = locale_hook(&r.system.locale) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
     }
     cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
-    if let Some(h) = &hooks {
-        cmd = cmd.arg(format!("--customize-hook={}", h[3]));
+    if let Some(a) = assist {
+        cmd = cmd.arg(format!("--customize-hook={}", a.hook("teardown")));
     }
     let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
     let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();

@@ -238,7 +238,7 @@ mod tests {
     #[test]
     fn created_is_the_epoch() {
         assert_eq!(rfc3339(1735689600).unwrap(), "2025-01-01T00:00:00Z");
-        let date = std::process::Command::new("date").args(["-u", "-d", "@315532800", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
-        assert_eq!(rfc3339(315532800).unwrap(), String::from_utf8(date.stdout).unwrap().trim());
+        let date = crate::cmd::Cmd::new("date").args(["-u", "-d", "@315532800", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+        assert_eq!(rfc3339(315532800).unwrap(), date.trim());
     }
 }
