@@ -1,6 +1,6 @@
 //! Everything that differs between target architectures lives here, and only here.
-use serde::{Deserialize, Serialize};
 use crate::recipe::InitramfsModules;
+use serde::{Deserialize, Serialize};
 use uuid::{uuid, Uuid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -133,15 +133,41 @@ impl Arch {
 
 const AARCH64_INITRAMFS_MODULES: &[&str] = &[
     // QEMU virt and clouds
-    "virtio_pci", "virtio_mmio", "virtio_blk", "virtio_scsi", "virtio_console",
+    "virtio_pci",
+    "virtio_mmio",
+    "virtio_blk",
+    "virtio_scsi",
+    "virtio_console",
     // NVMe, SATA/AHCI, SCSI disks
-    "nvme", "ahci", "ahci_platform", "libahci_platform", "sd_mod", "sr_mod",
+    "nvme",
+    "ahci",
+    "ahci_platform",
+    "libahci_platform",
+    "sd_mod",
+    "sr_mod",
     // USB storage on common host controllers
-    "usb_storage", "uas", "xhci_pci", "xhci_plat_hcd", "ehci_pci", "ehci_platform", "ohci_platform", "dwc3", "dwc2",
+    "usb_storage",
+    "uas",
+    "xhci_pci",
+    "xhci_plat_hcd",
+    "ehci_pci",
+    "ehci_platform",
+    "ohci_platform",
+    "dwc3",
+    "dwc2",
     // SD/MMC (eMMC, SD cards on boards)
-    "mmc_block", "sdhci", "sdhci_pltfm", "sdhci_of_arasan", "sdhci_iproc", "sdhci_of_dwcmshc", "dw_mmc", "dw_mmc_rockchip", "meson_gx_mmc",
+    "mmc_block",
+    "sdhci",
+    "sdhci_pltfm",
+    "sdhci_of_arasan",
+    "sdhci_iproc",
+    "sdhci_of_dwcmshc",
+    "dw_mmc",
+    "dw_mmc_rockchip",
+    "meson_gx_mmc",
     // root file system
-    "ext4", "crc32c_generic",
+    "ext4",
+    "crc32c_generic",
 ];
 
 /// The EFI System Partition type GUID.

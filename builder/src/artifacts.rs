@@ -42,7 +42,13 @@ impl Store {
                 if !name.is_empty() && candidate.is_file() {
                     let actual = crate::ids::sha256_file(&candidate)?;
                     if actual != a.sha256 {
-                        bail!("artifact `{}` ({}): {} has sha256 {actual}, expected {}", a.name, a.url, candidate.display(), a.sha256);
+                        bail!(
+                            "artifact `{}` ({}): {} has sha256 {actual}, expected {}",
+                            a.name,
+                            a.url,
+                            candidate.display(),
+                            a.sha256
+                        );
                     }
                     return Ok(Some(candidate));
                 }
@@ -53,12 +59,22 @@ impl Store {
 
     /// Download `a` into the store: temporary name, verify, rename.
     pub fn fetch(&self, a: &Artifact) -> Result<PathBuf> {
-        std::fs::create_dir_all(&self.dir).with_context(|| format!("creating artifact store {}", self.dir.display()))?;
-        let tmp = tempfile::Builder::new().prefix(&format!(".{}.", a.sha256)).suffix(".partial").tempfile_in(&self.dir).context("creating a temporary file in the artifact store")?;
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating artifact store {}", self.dir.display()))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".{}.", a.sha256))
+            .suffix(".partial")
+            .tempfile_in(&self.dir)
+            .context("creating a temporary file in the artifact store")?;
         net::download(&a.url, tmp.path()).with_context(|| format!("artifact `{}`", a.name))?;
         let actual = crate::ids::sha256_file(tmp.path())?;
         if actual != a.sha256 {
-            bail!("artifact `{}`: {} has sha256 {actual}, expected {}; the download was discarded", a.name, a.url, a.sha256);
+            bail!(
+                "artifact `{}`: {} has sha256 {actual}, expected {}; the download was discarded",
+                a.name,
+                a.url,
+                a.sha256
+            );
         }
         let dest = self.dir.join(&a.sha256);
         tmp.persist(&dest).with_context(|| format!("storing {}", dest.display()))?;
@@ -73,7 +89,10 @@ fn file_name(url: &str) -> &str {
 
 /// What must come from the network: artifacts that are neither stored nor supplied offline.
 /// Checks supplied files on the way (a wrong digest fails here, before anything else).
-pub fn missing<'a>(artifacts: &'a [Artifact], store: &Store) -> Result<(Vec<(&'a Artifact, PathBuf)>, Vec<&'a Artifact>)> {
+pub fn missing<'a>(
+    artifacts: &'a [Artifact],
+    store: &Store,
+) -> Result<(Vec<(&'a Artifact, PathBuf)>, Vec<&'a Artifact>)> {
     let (mut have, mut missing) = (Vec::new(), Vec::new());
     for a in artifacts {
         match store.local(a)? {
@@ -92,21 +111,29 @@ pub fn needs(missing: &[&Artifact]) -> Vec<Need> {
 /// whose members get the owner.
 pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path) -> Result<()> {
     for (a, file) in artifacts {
-        let ids = a.owner.as_deref().map(|o| owner_ids(root, o)).transpose().with_context(|| format!("artifact `{}`", a.name))?;
+        let ids = a
+            .owner
+            .as_deref()
+            .map(|o| owner_ids(root, o))
+            .transpose()
+            .with_context(|| format!("artifact `{}`", a.name))?;
         let dest = root.join(a.dest.trim_start_matches('/'));
         match a.extract {
             None => {
                 if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).with_context(|| format!("creating the parent of {} in the image", a.dest))?;
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("creating the parent of {} in the image", a.dest))?;
                 }
                 if dest.is_symlink() {
                     std::fs::remove_file(&dest).with_context(|| format!("replacing {}", a.dest))?;
                 }
                 std::fs::copy(file, &dest).with_context(|| format!("copying artifact `{}` to {}", a.name, a.dest))?;
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(a.mode)).with_context(|| format!("setting the mode of {}", a.dest))?;
+                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(a.mode))
+                    .with_context(|| format!("setting the mode of {}", a.dest))?;
                 std::os::unix::fs::lchown(&dest, Some(0), Some(0)).with_context(|| format!("chown {}", a.dest))?;
                 if let Some((uid, gid)) = ids {
-                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid)).with_context(|| format!("chown {}", a.dest))?;
+                    std::os::unix::fs::lchown(&dest, Some(uid), Some(gid))
+                        .with_context(|| format!("chown {}", a.dest))?;
                 }
             }
             Some(Extract::Tar) => unpack(a, file, &dest, ids)?,
@@ -120,11 +147,24 @@ pub fn install(artifacts: &[(&Artifact, PathBuf)], root: &Path) -> Result<()> {
 /// mount, so a rename from the work directory would cross devices).
 fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>) -> Result<()> {
     std::fs::create_dir_all(dest).with_context(|| format!("creating {} in the image", a.dest))?;
-    let staging = tempfile::Builder::new().prefix(".kiln-artifact-").tempdir_in(dest).with_context(|| format!("creating a staging directory in {} of the image", a.dest))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".kiln-artifact-")
+        .tempdir_in(dest)
+        .with_context(|| format!("creating a staging directory in {} of the image", a.dest))?;
     let staged = staging.path();
-    Cmd::new("tar").args(["--no-same-owner", "--numeric-owner", "-xf"]).arg(file).arg("-C").arg(staged).run().with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
+    Cmd::new("tar")
+        .args(["--no-same-owner", "--numeric-owner", "-xf"])
+        .arg(file)
+        .arg("-C")
+        .arg(staged)
+        .run()
+        .with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
     if let Some((uid, gid)) = ids {
-        Cmd::new("chown").args(["-R", "--no-dereference", &format!("{uid}:{gid}")]).arg(staged).run().with_context(|| format!("artifact `{}`: setting owner", a.name))?;
+        Cmd::new("chown")
+            .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
+            .arg(staged)
+            .run()
+            .with_context(|| format!("artifact `{}`: setting owner", a.name))?;
     }
     let mut entries: Vec<_> = std::fs::read_dir(staged)?.collect::<Result<_, _>>()?;
     entries.sort_by_key(|e| e.file_name());
@@ -133,7 +173,8 @@ fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>) -> Re
         if target.symlink_metadata().is_ok() {
             bail!("artifact `{}`: {}/{} already exists in the image", a.name, a.dest, e.file_name().to_string_lossy());
         }
-        std::fs::rename(e.path(), &target).with_context(|| format!("moving {} into {} of the image", e.file_name().to_string_lossy(), a.dest))?;
+        std::fs::rename(e.path(), &target)
+            .with_context(|| format!("moving {} into {} of the image", e.file_name().to_string_lossy(), a.dest))?;
     }
     staging.close().with_context(|| format!("removing the staging directory in {} of the image", a.dest))
 }
@@ -162,7 +203,15 @@ mod tests {
     use super::*;
 
     fn artifact(sha: &str) -> Artifact {
-        Artifact { name: "x".into(), url: "http://127.0.0.1:9/dl/x.tar.gz?y=1".into(), sha256: sha.into(), dest: "/opt/x".into(), extract: None, mode: 0o644, owner: None }
+        Artifact {
+            name: "x".into(),
+            url: "http://127.0.0.1:9/dl/x.tar.gz?y=1".into(),
+            sha256: sha.into(),
+            dest: "/opt/x".into(),
+            extract: None,
+            mode: 0o644,
+            owner: None,
+        }
     }
 
     #[test]
@@ -191,6 +240,10 @@ mod tests {
         assert_eq!(store.local(&artifact(good)).unwrap(), Some(dir.path().join("x.tar.gz")));
         let bad = "0".repeat(64);
         let err = store.local(&artifact(&bad)).unwrap_err().to_string();
-        assert!(err.contains(&format!("has sha256 {good}, expected {bad}")) && err.contains("http://127.0.0.1:9/dl/x.tar.gz"), "{err}");
+        assert!(
+            err.contains(&format!("has sha256 {good}, expected {bad}"))
+                && err.contains("http://127.0.0.1:9/dl/x.tar.gz"),
+            "{err}"
+        );
     }
 }

@@ -148,11 +148,13 @@ impl Assist {
         let loader = tree.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
         let mut ld = std::fs::read(&loader).with_context(|| format!("reading {}", loader.display()))?;
         for (old, new) in LOADER_PATHS {
-            replace_all(&mut ld, old, new).with_context(|| format!("preparing {} to run inside the root", loader.display()))?;
+            replace_all(&mut ld, old, new)
+                .with_context(|| format!("preparing {} to run inside the root", loader.display()))?;
         }
         write_executable(&dir.join("ld.so"), &ld)?;
         for link in ["lib-x86-64g", "libx86g"] {
-            std::os::unix::fs::symlink("tree/usr/lib/x86_64-linux-gnu", dir.join(link)).with_context(|| format!("linking {}", dir.join(link).display()))?;
+            std::os::unix::fs::symlink("tree/usr/lib/x86_64-linux-gnu", dir.join(link))
+                .with_context(|| format!("linking {}", dir.join(link).display()))?;
         }
         let list = program_list(tree)?;
         for line in list.text.lines() {
@@ -163,7 +165,8 @@ impl Assist {
             if name == "perl" {
                 // @INC's x86_64 directories (perl-base's XS modules) → the mounted tools tree.
                 let mut perl = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;
-                replace_all(&mut perl, LOADER_PATHS[0].0, LOADER_PATHS[0].1).context("renaming perl's module directories")?;
+                replace_all(&mut perl, LOADER_PATHS[0].0, LOADER_PATHS[0].1)
+                    .context("renaming perl's module directories")?;
                 write_executable(&to, &perl)?;
             }
         }
@@ -184,18 +187,38 @@ impl Assist {
     /// and first customize hook; teardown: last customize hook).
     pub fn hook(&self, action: &str) -> String {
         let q = |p: &Path| crate::cmd::shell_quote(&p.to_string_lossy());
-        format!("sh {} {action} \"$1\" {} {} {}", q(&self.dir.join("assist.sh")), q(&self.dir), q(&self.tree), self.arch)
+        format!(
+            "sh {} {action} \"$1\" {} {} {}",
+            q(&self.dir.join("assist.sh")),
+            q(&self.dir),
+            q(&self.tree),
+            self.arch
+        )
     }
 
     /// What the bootstrap ran natively, once it is done: "N programs native (…)" and what stayed
     /// emulated because apt installed another version than the tools tree has.
     pub fn summary(&self) -> Option<String> {
         let text = std::fs::read_to_string(self.dir.join("summary")).ok()?;
-        let list = |key: &str| text.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>()).unwrap_or_default();
+        let list = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
         let (native, emulated) = (list("native:"), list("emulated:"));
-        let mut s = format!("{} of {} arch-neutral programs ran natively ({}{})", native.len(), self.offered, native.iter().take(6).cloned().collect::<Vec<_>>().join(", "), if native.len() > 6 { ", …" } else { "" });
+        let mut s = format!(
+            "{} of {} arch-neutral programs ran natively ({}{})",
+            native.len(),
+            self.offered,
+            native.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
+            if native.len() > 6 { ", …" } else { "" }
+        );
         if !emulated.is_empty() {
-            s.push_str(&format!("; emulated, as apt installed another version than the tools tree has: {}", emulated.join(", ")));
+            s.push_str(&format!(
+                "; emulated, as apt installed another version than the tools tree has: {}",
+                emulated.join(", ")
+            ));
         }
         Some(s)
     }
@@ -204,14 +227,16 @@ impl Assist {
 /// Copy the x86_64 program `from` to `to` with its ELF interpreter renamed to `ASSIST_INTERP`.
 fn native_copy(from: &Path, to: &Path) -> Result<()> {
     let mut elf = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
-    set_interpreter(&mut elf, HOST_INTERP, ASSIST_INTERP).with_context(|| format!("preparing {} to run inside the root", from.display()))?;
+    set_interpreter(&mut elf, HOST_INTERP, ASSIST_INTERP)
+        .with_context(|| format!("preparing {} to run inside the root", from.display()))?;
     write_executable(to, &elf)
 }
 
 fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("making {} executable", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
 }
 
 /// Replace every `old` in `bytes` by `new` of the same length; there must be at least one.
@@ -236,7 +261,10 @@ fn replace_all(bytes: &mut [u8], old: &[u8], new: &[u8]) -> Result<()> {
 /// must not be longer than `old`; the rest is padded with NULs.
 fn set_interpreter(elf: &mut [u8], old: &[u8], new: &[u8]) -> Result<()> {
     anyhow::ensure!(new.len() <= old.len(), "interpreter path too long");
-    anyhow::ensure!(elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2 && elf[5] == 1, "not a 64-bit little-endian ELF file");
+    anyhow::ensure!(
+        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2 && elf[5] == 1,
+        "not a 64-bit little-endian ELF file"
+    );
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
     let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
     let (phoff, phentsize, phnum) = (u64_at(elf, 0x20), u16_at(elf, 0x36), u16_at(elf, 0x38));
@@ -249,7 +277,11 @@ fn set_interpreter(elf: &mut [u8], old: &[u8], new: &[u8]) -> Result<()> {
         let (off, size) = (u64_at(elf, ph + 8), u64_at(elf, ph + 32));
         anyhow::ensure!(off + size <= elf.len(), "interpreter outside the file");
         let interp = &mut elf[off..off + size];
-        anyhow::ensure!(interp.starts_with(old) && interp[old.len()..].iter().all(|&b| b == 0), "unexpected interpreter {}", String::from_utf8_lossy(interp));
+        anyhow::ensure!(
+            interp.starts_with(old) && interp[old.len()..].iter().all(|&b| b == 0),
+            "unexpected interpreter {}",
+            String::from_utf8_lossy(interp)
+        );
         interp.fill(0);
         interp[..new.len()].copy_from_slice(new);
         return Ok(());
@@ -265,12 +297,23 @@ struct ProgramList {
 /// `program path kind package source-version` lines for the programs the tools tree has.
 fn program_list(tree: &Path) -> Result<ProgramList> {
     let owners = owners(tree)?;
-    let versions: BTreeMap<String, String> = crate::packages::installed(tree)?.into_iter().map(|p| (p.name, p.source_version)).collect();
+    let versions: BTreeMap<String, String> =
+        crate::packages::installed(tree)?.into_iter().map(|p| (p.name, p.source_version)).collect();
     let mut text = String::new();
     let mut count = 0;
     for (name, kind) in PROGRAMS {
-        let Some(path) = ["usr/bin", "usr/sbin"].iter().map(|d| format!("{d}/{name}")).find(|p| is_program(&tree.join(p))) else { continue };
-        let Some(pkg) = [format!("/{path}"), format!("/{}", path.trim_start_matches("usr/"))].iter().find_map(|p| owners.get(p)).cloned() else { continue };
+        let Some(path) =
+            ["usr/bin", "usr/sbin"].iter().map(|d| format!("{d}/{name}")).find(|p| is_program(&tree.join(p)))
+        else {
+            continue;
+        };
+        let Some(pkg) = [format!("/{path}"), format!("/{}", path.trim_start_matches("usr/"))]
+            .iter()
+            .find_map(|p| owners.get(p))
+            .cloned()
+        else {
+            continue;
+        };
         let Some(version) = versions.get(&pkg) else { continue };
         let kind = if *kind == Kind::Bind { "bind" } else { "path" };
         text.push_str(&format!("{name} {path} {kind} {pkg} {version}\n"));
@@ -315,7 +358,9 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "a program is listed twice");
-        for banned in ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"] {
+        for banned in
+            ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"]
+        {
             assert!(!names.contains(&banned), "{banned} must stay emulated");
         }
     }

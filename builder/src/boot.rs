@@ -23,7 +23,10 @@ pub fn esp_files(plan: &Plan, root: &Path) -> Result<(Vec<EspFile>, BootInfo)> {
     }
     let sdboot = root.join(arch.systemd_boot_efi());
     if !sdboot.is_file() {
-        bail!("systemd-boot not found at /{} in the root: the package systemd-boot-efi is missing", arch.systemd_boot_efi());
+        bail!(
+            "systemd-boot not found at /{} in the root: the package systemd-boot-efi is missing",
+            arch.systemd_boot_efi()
+        );
     }
     let r = &plan.recipe;
     let entry_name = format!("{}.conf", r.name);
@@ -37,7 +40,10 @@ pub fn esp_files(plan: &Plan, root: &Path) -> Result<(Vec<EspFile>, BootInfo)> {
     let files = vec![
         EspFile { path: arch.efi_boot_path().into(), contents: EspSource::File(sdboot) },
         EspFile { path: "loader/loader.conf".into(), contents: EspSource::Bytes(loader.into_bytes()) },
-        EspFile { path: format!("loader/entries/{entry_name}"), contents: EspSource::Bytes(entry.clone().into_bytes()) },
+        EspFile {
+            path: format!("loader/entries/{entry_name}"),
+            contents: EspSource::Bytes(entry.clone().into_bytes()),
+        },
         EspFile { path: format!("{}/{kver}/linux", r.name), contents: EspSource::File(kernel) },
         EspFile { path: format!("{}/{kver}/initrd", r.name), contents: EspSource::File(initrd) },
     ];

@@ -33,7 +33,10 @@ pub fn parse(text: &str) -> Result<Vec<Entry>> {
         }
         let Some((hash, rest)) = line.split_once(' ') else { bail!("line {n} is not `<sha256>  <file>`") };
         // sha256sum writes "  name" (text mode) or " *name" (binary mode).
-        let file = rest.strip_prefix(' ').or_else(|| rest.strip_prefix('*')).with_context(|| format!("line {n} is not `<sha256>  <file>`"))?;
+        let file = rest
+            .strip_prefix(' ')
+            .or_else(|| rest.strip_prefix('*'))
+            .with_context(|| format!("line {n} is not `<sha256>  <file>`"))?;
         ensure!(is_hex64(hash), "line {n}: `{hash}` is not a SHA-256 in hex");
         ensure!(is_plain_name(file), "line {n}: `{file}` is not a plain file name");
         ensure!(!entries.iter().any(|e| e.file == file), "line {n}: `{file}` is listed twice");
@@ -142,7 +145,11 @@ mod tests {
         assert_eq!(text, out);
         std::fs::write(dir.path().join(SUMS_FILE), &text).unwrap();
         // `output` fails unless sha256sum -c exits 0.
-        crate::cmd::Cmd::new("sha256sum").args(["-c", SUMS_FILE]).current_dir(dir.path()).output().expect("sha256sum -c accepts SHA256SUMS");
+        crate::cmd::Cmd::new("sha256sum")
+            .args(["-c", SUMS_FILE])
+            .current_dir(dir.path())
+            .output()
+            .expect("sha256sum -c accepts SHA256SUMS");
         assert_eq!(parse(&text).unwrap()[0].file, "a.img");
     }
 

@@ -1,8 +1,8 @@
 //! Command-line interface: clap types and the dispatch to the library. No logic of its own.
 use crate::arch::Arch;
+use crate::export::OutputFormat;
 use crate::lock::LockChoice;
 use crate::locking::{self, LockOptions};
-use crate::export::OutputFormat;
 use crate::pipeline::{self, BuildOptions};
 use crate::sign::{self, KeyPaths, Signer};
 use crate::verify::{self, Status};
@@ -285,7 +285,9 @@ impl ArchArg {
 }
 
 fn default_cache() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("kiln"))
 }
 
@@ -296,13 +298,21 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             if print {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
-                eprintln!("kiln: {} is valid ({} {} for {}, {} files)", recipe.display(), plan.recipe.name, plan.recipe.version, plan.arch(), plan.recipe.sources.len());
+                eprintln!(
+                    "kiln: {} is valid ({} {} for {}, {} files)",
+                    recipe.display(),
+                    plan.recipe.name,
+                    plan.recipe.version,
+                    plan.arch(),
+                    plan.recipe.sources.len()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Build(args) => {
             let plan = pipeline::plan(&args.recipe, args.arch.map(ArchArg::arch), &args.lock.choice())?;
-            let cache = args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
+            let cache =
+                args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
             // Decrypt the key first: a wrong passphrase fails before any slow work.
             let signer = args.sign.as_deref().map(Signer::load).transpose()?;
             let opts = BuildOptions {
@@ -324,7 +334,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             for f in &report.outputs {
                 eprintln!("kiln: wrote {}", f.display());
             }
-            eprintln!("kiln: built {} ({} MiB, sha256 {}) in {total:.1}s", report.image.display(), report.digest.size >> 20, report.digest.sha256);
+            eprintln!(
+                "kiln: built {} ({} MiB, sha256 {}) in {total:.1}s",
+                report.image.display(),
+                report.digest.size >> 20,
+                report.digest.sha256
+            );
             println!("{}", report.image.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -332,8 +347,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cache = cache.dir()?;
             let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
             let out = locking::lock(&recipe, arch.map(ArchArg::arch), &opts)?;
-            let tools = out.lock.tools.as_ref().map(|t| format!(", tools tree: {} packages, e2fsprogs {}", t.packages.len(), t.e2fsprogs)).unwrap_or_default();
-            eprintln!("kiln: {} {} ({} packages{tools})", out.path.display(), if out.changed { "written" } else { "is up to date" }, out.lock.packages.len());
+            let tools = out
+                .lock
+                .tools
+                .as_ref()
+                .map(|t| format!(", tools tree: {} packages, e2fsprogs {}", t.packages.len(), t.e2fsprogs))
+                .unwrap_or_default();
+            eprintln!(
+                "kiln: {} {} ({} packages{tools})",
+                out.path.display(),
+                if out.changed { "written" } else { "is up to date" },
+                out.lock.packages.len()
+            );
             println!("{}", out.path.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -341,7 +366,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let plan = pipeline::plan(&recipe, None, &lock.choice())?;
             let cache = cache.dir()?;
             let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
-            eprintln!("kiln: {} locked .debs in {} ({} downloaded)", out.locked, crate::debcache::DebCache::new(&cache).dir().display(), out.downloaded);
+            eprintln!(
+                "kiln: {} locked .debs in {} ({} downloaded)",
+                out.locked,
+                crate::debcache::DebCache::new(&cache).dir().display(),
+                out.downloaded
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Vendor { recipe, dir, lock, cache } => {
@@ -358,7 +388,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Test { image, timeout, serial_log, persist, vm } => {
             let log = serial_log.unwrap_or_else(|| vm::default_log(&image));
-            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log, persist).with_context(|| format!("testing {}", image.display()))?;
+            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log, persist)
+                .with_context(|| format!("testing {}", image.display()))?;
             for c in &report.checks {
                 let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
                 println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);
@@ -369,7 +400,13 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             } else {
                 let failed: Vec<&str> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
-                println!("result: FAIL ({} of {} checks failed: {}); serial log: {}", failed.len(), report.checks.len(), failed.join(", "), log.display());
+                println!(
+                    "result: FAIL ({} of {} checks failed: {}); serial log: {}",
+                    failed.len(),
+                    report.checks.len(),
+                    failed.join(", "),
+                    log.display()
+                );
                 Ok(ExitCode::from(1))
             }
         }
@@ -377,7 +414,12 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let paths = prefix.as_deref().map(KeyPaths::with_prefix).unwrap_or_else(|| KeyPaths::in_dir(&out));
             let passphrase = if unencrypted { None } else { Some(sign::passphrase("the new secret key", true)?) };
             let id = sign::keygen(&paths, passphrase, force)?;
-            eprintln!("kiln: wrote secret key {} ({}) and public key {}", paths.secret.display(), if unencrypted { "unencrypted" } else { "encrypted" }, paths.public.display());
+            eprintln!(
+                "kiln: wrote secret key {} ({}) and public key {}",
+                paths.secret.display(),
+                if unencrypted { "unencrypted" } else { "encrypted" },
+                paths.public.display()
+            );
             println!("key id {id}");
             Ok(ExitCode::SUCCESS)
         }
@@ -395,8 +437,16 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                     format!("{tag} {}: {}", f.subject, f.detail)
                 })
                 .collect();
-            let how = if report.signature_checked { "signature, checksums and manifest" } else { "checksums and manifest; signature NOT checked" };
-            lines.push(if report.passed() { format!("result: ok ({how})") } else { format!("result: FAIL: {}", report.failed().join("; ")) });
+            let how = if report.signature_checked {
+                "signature, checksums and manifest"
+            } else {
+                "checksums and manifest; signature NOT checked"
+            };
+            lines.push(if report.passed() {
+                format!("result: ok ({how})")
+            } else {
+                format!("result: FAIL: {}", report.failed().join("; "))
+            });
             // A closed pipe (`| head`) is not an error of the verification.
             let mut out = std::io::stdout().lock();
             let _ = lines.iter().try_for_each(|l| writeln!(out, "{l}"));

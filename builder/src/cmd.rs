@@ -26,7 +26,8 @@ pub struct Interrupted;
 /// Install SIGINT/SIGTERM/SIGHUP handling: stop running children, let the main thread unwind.
 pub fn install_signal_handler() -> Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handler")?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).context("installing signal handler")?;
     std::thread::spawn(move || {
         for sig in signals.forever() {
             INTERRUPTED.store(true, Ordering::SeqCst);
@@ -101,7 +102,11 @@ impl Cmd {
 
     /// The command line as a shell would show it (for errors and logs).
     pub fn display(&self) -> String {
-        std::iter::once(&self.program).chain(&self.args).map(|a| shell_quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ")
+        std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| shell_quote(&a.to_string_lossy()))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn command(&self) -> Command {
@@ -148,7 +153,9 @@ impl Cmd {
         });
         let mut out = String::new();
         if keep_stdout {
-            BufReader::new(stdout).read_to_string(&mut out).with_context(|| format!("reading output of {}", self.display()))?;
+            BufReader::new(stdout)
+                .read_to_string(&mut out)
+                .with_context(|| format!("reading output of {}", self.display()))?;
         } else {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 tracing::debug!(target: "kiln::cmd", "{line}");
@@ -158,7 +165,13 @@ impl Cmd {
         let tail: Vec<String> = err_thread.join().unwrap_or_default().into();
         check_interrupted()?;
         if !status.success() {
-            bail!("{} failed ({})\n  command: {}\n  stderr (last lines):\n    {}", self.program.to_string_lossy(), describe(status), self.display(), if tail.is_empty() { "(empty)".into() } else { tail.join("\n    ") });
+            bail!(
+                "{} failed ({})\n  command: {}\n  stderr (last lines):\n    {}",
+                self.program.to_string_lossy(),
+                describe(status),
+                self.display(),
+                if tail.is_empty() { "(empty)".into() } else { tail.join("\n    ") }
+            );
         }
         Ok(out)
     }
@@ -185,7 +198,10 @@ impl Running {
     fn spawn(mut cmd: Command, program: &OsStr, own_group: bool) -> Result<Running> {
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!("`{}` not found: install the host tools with `scripts/setup-host` (as root)", program.to_string_lossy())
+                anyhow::anyhow!(
+                    "`{}` not found: install the host tools with `scripts/setup-host` (as root)",
+                    program.to_string_lossy()
+                )
             } else {
                 anyhow::anyhow!("starting `{}`: {e}", program.to_string_lossy())
             }
@@ -283,7 +299,11 @@ mod tests {
 
     #[test]
     fn failure_names_command_and_stderr() {
-        let err = Cmd::new("sh").args(["-c", "echo to-stdout; echo 'boom on stderr' >&2; exit 3"]).run().unwrap_err().to_string();
+        let err = Cmd::new("sh")
+            .args(["-c", "echo to-stdout; echo 'boom on stderr' >&2; exit 3"])
+            .run()
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("exit code 3"), "{err}");
         assert!(err.contains("sh -c 'echo to-stdout;"), "{err}");
         assert!(err.contains("boom on stderr"), "{err}");

@@ -73,15 +73,18 @@ impl DebCache {
         }
         let tmp = |what: &str| tmp_dir.join(format!("{}.{what}.{}", pkg.sha256, std::process::id()));
         let stanza_tmp = tmp("stanza");
-        std::fs::write(&stanza_tmp, if stanza.ends_with('\n') { stanza.to_string() } else { format!("{stanza}\n") }).with_context(|| format!("writing {}", stanza_tmp.display()))?;
+        std::fs::write(&stanza_tmp, if stanza.ends_with('\n') { stanza.to_string() } else { format!("{stanza}\n") })
+            .with_context(|| format!("writing {}", stanza_tmp.display()))?;
         std::fs::rename(&stanza_tmp, self.stanza_path(&pkg.sha256)).context("storing a Packages stanza")?;
         let deb_tmp = tmp("deb");
         move_or_copy(file, &deb_tmp)?;
-        std::fs::rename(&deb_tmp, self.deb(&pkg.sha256)).with_context(|| format!("storing the .deb of {}", pkg.describe()))?;
+        std::fs::rename(&deb_tmp, self.deb(&pkg.sha256))
+            .with_context(|| format!("storing the .deb of {}", pkg.describe()))?;
         // The by-name index: a relative symlink, replaced atomically.
         let link_tmp = tmp("link");
         let _ = std::fs::remove_file(&link_tmp);
-        std::os::unix::fs::symlink(Path::new("../sha256").join(format!("{}.deb", pkg.sha256)), &link_tmp).context("indexing a .deb")?;
+        std::os::unix::fs::symlink(Path::new("../sha256").join(format!("{}.deb", pkg.sha256)), &link_tmp)
+            .context("indexing a .deb")?;
         std::fs::rename(&link_tmp, self.dir.join("by-name").join(index_name(pkg))).context("indexing a .deb")
     }
 
@@ -119,7 +122,13 @@ impl DebCache {
                 continue;
             };
             let get = |f: &str| crate::deb822::field(stanza, f).unwrap_or_default().to_string();
-            let pkg = LockedPackage { name: get("Package"), version: get("Version"), architecture: get("Architecture"), filename: get("Filename"), sha256: sha };
+            let pkg = LockedPackage {
+                name: get("Package"),
+                version: get("Version"),
+                architecture: get("Architecture"),
+                filename: get("Filename"),
+                sha256: sha,
+            };
             if !self.has(&pkg.sha256) {
                 added += 1;
             }
@@ -141,7 +150,8 @@ impl DebCache {
             let tmp = tmp_dir.join(format!("{}.in.{}", p.sha256, std::process::id()));
             let _ = std::fs::remove_file(&tmp);
             if std::fs::hard_link(from.deb(&p.sha256), &tmp).is_err() {
-                std::fs::copy(from.deb(&p.sha256), &tmp).with_context(|| format!("copying the .deb of {}", p.describe()))?;
+                std::fs::copy(from.deb(&p.sha256), &tmp)
+                    .with_context(|| format!("copying the .deb of {}", p.describe()))?;
             }
             self.put(&tmp, p, &stanza)?;
         }
@@ -179,7 +189,13 @@ mod tests {
     use super::*;
 
     fn pkg(data: &[u8]) -> LockedPackage {
-        LockedPackage { name: "hello".into(), version: "1:2.10-3".into(), architecture: "amd64".into(), sha256: crate::ids::sha256_hex(data), filename: "pool/main/h/hello/hello_2.10-3_amd64.deb".into() }
+        LockedPackage {
+            name: "hello".into(),
+            version: "1:2.10-3".into(),
+            architecture: "amd64".into(),
+            sha256: crate::ids::sha256_hex(data),
+            filename: "pool/main/h/hello/hello_2.10-3_amd64.deb".into(),
+        }
     }
 
     #[test]
@@ -214,8 +230,15 @@ mod tests {
         let p = pkg(b"real deb");
         std::fs::write(archives.join("hello_2.10-3_amd64.deb"), b"real deb").unwrap();
         std::fs::write(archives.join("stray_1_amd64.deb"), b"unknown").unwrap();
-        let stanza = format!("Package: hello\nVersion: 1:2.10-3\nArchitecture: amd64\nFilename: {}\nSHA256: {}\nDescription: x\n more", p.filename, p.sha256);
-        std::fs::write(root.join("var/lib/apt/lists/m_dists_trixie_main_binary-amd64_Packages"), format!("Package: other\nSHA256: 00\n\n{stanza}\n\n")).unwrap();
+        let stanza = format!(
+            "Package: hello\nVersion: 1:2.10-3\nArchitecture: amd64\nFilename: {}\nSHA256: {}\nDescription: x\n more",
+            p.filename, p.sha256
+        );
+        std::fs::write(
+            root.join("var/lib/apt/lists/m_dists_trixie_main_binary-amd64_Packages"),
+            format!("Package: other\nSHA256: 00\n\n{stanza}\n\n"),
+        )
+        .unwrap();
         let cache = DebCache::new(&dir.path().join("cache"));
         assert_eq!(cache.absorb(&root).unwrap(), 1);
         assert!(cache.has(&p.sha256));

@@ -27,7 +27,9 @@ fn binfmt_name(arch: Arch) -> String {
 /// Whether programs of `arch` can run on this host: natively, or through a registered and
 /// enabled qemu-user binfmt handler.
 pub fn can_run(arch: Arch) -> bool {
-    Arch::host() == Some(arch) || std::fs::read_to_string(binfmt_misc().join(binfmt_name(arch))).is_ok_and(|s| s.lines().next() == Some("enabled"))
+    Arch::host() == Some(arch)
+        || std::fs::read_to_string(binfmt_misc().join(binfmt_name(arch)))
+            .is_ok_and(|s| s.lines().next() == Some("enabled"))
 }
 
 /// Make sure programs of `arch` can run here; register qemu-user if needed and possible.
@@ -45,7 +47,10 @@ pub fn ensure(arch: Arch) -> Result<()> {
         Arch::host().map(|a| a.name()).unwrap_or("unknown")
     );
     let Some(conf) = conf else {
-        bail!("{how}\n  (no {name}.conf found in {})", conf_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", "));
+        bail!(
+            "{how}\n  (no {name}.conf found in {})",
+            conf_dirs().iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        );
     };
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -53,11 +58,19 @@ pub fn ensure(arch: Arch) -> Result<()> {
     }
     let misc = binfmt_misc();
     if !misc.join("register").exists() {
-        Cmd::new("mount").args(["-t", "binfmt_misc", "binfmt_misc"]).arg(&misc).run().with_context(|| format!("mounting binfmt_misc on {}\n  {how}", misc.display()))?;
+        Cmd::new("mount")
+            .args(["-t", "binfmt_misc", "binfmt_misc"])
+            .arg(&misc)
+            .run()
+            .with_context(|| format!("mounting binfmt_misc on {}\n  {how}", misc.display()))?;
     }
     let line = std::fs::read_to_string(&conf).with_context(|| format!("reading {}", conf.display()))?;
-    let line = line.lines().find(|l| l.starts_with(':')).with_context(|| format!("{} holds no registration line", conf.display()))?;
-    std::fs::write(misc.join("register"), line).with_context(|| format!("registering {name} from {}\n  {how}", conf.display()))?;
+    let line = line
+        .lines()
+        .find(|l| l.starts_with(':'))
+        .with_context(|| format!("{} holds no registration line", conf.display()))?;
+    std::fs::write(misc.join("register"), line)
+        .with_context(|| format!("registering {name} from {}\n  {how}", conf.display()))?;
     if !can_run(arch) {
         bail!("registered {name} from {}, but binfmt_misc does not show it enabled\n  {how}", conf.display());
     }

@@ -45,7 +45,10 @@ pub fn with_img(formats: &[OutputFormat]) -> Vec<OutputFormat> {
 
 /// `NAME-VERSION-ARCH` of `NAME-VERSION-ARCH.img` or `.img.zst`: the prefix of every output.
 pub fn stem(file: &str) -> &str {
-    file.strip_suffix(".img.zst").or_else(|| file.strip_suffix(".img")).or_else(|| file.strip_suffix(".qcow2")).unwrap_or(file)
+    file.strip_suffix(".img.zst")
+        .or_else(|| file.strip_suffix(".img"))
+        .or_else(|| file.strip_suffix(".qcow2"))
+        .unwrap_or(file)
 }
 
 /// The output files of one build, written as hidden temporary files in the output directory
@@ -100,7 +103,8 @@ impl Staging {
         let mut done = Vec::new();
         for (tmp, name) in self.files {
             let dest = self.dir.join(&name);
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).with_context(|| format!("setting the mode of {name}"))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+                .with_context(|| format!("setting the mode of {name}"))?;
             tmp.persist(&dest).with_context(|| format!("moving {} into place", dest.display()))?;
             done.push(dest);
         }
@@ -129,7 +133,8 @@ pub fn compress_zst_threads(src: &Path, dst: &Path, threads: u32) -> Result<(Str
     let mut input = File::open(src).with_context(|| format!("opening {}", src.display()))?;
     let len = input.metadata().context("reading image size")?.len();
     let out = File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
-    let mut enc = zstd::stream::Encoder::new(HashingWriter::new(BufWriter::with_capacity(1 << 20, out)), ZSTD_LEVEL).context("starting zstd")?;
+    let mut enc = zstd::stream::Encoder::new(HashingWriter::new(BufWriter::with_capacity(1 << 20, out)), ZSTD_LEVEL)
+        .context("starting zstd")?;
     enc.multithread(threads.max(1)).context("enabling zstd threads")?;
     enc.include_checksum(true).context("zstd checksum")?;
     enc.set_pledged_src_size(Some(len)).context("zstd content size")?;
@@ -150,7 +155,12 @@ pub fn compress_zst_threads(src: &Path, dst: &Path, threads: u32) -> Result<(Str
 
 /// Convert the raw image `src` to qcow2 at `dst` with `qemu-img` (holes stay unallocated).
 pub fn convert_qcow2(src: &Path, dst: &Path) -> Result<()> {
-    Cmd::new("qemu-img").args(["convert", "-q", "-f", "raw", "-O", "qcow2"]).arg(src).arg(dst).run().context("converting the image to qcow2")
+    Cmd::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(src)
+        .arg(dst)
+        .run()
+        .context("converting the image to qcow2")
 }
 
 #[cfg(test)]
@@ -184,7 +194,12 @@ mod tests {
         let src = dir.path().join("a.img");
         // 24 MiB of poorly compressible bytes: several zstd jobs.
         let mut x = 1u64;
-        let data: Vec<u8> = (0..24 << 20).map(|_| { x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407); (x >> 59) as u8 }).collect();
+        let data: Vec<u8> = (0..24 << 20)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 59) as u8
+            })
+            .collect();
         std::fs::write(&src, &data).unwrap();
         let one = compress_zst_threads(&src, &dir.path().join("1.zst"), 1).unwrap();
         let three = compress_zst_threads(&src, &dir.path().join("3.zst"), 3).unwrap();

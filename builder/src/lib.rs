@@ -3,8 +3,8 @@
 //! The pipeline (`pipeline::build`) reads top to bottom: recipe → plan → rootfs (mmdebstrap)
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
 pub mod arch;
-pub mod assist;
 pub mod artifacts;
+pub mod assist;
 pub mod boot;
 pub mod checksums;
 pub mod cli;

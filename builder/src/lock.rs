@@ -76,9 +76,20 @@ impl LockedPackage {
     /// A locked package from an installed one; fails when apt's lists did not know its .deb.
     pub fn from_installed(p: &Package) -> Result<LockedPackage> {
         let (Some(sha256), Some(filename)) = (&p.sha256, &p.filename) else {
-            bail!("no .deb checksum known for the installed package {} {} ({}): it is not in the root's apt lists", p.name, p.version, p.architecture);
+            bail!(
+                "no .deb checksum known for the installed package {} {} ({}): it is not in the root's apt lists",
+                p.name,
+                p.version,
+                p.architecture
+            );
         };
-        Ok(LockedPackage { name: p.name.clone(), version: p.version.clone(), architecture: p.architecture.clone(), sha256: sha256.clone(), filename: filename.clone() })
+        Ok(LockedPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+            sha256: sha256.clone(),
+            filename: filename.clone(),
+        })
     }
 }
 
@@ -139,7 +150,11 @@ impl Lock {
     pub fn from_toml(text: &str, path: &Path) -> Result<Lock> {
         let mut lock: Lock = toml::from_str(text).with_context(|| format!("reading lock file {}", path.display()))?;
         if lock.format != LOCK_FORMAT {
-            bail!("lock file {} has format {}, this kiln reads format {LOCK_FORMAT}: run `kiln lock --update`", path.display(), lock.format);
+            bail!(
+                "lock file {} has format {}, this kiln reads format {LOCK_FORMAT}: run `kiln lock --update`",
+                path.display(),
+                lock.format
+            );
         }
         lock.normalize();
         Ok(lock)
@@ -153,7 +168,9 @@ impl Lock {
     /// Write the lock atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.to_toml()?;
-        crate::pipeline::write_atomically(path, |tmp| std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display())))
+        crate::pipeline::write_atomically(path, |tmp| {
+            std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display()))
+        })
     }
 
     /// sha256 of the lock's content (independent of comments and formatting): joins the image's
@@ -189,16 +206,30 @@ impl Lock {
             }
         }
         if let Some(tools) = &self.tools {
-            let missing: Vec<&str> = crate::tools::TOOLS_PACKAGES.iter().copied().filter(|t| !tools.packages.iter().any(|p| p.name == *t)).collect();
+            let missing: Vec<&str> = crate::tools::TOOLS_PACKAGES
+                .iter()
+                .copied()
+                .filter(|t| !tools.packages.iter().any(|p| p.name == *t))
+                .collect();
             if !missing.is_empty() {
-                diffs.push(format!("this kiln's tools tree also has {}, which the lock's does not", missing.join(", ")));
+                diffs
+                    .push(format!("this kiln's tools tree also has {}, which the lock's does not", missing.join(", ")));
             }
         }
         if !diffs.is_empty() {
-            bail!("lock file {} is out of date with the recipe ({}): run `kiln lock {}` (or build with --no-lock)", path.display(), diffs.join("; "), r.sources.first().map(|p| p.display().to_string()).unwrap_or_default());
+            bail!(
+                "lock file {} is out of date with the recipe ({}): run `kiln lock {}` (or build with --no-lock)",
+                path.display(),
+                diffs.join("; "),
+                r.sources.first().map(|p| p.display().to_string()).unwrap_or_default()
+            );
         }
         if self.mirror != plan.mirror {
-            tracing::info!("the lock was resolved from {}; packages come from {} (checked by sha256)", self.mirror, plan.mirror);
+            tracing::info!(
+                "the lock was resolved from {}; packages come from {} (checked by sha256)",
+                self.mirror,
+                plan.mirror
+            );
         }
         Ok(())
     }

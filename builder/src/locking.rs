@@ -20,17 +20,31 @@ pub fn sources(plan: &Plan, offline: bool) -> Result<(Source, Source)> {
         bail!("--offline needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` and `kiln fetch RECIPE` while online");
     }
     let r = &plan.recipe;
-    let root = Source { mirror: plan.mirror.clone(), suite: r.base.suite.clone(), components: r.base.components.clone(), arch: plan.arch().debian().into(), pins: lock.map(|l| l.packages.clone()), exact: true, offline };
+    let root = Source {
+        mirror: plan.mirror.clone(),
+        suite: r.base.suite.clone(),
+        components: r.base.components.clone(),
+        arch: plan.arch().debian().into(),
+        pins: lock.map(|l| l.packages.clone()),
+        exact: true,
+        offline,
+    };
     let host = Tools::host_arch()?.debian();
     let tool_pins = lock.and_then(|l| l.tools_for(host)).map(|t| t.packages.clone());
     if lock.is_some() && tool_pins.is_none() {
-        tracing::warn!("the lock has no tools packages for this host's architecture ({host}): the tools tree is not pinned");
+        tracing::warn!(
+            "the lock has no tools packages for this host's architecture ({host}): the tools tree is not pinned"
+        );
     }
     Ok((root, Tools::source(&plan.mirror, tool_pins, offline)?))
 }
 
 fn help<'a>(l: &'a PlanLock, plan: &'a Plan) -> Help<'a> {
-    Help { recipe: plan.recipe.sources.first().map(PathBuf::as_path).unwrap_or(Path::new("RECIPE")), lock_path: &l.path, archive_date: l.lock.archive_date.as_deref() }
+    Help {
+        recipe: plan.recipe.sources.first().map(PathBuf::as_path).unwrap_or(Path::new("RECIPE")),
+        lock_path: &l.path,
+        archive_date: l.lock.archive_date.as_deref(),
+    }
 }
 
 /// Fail, naming package and version, unless every package the `needed` sources pin is on the
@@ -74,8 +88,17 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let debs = DebCache::new(&opts.cache);
     let host = Tools::host_arch()?;
     let r = &plan.recipe;
-    let root_src = Source { mirror: plan.mirror.clone(), suite: r.base.suite.clone(), components: r.base.components.clone(), arch: plan.arch().debian().into(), pins: old.map(|l| l.packages.clone()), exact: false, offline: false };
-    let mut tools_src = Tools::source(&plan.mirror, old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()), false)?;
+    let root_src = Source {
+        mirror: plan.mirror.clone(),
+        suite: r.base.suite.clone(),
+        components: r.base.components.clone(),
+        arch: plan.arch().debian().into(),
+        pins: old.map(|l| l.packages.clone()),
+        exact: false,
+        offline: false,
+    };
+    let mut tools_src =
+        Tools::source(&plan.mirror, old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()), false)?;
     tools_src.exact = false;
     if let Some(old) = old {
         // The kept versions must still be on the mirror, or the bootstrap would fail late.
@@ -93,14 +116,22 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let reuse = !opts.update;
     let mut p = crate::progress::Progress::new(2);
     let cached = if reuse { "or cached" } else { "afresh: --update" };
-    let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse))?;
+    let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || {
+        Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse)
+    })?;
     let (_keys, extra) = crate::pipeline::repo_sources(&plan, work.path())?;
-    let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, Some(&tools)))?;
+    let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || {
+        rootfs::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, Some(&tools))
+    })?;
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);
     rootfs::release(&root)?;
     let tool_pkgs = lock::locked_set(&packages::installed(tools.root().context("tools tree")?)?)?;
-    let e2fsprogs = tool_pkgs.iter().find(|p| p.name == "e2fsprogs").map(|p| p.version.clone()).context("e2fsprogs is not in the tools tree")?;
+    let e2fsprogs = tool_pkgs
+        .iter()
+        .find(|p| p.name == "e2fsprogs")
+        .map(|p| p.version.clone())
+        .context("e2fsprogs is not in the tools tree")?;
     // TODO(#4, artifacts): resolve the recipe's `[[artifacts]]` here (URL, sha256) into the lock.
     let mut requested = plan.packages.clone();
     requested.sort();
@@ -115,7 +146,12 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
         archive_date: archive_date?,
         requested,
         packages: lock::locked_set(&installed?)?,
-        tools: Some(ToolsLock { suite: TOOLS_SUITE.into(), architecture: host.debian().into(), e2fsprogs, packages: tool_pkgs }),
+        tools: Some(ToolsLock {
+            suite: TOOLS_SUITE.into(),
+            architecture: host.debian().into(),
+            e2fsprogs,
+            packages: tool_pkgs,
+        }),
     };
     new.normalize();
     if let Some(old) = old.filter(|o| o.packages == new.packages) {
@@ -123,9 +159,15 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
         new.archive_date = old.archive_date.clone();
     }
     // A build from the new lock finds the trees it was resolved from in the cache.
-    let pinned = |s: &Source, pins: &[crate::lock::LockedPackage]| Source { pins: Some(pins.to_vec()), exact: true, ..s.clone() };
-    let (pinned_root, pinned_tools) = (pinned(&root_src, &new.packages), pinned(&tools_src, &new.tools.as_ref().context("tools")?.packages));
-    let (root_to, tools_to) = (rootfs::cache_dir(&plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
+    let pinned = |s: &Source, pins: &[crate::lock::LockedPackage]| Source {
+        pins: Some(pins.to_vec()),
+        exact: true,
+        ..s.clone()
+    };
+    let (pinned_root, pinned_tools) =
+        (pinned(&root_src, &new.packages), pinned(&tools_src, &new.tools.as_ref().context("tools")?.packages));
+    let (root_to, tools_to) =
+        (rootfs::cache_dir(&plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
     let tools_dir = tools.root().context("tools tree")?;
     if reuse {
         rootfs::alias(&rootfs::cache_dir(&plan, &root_src, &opts.cache), &root_to)?;
@@ -154,7 +196,10 @@ pub struct FetchOutcome {
 /// `kiln fetch`: download every locked .deb (root and this host's tools tree) that the cache
 /// lacks, from the mirror, each checked against the lock's sha256.
 pub fn fetch(plan: &Plan, cache: &Path, work_parent: Option<&Path>) -> Result<FetchOutcome> {
-    let l = plan.lock.as_ref().context("kiln fetch needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` first")?;
+    let l = plan
+        .lock
+        .as_ref()
+        .context("kiln fetch needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` first")?;
     mirror::require_tools()?;
     let work = WorkDir::new(work_parent, false)?;
     let debs = DebCache::new(cache);

@@ -64,8 +64,19 @@ pub struct KeyInfo {
 
 impl Manifest {
     /// The manifest of an image laid out as `layout` with digests `digest`.
-    pub fn new(plan: &Plan, boot: &BootInfo, layout: &Layout, digest: &ImageDigest, signing_key: Option<KeyInfo>) -> Result<Manifest> {
-        ensure!(layout.partitions.len() == digest.partitions.len(), "internal error: {} partitions but {} digests", layout.partitions.len(), digest.partitions.len());
+    pub fn new(
+        plan: &Plan,
+        boot: &BootInfo,
+        layout: &Layout,
+        digest: &ImageDigest,
+        signing_key: Option<KeyInfo>,
+    ) -> Result<Manifest> {
+        ensure!(
+            layout.partitions.len() == digest.partitions.len(),
+            "internal error: {} partitions but {} digests",
+            layout.partitions.len(),
+            digest.partitions.len()
+        );
         let partitions = layout
             .partitions
             .iter()
@@ -81,7 +92,12 @@ impl Manifest {
             source_date_epoch: r.source_date_epoch,
             architecture: plan.arch().to_string(),
             kernel_version: boot.kernel_version.clone(),
-            image: ImageInfo { file: plan.image_name.clone(), size: digest.size, sha256: digest.sha256.clone(), disk_guid: layout.disk_guid },
+            image: ImageInfo {
+                file: plan.image_name.clone(),
+                size: digest.size,
+                sha256: digest.sha256.clone(),
+                disk_guid: layout.disk_guid,
+            },
             partitions,
             signing_key,
         })
@@ -94,7 +110,11 @@ impl Manifest {
 
     pub fn from_json(text: &str) -> Result<Manifest> {
         let m: Manifest = serde_json::from_str(text).context("not a kiln manifest")?;
-        ensure!(m.kiln_manifest == FORMAT, "manifest format {} is not supported (this kiln reads format {FORMAT})", m.kiln_manifest);
+        ensure!(
+            m.kiln_manifest == FORMAT,
+            "manifest format {} is not supported (this kiln reads format {FORMAT})",
+            m.kiln_manifest
+        );
         Ok(m)
     }
 
@@ -118,7 +138,12 @@ mod tests {
             source_date_epoch: 1,
             architecture: "x86_64".into(),
             kernel_version: "6.1".into(),
-            image: ImageInfo { file: "x-1-x86_64.img".into(), size: 2, sha256: "cd".into(), disk_guid: Uuid::from_u128(7) },
+            image: ImageInfo {
+                file: "x-1-x86_64.img".into(),
+                size: 2,
+                sha256: "cd".into(),
+                disk_guid: Uuid::from_u128(7),
+            },
             partitions: vec![],
             signing_key: None,
         };

@@ -28,12 +28,16 @@ impl Index {
     /// Download the index of `id` (`Packages.xz` of each component, once) and keep the entries
     /// of `want`. `scratch` holds the downloads.
     pub fn download(id: &IndexId, want: &[&LockedPackage], scratch: &Path) -> Result<Index> {
-        let keys: HashSet<(&str, &str, &str)> = want.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.architecture.as_str())).collect();
+        let keys: HashSet<(&str, &str, &str)> =
+            want.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.architecture.as_str())).collect();
         let mut index = Index::default();
         for comp in &id.components {
-            let url = format!("{}/dists/{}/{comp}/binary-{}/Packages.xz", id.mirror.trim_end_matches('/'), id.suite, id.arch);
+            let url =
+                format!("{}/dists/{}/{comp}/binary-{}/Packages.xz", id.mirror.trim_end_matches('/'), id.suite, id.arch);
             let file = scratch.join(format!("Packages-{}-{comp}-{}.xz", id.suite, id.arch));
-            curl(&url, &file).with_context(|| format!("downloading the package index of Debian {} {comp} ({})", id.suite, id.arch))?;
+            curl(&url, &file).with_context(|| {
+                format!("downloading the package index of Debian {} {comp} ({})", id.suite, id.arch)
+            })?;
             let text = Cmd::new("xz").arg("-dc").arg(&file).output().context("unpacking the package index")?;
             let _ = std::fs::remove_file(&file);
             index.add(&text, &keys);
@@ -44,7 +48,10 @@ impl Index {
     fn add(&mut self, text: &str, keys: &HashSet<(&str, &str, &str)>) {
         use crate::deb822::{field, raw_paragraphs};
         for p in raw_paragraphs(text) {
-            let (Some(n), Some(v), Some(a)) = (field(p, "Package"), field(p, "Version"), field(p, "Architecture")) else { continue };
+            let (Some(n), Some(v), Some(a)) = (field(p, "Package"), field(p, "Version"), field(p, "Architecture"))
+            else {
+                continue;
+            };
             if keys.contains(&(n, v, a)) {
                 let sha = field(p, "SHA256").unwrap_or_default().to_string();
                 self.entries.entry((n.into(), v.into(), a.into())).or_insert((sha, format!("{p}\n")));
@@ -54,7 +61,10 @@ impl Index {
 
     /// The stanza of a locked package, when the mirror has exactly that .deb.
     pub fn stanza(&self, p: &LockedPackage) -> Option<&str> {
-        self.entries.get(&(p.name.clone(), p.version.clone(), p.architecture.clone())).filter(|e| e.0 == p.sha256).map(|e| e.1.as_str())
+        self.entries
+            .get(&(p.name.clone(), p.version.clone(), p.architecture.clone()))
+            .filter(|e| e.0 == p.sha256)
+            .map(|e| e.1.as_str())
     }
 
     /// Packages of `want` the mirror does not have (a different sha256 at the same version counts
@@ -63,7 +73,11 @@ impl Index {
         want.iter()
             .filter_map(|p| match self.entries.get(&(p.name.clone(), p.version.clone(), p.architecture.clone())) {
                 None => Some(format!("{} is not on the mirror", p.describe())),
-                Some((sha, _)) if sha != &p.sha256 => Some(format!("{} is on the mirror with another sha256 ({sha}, the lock has {})", p.describe(), p.sha256)),
+                Some((sha, _)) if sha != &p.sha256 => Some(format!(
+                    "{} is on the mirror with another sha256 ({sha}, the lock has {})",
+                    p.describe(),
+                    p.sha256
+                )),
                 Some(_) => None,
             })
             .collect()
@@ -79,9 +93,17 @@ pub struct Help<'a> {
 
 /// The error for locked packages the mirror no longer has: which, and the ways forward.
 pub fn unavailable_error(id: &IndexId, problems: &[String], help: &Help) -> anyhow::Error {
-    let lock_arg = if help.lock_path == crate::lock::path_for(help.recipe) { String::new() } else { format!(" --lock {}", help.lock_path.display()) };
+    let lock_arg = if help.lock_path == crate::lock::path_for(help.recipe) {
+        String::new()
+    } else {
+        format!(" --lock {}", help.lock_path.display())
+    };
     let recipe = format!("{}{lock_arg}", help.recipe.display());
-    let snapshot = help.archive_date.and_then(snapshot_stamp).map(|s| format!("https://snapshot.debian.org/archive/debian/{s}")).unwrap_or_else(|| "https://snapshot.debian.org/archive/debian/YYYYMMDDTHHMMSSZ".into());
+    let snapshot = help
+        .archive_date
+        .and_then(snapshot_stamp)
+        .map(|s| format!("https://snapshot.debian.org/archive/debian/{s}"))
+        .unwrap_or_else(|| "https://snapshot.debian.org/archive/debian/YYYYMMDDTHHMMSSZ".into());
     anyhow::anyhow!(
         "the mirror {} does not have {} package(s) of the lock {} (Debian {} {}):\n  {}\nTo proceed, either:\n  - refresh the lock to the mirror's current versions (the image changes): kiln lock --update {}\n  - build offline from a .deb cache filled while they were available: kiln build --offline {recipe} (the cache of an earlier `kiln fetch`, or a `kiln vendor` bundle's)\n  - build from a snapshot of the archive taken after the lock was made{}: KILN_MIRROR={snapshot} kiln build {recipe}",
         id.mirror,
@@ -117,14 +139,19 @@ pub fn fetch(id: &IndexId, want: &[LockedPackage], debs: &DebCache, scratch: &Pa
         let stanza = index.stanza(p).context("package vanished from the index")?;
         let file = scratch.join(format!("fetch-{}.deb", p.sha256));
         tracing::info!("fetching {} ({}/{})", p.describe(), i + 1, missing.len());
-        curl(&format!("{}/{}", id.mirror.trim_end_matches('/'), p.filename), &file).with_context(|| format!("downloading {}", p.describe()))?;
+        curl(&format!("{}/{}", id.mirror.trim_end_matches('/'), p.filename), &file)
+            .with_context(|| format!("downloading {}", p.describe()))?;
         debs.put(&file, p, stanza)?;
     }
     Ok(missing.len())
 }
 
 fn curl(url: &str, dest: &Path) -> Result<()> {
-    Cmd::new("curl").args(["--fail", "--silent", "--show-error", "--location", "--retry", "3", "--output"]).arg(dest).arg(url).run()
+    Cmd::new("curl")
+        .args(["--fail", "--silent", "--show-error", "--location", "--retry", "3", "--output"])
+        .arg(dest)
+        .arg(url)
+        .run()
 }
 
 /// `Sat, 10 May 2025 20:13:40 UTC` → `20250510T201340Z`, a snapshot.debian.org time stamp.
@@ -133,7 +160,10 @@ fn curl(url: &str, dest: &Path) -> Result<()> {
 pub fn snapshot_stamp(date: &str) -> Option<String> {
     let w: Vec<&str> = date.split_whitespace().collect();
     let [_, day, month, year, time, ..] = w.as_slice() else { return None };
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| m == month)? as i64 + 1;
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| m == month)? as i64
+        + 1;
     let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
     let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
     let [h, m, s] = t.as_slice() else { return None };
@@ -189,10 +219,17 @@ mod tests {
 
     #[test]
     fn index_finds_versions_and_sha_mismatches() {
-        let p = |n: &str, v: &str, sha: &str| LockedPackage { name: n.into(), version: v.into(), architecture: "amd64".into(), sha256: sha.into(), filename: format!("pool/{n}.deb") };
+        let p = |n: &str, v: &str, sha: &str| LockedPackage {
+            name: n.into(),
+            version: v.into(),
+            architecture: "amd64".into(),
+            sha256: sha.into(),
+            filename: format!("pool/{n}.deb"),
+        };
         let (a, b, c) = (p("a", "1", "aa"), p("b", "2", "bb"), p("c", "0.0-kiln-missing", "cc"));
         let want = [&a, &b, &c];
-        let keys: HashSet<(&str, &str, &str)> = want.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.architecture.as_str())).collect();
+        let keys: HashSet<(&str, &str, &str)> =
+            want.iter().map(|p| (p.name.as_str(), p.version.as_str(), p.architecture.as_str())).collect();
         let mut index = Index::default();
         index.add("Package: a\nVersion: 1\nArchitecture: amd64\nSHA256: aa\n\nPackage: b\nVersion: 2\nArchitecture: amd64\nSHA256: xx\n\nPackage: c\nVersion: 3\nArchitecture: amd64\nSHA256: cc\n", &keys);
         assert_eq!(index.stanza(&a), Some("Package: a\nVersion: 1\nArchitecture: amd64\nSHA256: aa\n"));

@@ -26,7 +26,20 @@ pub fn host_of(url: &str) -> &str {
 /// Ask for the first byte of `url` with short timeouts. Err carries curl's reason.
 pub fn probe(url: &str) -> Result<(), String> {
     Cmd::new("curl")
-        .args(["--fail", "--silent", "--show-error", "--location", "--range", "0-0", "--output", "/dev/null", "--connect-timeout", "5", "--max-time", "20"])
+        .args([
+            "--fail",
+            "--silent",
+            "--show-error",
+            "--location",
+            "--range",
+            "0-0",
+            "--output",
+            "/dev/null",
+            "--connect-timeout",
+            "5",
+            "--max-time",
+            "20",
+        ])
         .arg(url)
         .run()
         .map_err(|e| curl_reason(&e))
@@ -58,7 +71,17 @@ pub fn preflight(needs: &[Need]) -> Result<()> {
 /// Download `url` to `dest` (which is overwritten). Fails on HTTP errors.
 pub fn download(url: &str, dest: &Path) -> Result<()> {
     Cmd::new("curl")
-        .args(["--fail", "--silent", "--show-error", "--location", "--retry", "2", "--connect-timeout", "10", "--output"])
+        .args([
+            "--fail",
+            "--silent",
+            "--show-error",
+            "--location",
+            "--retry",
+            "2",
+            "--connect-timeout",
+            "10",
+            "--output",
+        ])
         .arg(dest)
         .arg(url)
         .run()
@@ -71,7 +94,11 @@ fn curl_reason(e: &anyhow::Error) -> String {
     if crate::cmd::interrupted() {
         return "interrupted".into();
     }
-    text.lines().map(str::trim).find(|l| l.starts_with("curl: (")).map(String::from).unwrap_or_else(|| text.lines().next().unwrap_or("failed").to_string())
+    text.lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("curl: ("))
+        .map(String::from)
+        .unwrap_or_else(|| text.lines().next().unwrap_or("failed").to_string())
 }
 
 #[cfg(test)]
@@ -87,7 +114,9 @@ mod tests {
     #[test]
     fn unreachable_host_is_named_with_the_offline_way() {
         // Port 9 on loopback: nothing listens there, the connection is refused at once.
-        let err = preflight(&[Need { what: "artifact `x`".into(), url: "http://127.0.0.1:9/x.tar".into() }]).unwrap_err().to_string();
+        let err = preflight(&[Need { what: "artifact `x`".into(), url: "http://127.0.0.1:9/x.tar".into() }])
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("cannot reach 127.0.0.1:9,"), "{err}");
         assert!(err.contains("artifact `x`") && err.contains("curl: (7)") && err.contains("--artifacts DIR"), "{err}");
     }

@@ -29,13 +29,15 @@ pub fn render(recipe: &Recipe) -> Result<Vec<Entry>> {
     ctx.insert("recipe", recipe);
     let mut entries = Vec::new();
     for ov in &recipe.overlays {
-        walk(&ov.path, &ov.path, &ctx, &mut entries).with_context(|| format!("reading overlay {}", ov.name.display()))?;
+        walk(&ov.path, &ov.path, &ctx, &mut entries)
+            .with_context(|| format!("reading overlay {}", ov.name.display()))?;
     }
     Ok(entries)
 }
 
 fn walk(top: &Path, dir: &Path, ctx: &tera::Context, out: &mut Vec<Entry>) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?.collect::<Result<_, _>>()?;
+    let mut names: Vec<_> =
+        std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?.collect::<Result<_, _>>()?;
     names.sort_by_key(|e| e.file_name());
     for e in names {
         let path = e.path();
@@ -70,7 +72,8 @@ fn render_template(path: &Path, ctx: &tera::Context) -> Result<Vec<u8>> {
         let key = undefined_variable(&detail);
         // The first line only repeats the file name ("Failed to parse '…'").
         let msg = detail.lines().skip(1).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join("\n    ");
-        RecipeError { file: path.to_path_buf(), line, column: col, key, message: format!("template error: {msg}") }.into()
+        RecipeError { file: path.to_path_buf(), line, column: col, key, message: format!("template error: {msg}") }
+            .into()
     };
     tera.add_raw_template(&name, &text).map_err(fail)?;
     tera.render(&name, ctx).map(String::into_bytes).map_err(fail)

@@ -34,12 +34,22 @@ pub fn installed(root: &Path) -> Result<Vec<Package>> {
             let get = |k: &str| p.get(k).unwrap_or_default().to_string();
             let (name, version, architecture) = (get("Package"), get("Version"), get("Architecture"));
             let (source, source_version) = match p.get("Source").map(|s| s.split_once(' ').unwrap_or((s, ""))) {
-                Some((n, v)) if !v.is_empty() => (n.to_string(), v.trim().trim_start_matches('(').trim_end_matches(')').to_string()),
+                Some((n, v)) if !v.is_empty() => {
+                    (n.to_string(), v.trim().trim_start_matches('(').trim_end_matches(')').to_string())
+                }
                 Some((n, _)) => (n.to_string(), version.clone()),
                 None => (name.clone(), version.clone()),
             };
             let hit = known.get(&(name.clone(), version.clone(), architecture.clone()));
-            Package { sha256: hit.map(|h| h.0.clone()), filename: hit.map(|h| h.1.clone()), name, version, architecture, source, source_version }
+            Package {
+                sha256: hit.map(|h| h.0.clone()),
+                filename: hit.map(|h| h.1.clone()),
+                name,
+                version,
+                architecture,
+                source,
+                source_version,
+            }
         })
         .collect();
     pkgs.sort();
@@ -52,8 +62,12 @@ fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String,
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         for p in deb822::paragraphs(&text) {
-            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) = (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename")) {
-                index.entry((n.to_string(), v.to_string(), a.to_string())).or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string()));
+            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) =
+                (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename"))
+            {
+                index
+                    .entry((n.to_string(), v.to_string(), a.to_string()))
+                    .or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string()));
             }
         }
     }
@@ -90,7 +104,11 @@ pub fn archive_date(root: &Path) -> Result<Option<String>> {
 fn list_files(root: &Path, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
     let dir = root.join("var/lib/apt/lists");
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
-    let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(suffix))).collect();
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(suffix)))
+        .collect();
     files.sort();
     Ok(files)
 }
@@ -117,7 +135,18 @@ mod tests {
         .unwrap();
         let pkgs = installed(r).unwrap();
         assert_eq!(pkgs.len(), 2);
-        assert_eq!((pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()), ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb")));
-        assert_eq!((pkgs[1].name.as_str(), pkgs[1].source.as_str(), pkgs[1].source_version.as_str(), pkgs[1].sha256.as_deref()), ("zlib1g", "zlib", "1:1.3", None));
+        assert_eq!(
+            (pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()),
+            ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb"))
+        );
+        assert_eq!(
+            (
+                pkgs[1].name.as_str(),
+                pkgs[1].source.as_str(),
+                pkgs[1].source_version.as_str(),
+                pkgs[1].sha256.as_deref()
+            ),
+            ("zlib1g", "zlib", "1:1.3", None)
+        );
     }
 }

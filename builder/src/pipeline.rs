@@ -3,16 +3,16 @@ use crate::boot::{self, BootInfo};
 use crate::cmd;
 use crate::debcache::DebCache;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
-use crate::lock::{Lock, LockChoice};
 use crate::export::{OutputFormat, Staging};
+use crate::lock::{Lock, LockChoice};
+use crate::net::{self, Need};
 use crate::plan::{Plan, PlanLock};
 use crate::progress::Progress;
-use crate::sign::Signer;
-use crate::work::WorkDir;
-use crate::net::{self, Need};
 use crate::recipe::Artifact;
 use crate::repos::{self, Keyring};
+use crate::sign::Signer;
 use crate::tools::Tools;
+use crate::work::WorkDir;
 use crate::{artifacts, firstboot, fs, overlay, release, rootfs, sbom, system};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -83,7 +83,8 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     crate::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
     let overlays = overlay::render(&plan.recipe)?;
-    std::fs::create_dir_all(&opts.out_dir).with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let debs = DebCache::new(&opts.cache);
     let (root_src, tools_src) = crate::locking::sources(&plan, opts.offline)?;
@@ -99,10 +100,19 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut p = Progress::new(12);
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
-    let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
-    let tools = p.stage("tools tree (mke2fs)", || if opts.host_tools { Ok(Tools::Host) } else { Tools::tree(&opts.cache, &tools_src, &work, &debs, true) })?;
+    let (keys, extra, fetched) =
+        p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    let tools = p.stage("tools tree (mke2fs)", || {
+        if opts.host_tools {
+            Ok(Tools::Host)
+        } else {
+            Tools::tree(&opts.cache, &tools_src, &work, &debs, true)
+        }
+    })?;
     let native = (!opts.full_emulation).then_some(&tools);
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, native))?;
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || {
+        rootfs::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, native)
+    })?;
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
@@ -117,7 +127,12 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
     let esp_img = work.join("esp.img");
     p.stage("write ESP (fatfs)", || {
-        let opts = EspOptions { size: plan.layout.partitions[0].size, volume_id: plan.esp_volume_id, label: "ESP".into(), timestamp: plan.recipe.source_date_epoch };
+        let opts = EspOptions {
+            size: plan.layout.partitions[0].size,
+            volume_id: plan.esp_volume_id,
+            label: "ESP".into(),
+            timestamp: plan.recipe.source_date_epoch,
+        };
         disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
     })?;
     let root_img = p.stage("make root filesystem", || {
@@ -130,14 +145,36 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     cmd::check_interrupted()?;
     // Every output appears at once at the end, or not at all.
     let mut staging = Staging::new(&opts.out_dir);
-    let digest = p.stage("assemble GPT disk image", || staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()])))?;
+    let digest = p.stage("assemble GPT disk image", || {
+        staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()]))
+    })?;
     let formats = crate::export::with_img(opts.formats.as_deref().unwrap_or(&plan.formats));
-    let inputs = release::Inputs { plan: &plan, boot: &boot, digest: &digest, inventory: &inventory, formats: &formats, signer: opts.signer.as_ref() };
+    let inputs = release::Inputs {
+        plan: &plan,
+        boot: &boot,
+        digest: &digest,
+        inventory: &inventory,
+        formats: &formats,
+        signer: opts.signer.as_ref(),
+    };
     p.stage("write formats, manifest, SBOM, checksums, signature", || release::write_outputs(&mut staging, &inputs))?;
     let outputs = staging.commit()?;
     let image = opts.out_dir.join(&plan.image_name);
-    let tools = format!("{} (e2fsprogs {})", tools.describe(), tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into()));
-    Ok(BuildReport { image, plan, boot, digest, root_from_cache: root.from_cache, tools, outputs, stages: p.timings().to_vec() })
+    let tools = format!(
+        "{} (e2fsprogs {})",
+        tools.describe(),
+        tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into())
+    );
+    Ok(BuildReport {
+        image,
+        plan,
+        boot,
+        digest,
+        root_from_cache: root.from_cache,
+        tools,
+        outputs,
+        stages: p.timings().to_vec(),
+    })
 }
 
 /// Write `dest` through a temporary file in the same directory, renamed into place only when
@@ -145,7 +182,11 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
 pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
     let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = dest.file_name().context("output path has no file name")?.to_string_lossy();
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".partial").tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     let value = write(tmp.path())?;
     cmd::check_interrupted()?;
     tmp.persist(dest).with_context(|| format!("moving the image into place at {}", dest.display()))?;
@@ -156,17 +197,29 @@ pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) 
 /// hosts reachable, Release files signed by their keys. Used by `kiln build` and `kiln lock`.
 pub(crate) fn repo_sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, rootfs::ExtraSources)> {
     let keys = repos::keyrings(plan, work)?;
-    let needs: Vec<Need> = plan.recipe.repositories.iter().map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) }).collect();
+    let needs: Vec<Need> = plan
+        .recipe
+        .repositories
+        .iter()
+        .map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) })
+        .collect();
     net::preflight(&needs)?;
     repos::verify_releases(plan, &keys, work)?;
-    let extra = rootfs::ExtraSources { lines: repos::mmdebstrap_sources(plan, &keys), setup_hooks: repos::setup_hooks(plan, work)? };
+    let extra = rootfs::ExtraSources {
+        lines: repos::mmdebstrap_sources(plan, &keys),
+        setup_hooks: repos::setup_hooks(plan, work)?,
+    };
     Ok((keys, extra))
 }
 
 /// Keys and sources of the extra repositories, and every artifact as a verified local file.
 /// Fails early: unreachable hosts (all named at once), a repository not signed by its key, a
 /// wrong digest.
-fn outside_inputs<'p>(plan: &'p Plan, work: &Path, opts: &BuildOptions) -> Result<(Vec<Keyring>, rootfs::ExtraSources, Vec<(&'p Artifact, PathBuf)>)> {
+fn outside_inputs<'p>(
+    plan: &'p Plan,
+    work: &Path,
+    opts: &BuildOptions,
+) -> Result<(Vec<Keyring>, rootfs::ExtraSources, Vec<(&'p Artifact, PathBuf)>)> {
     let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
     let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
     net::preflight(&artifacts::needs(&missing))?;

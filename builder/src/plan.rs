@@ -81,8 +81,18 @@ impl Plan {
             }
         }
         let specs = [
-            PartitionSpec { label: "esp".into(), type_guid: ESP_TYPE, part_guid: ids::uuid(&recipe_hash, "partition:esp"), size: Some(recipe.disk.esp_size) },
-            PartitionSpec { label: "root".into(), type_guid: arch.root_partition_type(), part_guid: ids::uuid(&recipe_hash, "partition:root"), size: None },
+            PartitionSpec {
+                label: "esp".into(),
+                type_guid: ESP_TYPE,
+                part_guid: ids::uuid(&recipe_hash, "partition:esp"),
+                size: Some(recipe.disk.esp_size),
+            },
+            PartitionSpec {
+                label: "root".into(),
+                type_guid: arch.root_partition_type(),
+                part_guid: ids::uuid(&recipe_hash, "partition:root"),
+                size: None,
+            },
         ];
         let layout = plan_layout(recipe.disk.size, ids::uuid(&recipe_hash, "disk"), &specs).map_err(|e| {
             let file = recipe.sources.first().map(|p| p.as_path()).unwrap_or(Path::new("recipe"));
@@ -90,7 +100,12 @@ impl Plan {
         })?;
         let root_guid = layout.partitions[1].part_guid;
         let console = arch.serial_console();
-        let mut cmdline = vec![format!("root=PARTUUID={root_guid}"), "rw".into(), "console=tty0".into(), format!("console={console},115200")];
+        let mut cmdline = vec![
+            format!("root=PARTUUID={root_guid}"),
+            "rw".into(),
+            "console=tty0".into(),
+            format!("console={console},115200"),
+        ];
         cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
         let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
@@ -98,7 +113,11 @@ impl Plan {
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
             kernel_cmdline: cmdline.join(" "),
-            initramfs_modules: recipe.base.initramfs_modules.clone().unwrap_or_else(|| arch.default_initramfs_modules()),
+            initramfs_modules: recipe
+                .base
+                .initramfs_modules
+                .clone()
+                .unwrap_or_else(|| arch.default_initramfs_modules()),
             recipe_hash,
             mirror,
             packages,
@@ -138,7 +157,11 @@ pub fn host_mirror() -> String {
     }
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut files: Vec<_> = dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list")).collect();
+        let mut files: Vec<_> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
+            .collect();
         files.sort();
         texts.extend(files.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
     }
@@ -152,7 +175,13 @@ fn mirror_in(text: &str) -> Option<String> {
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .flat_map(|l| {
-            let words: Vec<&str> = if let Some(rest) = l.strip_prefix("URIs:") { rest.split_whitespace().collect() } else if l.starts_with("deb ") { l.split_whitespace().filter(|w| w.contains("://")).collect() } else { vec![] };
+            let words: Vec<&str> = if let Some(rest) = l.strip_prefix("URIs:") {
+                rest.split_whitespace().collect()
+            } else if l.starts_with("deb ") {
+                l.split_whitespace().filter(|w| w.contains("://")).collect()
+            } else {
+                vec![]
+            };
             words.into_iter().map(|w| w.trim_end_matches('/').to_string())
         })
         .find(|u| u.ends_with("/debian"))

@@ -23,7 +23,10 @@ impl Progress {
         let start = Instant::now();
         let bar = if self.tty {
             let bar = ProgressBar::new_spinner().with_message(label.clone());
-            bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
             bar.enable_steady_tick(Duration::from_millis(120));
             Some(bar)
         } else {

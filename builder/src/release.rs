@@ -34,10 +34,14 @@ pub fn write_outputs(staging: &mut Staging, i: &Inputs) -> Result<Vec<Entry>> {
         let sha256 = match format {
             OutputFormat::Img => continue,
             OutputFormat::Zst => staging.write(&name, |tmp| export::compress_zst(&raw, tmp))?.0,
-            OutputFormat::Qcow2 => staging.write(&name, |tmp| {
-                export::convert_qcow2(&raw, tmp)?;
-                checksums::hash_file(tmp)
-            })?.0,
+            OutputFormat::Qcow2 => {
+                staging
+                    .write(&name, |tmp| {
+                        export::convert_qcow2(&raw, tmp)?;
+                        checksums::hash_file(tmp)
+                    })?
+                    .0
+            }
         };
         tracing::info!("wrote {name} (sha256 {sha256})");
         sums.push(Entry { sha256, file: name });
@@ -48,7 +52,14 @@ pub fn write_outputs(staging: &mut Staging, i: &Inputs) -> Result<Vec<Entry>> {
     sums.push(stage_text(staging, &export::manifest_name(&stem), &manifest)?);
 
     let r = &i.plan.recipe;
-    let facts = sbom::spdx::ImageFacts { name: &r.name, version: &r.version, image_file: image, image_sha256: &i.digest.sha256, recipe_hash: &i.plan.recipe_hash, source_date_epoch: r.source_date_epoch };
+    let facts = sbom::spdx::ImageFacts {
+        name: &r.name,
+        version: &r.version,
+        image_file: image,
+        image_sha256: &i.digest.sha256,
+        recipe_hash: &i.plan.recipe_hash,
+        source_date_epoch: r.source_date_epoch,
+    };
     let sbom = sbom::spdx::document(&facts, i.inventory)?;
     sums.push(stage_text(staging, &export::sbom_name(&stem), &sbom)?);
 
@@ -58,7 +69,9 @@ pub fn write_outputs(staging: &mut Staging, i: &Inputs) -> Result<Vec<Entry>> {
     match i.signer {
         Some(signer) => {
             let comment = trusted_comment(i.plan);
-            let sig = signer.sign(sums_text.as_bytes(), &comment).with_context(|| format!("signing {SUMS_FILE} with {}", signer.path.display()))?;
+            let sig = signer
+                .sign(sums_text.as_bytes(), &comment)
+                .with_context(|| format!("signing {SUMS_FILE} with {}", signer.path.display()))?;
             staging.write_bytes(&sig_name, sig.as_bytes())?;
         }
         // A signature left from an earlier signed build would not match the new checksums.
@@ -74,5 +87,8 @@ fn stage_text(staging: &mut Staging, name: &str, text: &str) -> Result<Entry> {
 
 /// The signed comment: deterministic facts only (minisign's default is the current time).
 pub fn trusted_comment(plan: &Plan) -> String {
-    format!("timestamp:{}\tfile:{SUMS_FILE}\timage:{}\trecipe-sha256:{}", plan.recipe.source_date_epoch, plan.image_name, plan.recipe_hash)
+    format!(
+        "timestamp:{}\tfile:{SUMS_FILE}\timage:{}\trecipe-sha256:{}",
+        plan.recipe.source_date_epoch, plan.image_name, plan.recipe_hash
+    )
 }

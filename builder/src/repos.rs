@@ -51,11 +51,25 @@ pub fn keyrings(plan: &Plan, work: &Path) -> Result<Vec<Keyring>> {
     for r in &plan.recipe.repositories {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
-        gpg(home.path()).arg("--import").arg(&r.key_path).run().with_context(|| format!("repository `{}`: importing key file {}", r.name, r.key.display()))?;
+        gpg(home.path())
+            .arg("--import")
+            .arg(&r.key_path)
+            .run()
+            .with_context(|| format!("repository `{}`: importing key file {}", r.name, r.key.display()))?;
         let armored = dir.join(format!("{}.asc", r.name));
         let binary = dir.join(format!("{}.gpg", r.name));
-        gpg(home.path()).args(["--armor", "--output"]).arg(&armored).args(["--export", &r.fingerprint]).run().with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
-        gpg(home.path()).arg("--output").arg(&binary).args(["--export", &r.fingerprint]).run().with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
+        gpg(home.path())
+            .args(["--armor", "--output"])
+            .arg(&armored)
+            .args(["--export", &r.fingerprint])
+            .run()
+            .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
+        gpg(home.path())
+            .arg("--output")
+            .arg(&binary)
+            .args(["--export", &r.fingerprint])
+            .run()
+            .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
         out.push(Keyring { name: r.name.clone(), armored, binary });
     }
     Ok(out)
@@ -75,7 +89,12 @@ pub fn verify_releases(plan: &Plan, keys: &[Keyring], work: &Path) -> Result<()>
         if let Err(e) = Cmd::new("gpgv").arg("--keyring").arg(&k.binary).arg(&file).run() {
             let detail = format!("{e:#}");
             let why = detail.lines().map(str::trim).filter(|l| l.starts_with("gpgv:")).collect::<Vec<_>>().join("; ");
-            bail!("repository `{}`: {url} is not signed by its key {} ({}): refusing to use it", r.name, r.fingerprint, if why.is_empty() { detail } else { why });
+            bail!(
+                "repository `{}`: {url} is not signed by its key {} ({}): refusing to use it",
+                r.name,
+                r.fingerprint,
+                if why.is_empty() { detail } else { why }
+            );
         }
     }
     Ok(())
@@ -83,13 +102,26 @@ pub fn verify_releases(plan: &Plan, keys: &[Keyring], work: &Path) -> Result<()>
 
 /// mmdebstrap source lines (after the Debian mirror) for the extra repositories.
 pub fn mmdebstrap_sources(plan: &Plan, keys: &[Keyring]) -> Vec<String> {
-    plan.recipe.repositories.iter().zip(keys).map(|(r, k)| format!("deb [signed-by={}] {} {} {}", k.armored.display(), r.url, r.suite, r.components.join(" "))).collect()
+    plan.recipe
+        .repositories
+        .iter()
+        .zip(keys)
+        .map(|(r, k)| {
+            format!("deb [signed-by={}] {} {} {}", k.armored.display(), r.url, r.suite, r.components.join(" "))
+        })
+        .collect()
 }
 
 /// The apt pin file of a repository, if it has a pin priority.
 pub fn pin_file(r: &Repository) -> Option<String> {
     let pin = r.pin.as_ref()?;
-    Some(format!("# kiln: repository `{}`\nPackage: {}\nPin: origin \"{}\"\nPin-Priority: {}\n", r.name, pin.packages.join(" "), host_name(&r.url), pin.priority))
+    Some(format!(
+        "# kiln: repository `{}`\nPackage: {}\nPin: origin \"{}\"\nPin-Priority: {}\n",
+        r.name,
+        pin.packages.join(" "),
+        host_name(&r.url),
+        pin.priority
+    ))
 }
 
 fn host_name(url: &str) -> &str {
@@ -105,7 +137,10 @@ pub fn setup_hooks(plan: &Plan, work: &Path) -> Result<Vec<String>> {
             let host = work.join(KEY_DIR).join(format!("{}.pref", r.name));
             std::fs::write(&host, text).with_context(|| format!("writing {}", host.display()))?;
             let src = crate::cmd::shell_quote(&host.to_string_lossy());
-            hooks.push(format!("mkdir -p \"$1/etc/apt/preferences.d\" && cp {src} \"$1/etc/apt/preferences.d/{}.pref\"", r.name));
+            hooks.push(format!(
+                "mkdir -p \"$1/etc/apt/preferences.d\" && cp {src} \"$1/etc/apt/preferences.d/{}.pref\"",
+                r.name
+            ));
         }
     }
     Ok(hooks)

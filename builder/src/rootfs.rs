@@ -1,12 +1,12 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
 use crate::assist::Assist;
-use crate::tools::Tools;
 use crate::cmd::Cmd;
 use crate::debcache::DebCache;
 use crate::plan::Plan;
-use crate::source::Source;
 use crate::recipe::InitramfsModules;
+use crate::source::Source;
+use crate::tools::Tools;
 use crate::work::WorkDir;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
@@ -69,7 +69,14 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
         repositories: r
             .repositories
             .iter()
-            .map(|x| RepoInputs { name: &x.name, url: &x.url, suite: &x.suite, components: &x.components, fingerprint: &x.fingerprint, pin: crate::repos::pin_file(x) })
+            .map(|x| RepoInputs {
+                name: &x.name,
+                url: &x.url,
+                suite: &x.suite,
+                components: &x.components,
+                fingerprint: &x.fingerprint,
+                pin: crate::repos::pin_file(x),
+            })
             .collect(),
     }
 }
@@ -97,7 +104,11 @@ pub fn alias(from: &Path, to: &Path) -> Result<()> {
         return Ok(());
     }
     let parent = to.parent().context("cache path")?;
-    let tmp = parent.join(format!(".{}.partial-{}", to.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        to.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     crate::work::remove_tree(&tmp)?;
     if let Err(e) = Cmd::new("cp").args(["-al", "--no-target-directory"]).arg(from).arg(&tmp).run() {
         let _ = crate::work::remove_tree(&tmp);
@@ -125,7 +136,15 @@ pub struct Root {
 /// .debs mmdebstrap downloads move into `debs`, out of the root. With `native` (the tools tree),
 /// a foreign-architecture bootstrap runs arch-neutral programs natively from it (same root; see
 /// `assist.rs`); None emulates everything.
-pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Source, debs: &DebCache, extra: &ExtraSources, native: Option<&Tools>) -> Result<Root> {
+pub fn prepare(
+    plan: &Plan,
+    work: &WorkDir,
+    cache: Option<&Path>,
+    source: &Source,
+    debs: &DebCache,
+    extra: &ExtraSources,
+    native: Option<&Tools>,
+) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
         bootstrap(plan, work, &dir, source, debs, extra, native)?;
@@ -149,7 +168,11 @@ pub fn prepare(plan: &Plan, work: &WorkDir, cache: Option<&Path>, source: &Sourc
 pub fn store(tree: &Path, dest: &Path) -> Result<()> {
     let parent = dest.parent().context("cache path")?;
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(format!(".{}.partial-{}", dest.file_name().unwrap_or_default().to_string_lossy(), std::process::id()));
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
     crate::work::remove_tree(&tmp)?;
     if let Err(e) = std::fs::rename(tree, &tmp) {
         if e.raw_os_error() != Some(libc::EXDEV) {
@@ -177,12 +200,20 @@ fn mount_overlay(lower: &Path, work: &WorkDir, dir: &Path) -> Result<()> {
     if [lower, upper.as_path(), scratch.as_path()].iter().any(|p| p.to_string_lossy().contains([',', ':'])) {
         bail!("cache and work paths must not contain `,` or `:` (overlay mount options): {opts}");
     }
-    Cmd::new("mount").args(["-t", "overlay", "overlay", "-o"]).arg(&opts).arg(dir).run().context("mounting the build's overlay over the cached root")
+    Cmd::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(&opts)
+        .arg(dir)
+        .run()
+        .context("mounting the build's overlay over the cached root")
 }
 
 /// Unmount the overlay of a cached root (no-op for a plain directory).
 pub fn release(root: &Root) -> Result<()> {
-    if crate::work::mounts_below(&root.dir)?.iter().any(|m| m == &root.dir.canonicalize().unwrap_or_else(|_| root.dir.clone())) {
+    if crate::work::mounts_below(&root.dir)?
+        .iter()
+        .any(|m| m == &root.dir.canonicalize().unwrap_or_else(|_| root.dir.clone()))
+    {
         Cmd::new("umount").arg(&root.dir).run().context("unmounting the build's overlay")?;
     }
     Ok(())
@@ -190,7 +221,15 @@ pub fn release(root: &Root) -> Result<()> {
 
 /// mmdebstrap into `out`, then the downloaded .debs into the cache and, with a lock, the
 /// installed packages checked against it.
-fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, native: Option<&Tools>) -> Result<()> {
+fn bootstrap(
+    plan: &Plan,
+    work: &WorkDir,
+    out: &Path,
+    source: &Source,
+    debs: &DebCache,
+    extra: &ExtraSources,
+    native: Option<&Tools>,
+) -> Result<()> {
     let assist = match native {
         Some(tools) => Assist::new(plan.arch(), tools, work)?,
         None => None,
@@ -200,7 +239,17 @@ fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &De
         // Native help must never be why a build fails: a package whose maintainer script needs
         // more than the help offers gets the plain emulated bootstrap.
         Err(e) if assist.is_some() && !crate::cmd::interrupted() => {
-            eprintln!("kiln: the bootstrap with native help failed; bootstrapping again with everything emulated\n  ({:#})", e.chain().last().map(|c| c.to_string()).unwrap_or_default().lines().take(3).collect::<Vec<_>>().join(" / "));
+            eprintln!(
+                "kiln: the bootstrap with native help failed; bootstrapping again with everything emulated\n  ({:#})",
+                e.chain()
+                    .last()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default()
+                    .lines()
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(" / ")
+            );
             tracing::debug!("bootstrap with native help: {e:#}");
             crate::work::remove_tree(out)?;
             mmdebstrap(plan, work, out, source, debs, extra, None)?;
@@ -219,7 +268,15 @@ fn bootstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &De
 /// the .deb cache). system::clean removes what is left of them before the image is made.
 pub const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
 
-fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &DebCache, extra: &ExtraSources, assist: Option<&Assist>) -> Result<()> {
+fn mmdebstrap(
+    plan: &Plan,
+    work: &WorkDir,
+    out: &Path,
+    source: &Source,
+    debs: &DebCache,
+    extra: &ExtraSources,
+    assist: Option<&Assist>,
+) -> Result<()> {
     let r = &plan.recipe;
     let src = source.mmdebstrap_args(debs, work, "root")?;
     // The assist's mounts live in a private mount namespace: gone with mmdebstrap, however it ends.
@@ -229,7 +286,9 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
     };
     if let Some(a) = assist {
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        cmd = cmd.env("PATH", format!("{}:{path}", crate::assist::PATH_DIR)).arg(format!("--extract-hook={}", a.hook("setup")));
+        cmd = cmd
+            .env("PATH", format!("{}:{path}", crate::assist::PATH_DIR))
+            .arg(format!("--extract-hook={}", a.hook("setup")));
     }
     cmd = cmd
         .arg("--mode=root")
@@ -249,7 +308,8 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
     }
     cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}")).arg(format!("--essential-hook={NO_HOST_KEYS}"));
     if let Some(a) = assist {
-        cmd = cmd.arg(format!("--essential-hook={}", a.hook("bind"))).arg(format!("--customize-hook={}", a.hook("bind")));
+        cmd =
+            cmd.arg(format!("--essential-hook={}", a.hook("bind"))).arg(format!("--customize-hook={}", a.hook("bind")));
     }
     if let Some(hook) = locale_hook(&r.system.locale) {
         cmd = cmd.arg(format!("--customize-hook={hook}"));
@@ -259,13 +319,11 @@ fn mmdebstrap(plan: &Plan, work: &WorkDir, out: &Path, source: &Source, debs: &D
         cmd = cmd.arg(format!("--customize-hook={}", a.hook("teardown")));
     }
     let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
-    let extra_names = r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
-    cmd.arg(&r.base.suite)
-        .arg(out)
-        .arg(&src.mirror)
-        .args(&extra.lines)
-        .run()
-        .with_context(|| format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian()))?;
+    let extra_names =
+        r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
+    cmd.arg(&r.base.suite).arg(out).arg(&src.mirror).args(&extra.lines).run().with_context(|| {
+        format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian())
+    })?;
     match assist.map(|a| a.summary()) {
         Some(Some(s)) => eprintln!("kiln: foreign-architecture bootstrap: {s}"),
         Some(None) => eprintln!("kiln: foreign-architecture bootstrap: everything ran under emulation (the root was not as expected; see -vv)"),
@@ -284,7 +342,8 @@ const BUILD_INITRAMFS: &str = "rm \"$1/usr/sbin/update-initramfs\" && chroot \"$
 /// openssh-server's postinst makes host keys (RSA: seconds of prime search, far more under
 /// emulation) unless files are there; `system::clean` removes every `ssh_host_*` file anyway and
 /// each box makes its own at first boot. Empty placeholders skip the work.
-const NO_HOST_KEYS: &str = "mkdir -p \"$1/etc/ssh\" && for t in rsa ecdsa ed25519; do : > \"$1/etc/ssh/ssh_host_${t}_key\"; done";
+const NO_HOST_KEYS: &str =
+    "mkdir -p \"$1/etc/ssh\" && for t in rsa ecdsa ed25519; do : > \"$1/etc/ssh/ssh_host_${t}_key\"; done";
 
 /// Hooks run before any package is installed: the initramfs driver policy.
 fn setup_hooks(modules: &InitramfsModules) -> Vec<String> {

@@ -98,7 +98,12 @@ struct Parts {
 
 impl Parts {
     fn new(ranges: &[Range]) -> Self {
-        Parts { ranges: ranges.iter().map(|r| (*r, Sha256::new(), 0)).collect(), pos: 0, head: Vec::new(), tail: Vec::new() }
+        Parts {
+            ranges: ranges.iter().map(|r| (*r, Sha256::new(), 0)).collect(),
+            pos: 0,
+            head: Vec::new(),
+            tail: Vec::new(),
+        }
     }
 
     fn feed(&mut self, chunk: &[u8]) {
@@ -133,19 +138,36 @@ impl Parts {
 /// Parse the GPT from the first and last bytes of a disk of `size` bytes: both headers and
 /// their CRCs must be valid (as `disk::read_layout` requires of a file).
 pub fn gpt_from_ends(head: &[u8], tail: &[u8], size: u64) -> Result<Layout> {
-    ensure!(size >= HEAD_LEN + TAIL_LEN && size % SECTOR == 0, "{size} bytes is too small or not whole sectors for a GPT disk");
-    let mut dev = crate::disk::gpt::GptDevice::from_ends(size, head.to_vec(), tail.to_vec()).context("reading the GPT regions")?;
-    let header = gpt::header::read_header_from_arbitrary_device(&mut dev, LogicalBlockSize::Lb512).context("reading the primary GPT header")?;
+    ensure!(
+        size >= HEAD_LEN + TAIL_LEN && size % SECTOR == 0,
+        "{size} bytes is too small or not whole sectors for a GPT disk"
+    );
+    let mut dev = crate::disk::gpt::GptDevice::from_ends(size, head.to_vec(), tail.to_vec())
+        .context("reading the GPT regions")?;
+    let header = gpt::header::read_header_from_arbitrary_device(&mut dev, LogicalBlockSize::Lb512)
+        .context("reading the primary GPT header")?;
     // The gpt crate asserts (panics) on unusual entry sizes: check first.
     ensure!(header.part_size == 128, "unsupported GPT entry size {}", header.part_size);
     dev.seek(SeekFrom::Start(0)).context("seeking")?;
-    let disk = gpt::GptConfig::new().writable(false).only_valid_headers(true).logical_block_size(LogicalBlockSize::Lb512).open_from_device(dev).context("reading the GPT")?;
+    let disk = gpt::GptConfig::new()
+        .writable(false)
+        .only_valid_headers(true)
+        .logical_block_size(LogicalBlockSize::Lb512)
+        .open_from_device(dev)
+        .context("reading the GPT")?;
     let mut partitions = Vec::new();
     for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
         ensure!(p.last_lba >= p.first_lba, "partition {number} ends before it starts");
         let offset = p.first_lba.checked_mul(SECTOR).context("partition offset overflows")?;
         let size = (p.last_lba - p.first_lba + 1).checked_mul(SECTOR).context("partition size overflows")?;
-        partitions.push(PlacedPartition { number, label: p.name.clone(), type_guid: p.part_type_guid.guid, part_guid: p.part_guid, offset, size });
+        partitions.push(PlacedPartition {
+            number,
+            label: p.name.clone(),
+            type_guid: p.part_type_guid.guid,
+            part_guid: p.part_guid,
+            offset,
+            size,
+        });
     }
     Ok(Layout { disk_size: size, disk_guid: *disk.guid(), partitions })
 }
@@ -160,8 +182,18 @@ mod tests {
     fn hashes_ranges_and_reads_the_gpt_like_read_layout() {
         let dir = tempfile::tempdir().unwrap();
         let specs = [
-            PartitionSpec { label: "a".into(), type_guid: Uuid::from_u128(2), part_guid: Uuid::from_u128(3), size: Some(1 << 20) },
-            PartitionSpec { label: "b".into(), type_guid: Uuid::from_u128(4), part_guid: Uuid::from_u128(5), size: None },
+            PartitionSpec {
+                label: "a".into(),
+                type_guid: Uuid::from_u128(2),
+                part_guid: Uuid::from_u128(3),
+                size: Some(1 << 20),
+            },
+            PartitionSpec {
+                label: "b".into(),
+                type_guid: Uuid::from_u128(4),
+                part_guid: Uuid::from_u128(5),
+                size: None,
+            },
         ];
         let layout = plan_layout(12 << 20, Uuid::from_u128(1), &specs).unwrap();
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));

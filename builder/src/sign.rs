@@ -59,7 +59,8 @@ pub fn keygen(paths: &KeyPaths, passphrase: Option<String>, force: bool) -> Resu
         None => minisign::KeyPair::generate_unencrypted_keypair(),
     }
     .context("generating a key pair")?;
-    let comment = if encrypted { "minisign encrypted secret key" } else { "minisign secret key (unencrypted, made by kiln)" };
+    let comment =
+        if encrypted { "minisign encrypted secret key" } else { "minisign secret key (unencrypted, made by kiln)" };
     let secret = kp.sk.to_box(Some(comment)).context("encoding the secret key")?.into_string();
     let public = kp.pk.to_box().context("encoding the public key")?.into_string();
     write_key(&paths.secret, secret.as_bytes(), 0o600, force)?;
@@ -73,7 +74,10 @@ fn write_key(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new().prefix(".kiln-key.").tempfile_in(dir).with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kiln-key.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context("setting key file mode")?;
     tmp.write_all(data).context("writing key")?;
     tmp.as_file().sync_all().context("syncing key")?;
@@ -92,10 +96,12 @@ pub fn passphrase(what: &str, confirm: bool) -> Result<String> {
     if !(std::io::stdin().is_terminal() || std::io::stderr().is_terminal()) {
         bail!("{what} needs a passphrase: set {PASSPHRASE_ENV} or run kiln on a terminal");
     }
-    let pw = rpassword::prompt_password(format!("Passphrase for {what}: ")).context("reading the passphrase from the terminal")?;
+    let pw = rpassword::prompt_password(format!("Passphrase for {what}: "))
+        .context("reading the passphrase from the terminal")?;
     ensure!(!pw.is_empty(), "empty passphrase (use --unencrypted for a key without one)");
     if confirm {
-        let again = rpassword::prompt_password("Passphrase (again): ").context("reading the passphrase from the terminal")?;
+        let again =
+            rpassword::prompt_password("Passphrase (again): ").context("reading the passphrase from the terminal")?;
         ensure!(pw == again, "the passphrases differ");
     }
     Ok(pw)
@@ -135,13 +141,18 @@ impl Signer {
             let pw = get_passphrase()?;
             match boxed.into_secret_key(Some(pw)) {
                 Ok(sk) => sk,
-                Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => bail!("wrong passphrase for the secret key {}", path.display()),
+                Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => {
+                    bail!("wrong passphrase for the secret key {}", path.display())
+                }
                 Err(e) => bail!("decrypting the secret key {}: {e}", path.display()),
             }
         } else {
-            boxed.into_unencrypted_secret_key().map_err(|e| anyhow::anyhow!("reading the secret key {}: {e}", path.display()))?
+            boxed
+                .into_unencrypted_secret_key()
+                .map_err(|e| anyhow::anyhow!("reading the secret key {}: {e}", path.display()))?
         };
-        let pk = PublicKey::from_secret_key(&sk).map_err(|e| anyhow::anyhow!("deriving the public key of {}: {e}", path.display()))?;
+        let pk = PublicKey::from_secret_key(&sk)
+            .map_err(|e| anyhow::anyhow!("deriving the public key of {}: {e}", path.display()))?;
         Ok(Signer { sk, pk, path: path.to_path_buf() })
     }
 
@@ -158,7 +169,8 @@ impl Signer {
     /// deterministic facts (no wall-clock time).
     pub fn sign(&self, data: &[u8], trusted_comment: &str) -> Result<String> {
         let untrusted = format!("signature from kiln secret key {}", self.key_id());
-        let sig = minisign::sign(Some(&self.pk), &self.sk, Cursor::new(data), Some(trusted_comment), Some(&untrusted)).map_err(|e| anyhow::anyhow!("signing: {e}"))?;
+        let sig = minisign::sign(Some(&self.pk), &self.sk, Cursor::new(data), Some(trusted_comment), Some(&untrusted))
+            .map_err(|e| anyhow::anyhow!("signing: {e}"))?;
         Ok(sig.into_string())
     }
 }
@@ -189,7 +201,8 @@ pub fn verify(pk: &PublicKey, signature: &str, data: &[u8]) -> Result<String, Si
     if signed_by != given {
         return Err(SignatureError::OtherKey { signed_by, given });
     }
-    minisign::verify(pk, &sig, Cursor::new(data), true, false, false).map_err(|e| SignatureError::Mismatch(e.to_string()))?;
+    minisign::verify(pk, &sig, Cursor::new(data), true, false, false)
+        .map_err(|e| SignatureError::Mismatch(e.to_string()))?;
     sig.trusted_comment().map_err(|e| SignatureError::Malformed(format!("unreadable trusted comment: {e}")))
 }
 

@@ -42,13 +42,19 @@ pub struct Args {
 
 impl Source {
     pub fn index_id(&self) -> IndexId {
-        IndexId { mirror: self.mirror.clone(), suite: self.suite.clone(), components: self.components.clone(), arch: self.arch.clone() }
+        IndexId {
+            mirror: self.mirror.clone(),
+            suite: self.suite.clone(),
+            components: self.components.clone(),
+            arch: self.arch.clone(),
+        }
     }
 
     /// The pinned set's hash, for cache keys (None without pins).
     pub fn pins_hash(&self) -> Option<String> {
         let pins = self.pins.as_ref()?;
-        let text: String = pins.iter().map(|p| format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256)).collect();
+        let text: String =
+            pins.iter().map(|p| format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256)).collect();
         Some(crate::ids::sha256_hex(text.as_bytes()))
     }
 
@@ -64,9 +70,15 @@ impl Source {
         if let Some(pins) = &self.pins {
             let prefs = work.join(format!("{label}-pins"));
             std::fs::write(&prefs, preferences(pins)).with_context(|| format!("writing {}", prefs.display()))?;
-            options.push(format!("--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && cp {} \"$1/{PIN_FILE}\"", crate::cmd::shell_quote(&prefs.to_string_lossy())));
+            options.push(format!(
+                "--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && cp {} \"$1/{PIN_FILE}\"",
+                crate::cmd::shell_quote(&prefs.to_string_lossy())
+            ));
         }
-        options.push(format!("--customize-hook=rm -f \"$1/{PIN_FILE}\" && printf '%s\\n' {} > \"$1/etc/apt/sources.list\"", crate::cmd::shell_quote(&self.sources_line())));
+        options.push(format!(
+            "--customize-hook=rm -f \"$1/{PIN_FILE}\" && printf '%s\\n' {} > \"$1/etc/apt/sources.list\"",
+            crate::cmd::shell_quote(&self.sources_line())
+        ));
         let mirror = if self.offline {
             let pins = self.pins.as_deref().context("offline bootstraps need a lock")?;
             let dir = work.join(format!("{label}-repo"));
@@ -82,13 +94,19 @@ impl Source {
     /// Check a freshly bootstrapped root's packages against the pins.
     pub fn verify(&self, installed: &[Package]) -> Result<()> {
         let Some(pins) = &self.pins else { return Ok(()) };
-        let pinned: BTreeMap<(&str, &str), &LockedPackage> = pins.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p)).collect();
+        let pinned: BTreeMap<(&str, &str), &LockedPackage> =
+            pins.iter().map(|p| ((p.name.as_str(), p.architecture.as_str()), p)).collect();
         let mut problems = Vec::new();
         for p in installed {
             match pinned.get(&(p.name.as_str(), p.architecture.as_str())) {
-                Some(l) if l.version != p.version => problems.push(format!("{} {} ({}) installed, the lock has {}", p.name, p.version, p.architecture, l.version)),
-                Some(l) if p.sha256.as_ref().is_some_and(|s| s != &l.sha256) => problems.push(format!("{} {} ({}) has another sha256 than the lock", p.name, p.version, p.architecture)),
-                None if self.exact => problems.push(format!("{} {} ({}) installed, but not in the lock", p.name, p.version, p.architecture)),
+                Some(l) if l.version != p.version => problems.push(format!(
+                    "{} {} ({}) installed, the lock has {}",
+                    p.name, p.version, p.architecture, l.version
+                )),
+                Some(l) if p.sha256.as_ref().is_some_and(|s| s != &l.sha256) => problems
+                    .push(format!("{} {} ({}) has another sha256 than the lock", p.name, p.version, p.architecture)),
+                None if self.exact => problems
+                    .push(format!("{} {} ({}) installed, but not in the lock", p.name, p.version, p.architecture)),
                 _ => {}
             }
         }
@@ -134,9 +152,11 @@ pub fn local_repo(dir: &Path, suite: &str, arch: &str, pins: &[LockedPackage], d
             bail!("locked filename {} of {} is not a pool path", p.filename, p.describe());
         }
         let dest = dir.join(&p.filename);
-        std::fs::create_dir_all(dest.parent().context("pool path")?).with_context(|| format!("creating {}", dest.display()))?;
+        std::fs::create_dir_all(dest.parent().context("pool path")?)
+            .with_context(|| format!("creating {}", dest.display()))?;
         if std::fs::hard_link(debs.deb(&p.sha256), &dest).is_err() {
-            std::fs::copy(debs.deb(&p.sha256), &dest).with_context(|| format!("copying the .deb of {}", p.describe()))?;
+            std::fs::copy(debs.deb(&p.sha256), &dest)
+                .with_context(|| format!("copying the .deb of {}", p.describe()))?;
         }
         let stanza = debs.stanza(&p.sha256)?;
         packages.push_str(stanza.trim_end_matches('\n'));
@@ -144,14 +164,16 @@ pub fn local_repo(dir: &Path, suite: &str, arch: &str, pins: &[LockedPackage], d
     }
     let rel = format!("main/binary-{arch}/Packages");
     let index = dir.join("dists").join(suite).join(&rel);
-    std::fs::create_dir_all(index.parent().context("index path")?).with_context(|| format!("creating {}", index.display()))?;
+    std::fs::create_dir_all(index.parent().context("index path")?)
+        .with_context(|| format!("creating {}", index.display()))?;
     std::fs::write(&index, &packages).with_context(|| format!("writing {}", index.display()))?;
     let release = format!(
         "Origin: kiln\nLabel: kiln offline cache\nSuite: {suite}\nCodename: {suite}\nArchitectures: {arch}\nComponents: main\nDescription: locked packages from kiln's .deb cache\nSHA256:\n {} {} {rel}\n",
         crate::ids::sha256_hex(packages.as_bytes()),
         packages.len()
     );
-    std::fs::write(dir.join("dists").join(suite).join("Release"), release).context("writing the local repository's Release file")
+    std::fs::write(dir.join("dists").join(suite).join("Release"), release)
+        .context("writing the local repository's Release file")
 }
 
 /// The error for locked .debs missing from the cache of an offline build.
@@ -191,7 +213,13 @@ mod tests {
     use super::*;
 
     fn locked(name: &str, data: &[u8]) -> LockedPackage {
-        LockedPackage { name: name.into(), version: "1.0-1".into(), architecture: "amd64".into(), sha256: crate::ids::sha256_hex(data), filename: format!("pool/main/{name}/{name}_1.0-1_amd64.deb") }
+        LockedPackage {
+            name: name.into(),
+            version: "1.0-1".into(),
+            architecture: "amd64".into(),
+            sha256: crate::ids::sha256_hex(data),
+            filename: format!("pool/main/{name}/{name}_1.0-1_amd64.deb"),
+        }
     }
 
     #[test]
@@ -217,18 +245,44 @@ mod tests {
         let packages = std::fs::read_to_string(repo.join("dists/trixie/main/binary-amd64/Packages")).unwrap();
         assert_eq!(packages, format!("Package: a\nSHA256: {}\n\nPackage: b\nSHA256: {}\n\n", a.sha256, b.sha256));
         let release = std::fs::read_to_string(repo.join("dists/trixie/Release")).unwrap();
-        assert!(release.contains(&format!(" {} {} main/binary-amd64/Packages\n", crate::ids::sha256_hex(packages.as_bytes()), packages.len())), "{release}");
+        assert!(
+            release.contains(&format!(
+                " {} {} main/binary-amd64/Packages\n",
+                crate::ids::sha256_hex(packages.as_bytes()),
+                packages.len()
+            )),
+            "{release}"
+        );
 
         let c = locked("c", b"never cached");
         let err = local_repo(&dir.path().join("repo2"), "trixie", "amd64", &[a, c], &debs).unwrap_err().to_string();
-        assert!(err.contains("lacks 1 locked package") && err.contains("c 1.0-1 (amd64)") && err.contains("kiln fetch"), "{err}");
+        assert!(
+            err.contains("lacks 1 locked package") && err.contains("c 1.0-1 (amd64)") && err.contains("kiln fetch"),
+            "{err}"
+        );
     }
 
     #[test]
     fn verify_exact_and_partial() {
         let pin = locked("a", b"a");
-        let inst = |name: &str, version: &str| Package { name: name.into(), version: version.into(), architecture: "amd64".into(), source: name.into(), source_version: version.into(), sha256: None, filename: None };
-        let mut s = Source { mirror: "m".into(), suite: "trixie".into(), components: vec!["main".into()], arch: "amd64".into(), pins: Some(vec![pin]), exact: true, offline: false };
+        let inst = |name: &str, version: &str| Package {
+            name: name.into(),
+            version: version.into(),
+            architecture: "amd64".into(),
+            source: name.into(),
+            source_version: version.into(),
+            sha256: None,
+            filename: None,
+        };
+        let mut s = Source {
+            mirror: "m".into(),
+            suite: "trixie".into(),
+            components: vec!["main".into()],
+            arch: "amd64".into(),
+            pins: Some(vec![pin]),
+            exact: true,
+            offline: false,
+        };
         s.verify(&[inst("a", "1.0-1")]).unwrap();
         let err = s.verify(&[inst("a", "1.0-1"), inst("extra", "2")]).unwrap_err().to_string();
         assert!(err.contains("extra 2 (amd64) installed, but not in the lock"), "{err}");

@@ -11,7 +11,11 @@ use std::path::Path;
 /// kiln's in-guest test agent, laid onto every image (it only runs on a `kiln.test` boot).
 const AGENT: &[(&str, &str, u32)] = &[
     ("usr/lib/kiln/kiln-check", include_str!("../../overlays/kiln-guest/usr/lib/kiln/kiln-check"), 0o755),
-    ("usr/lib/systemd/system/kiln-check.service", include_str!("../../overlays/kiln-guest/usr/lib/systemd/system/kiln-check.service"), 0o644),
+    (
+        "usr/lib/systemd/system/kiln-check.service",
+        include_str!("../../overlays/kiln-guest/usr/lib/systemd/system/kiln-check.service"),
+        0o644,
+    ),
 ];
 
 /// Write a file below `root` (creating parent directories), with a mode.
@@ -24,7 +28,8 @@ pub fn write_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> 
         std::fs::remove_file(&path).with_context(|| format!("replacing /{rel}"))?;
     }
     std::fs::write(&path, data).with_context(|| format!("writing /{rel}"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).with_context(|| format!("setting mode of /{rel}"))
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode of /{rel}"))
 }
 
 fn rel_parent(rel: &str) -> &str {
@@ -98,7 +103,10 @@ fn timezone(root: &Path, tz: &str) -> Result<()> {
 fn add_user(root: &Path, user: &User, epoch: i64) -> Result<()> {
     if user.name != "root" {
         // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
-        let mut cmd = in_root(root, "useradd").env("SOURCE_DATE_EPOCH", epoch.to_string()).args(["--create-home", "--user-group", "--shell"]).arg(&user.shell);
+        let mut cmd = in_root(root, "useradd")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .args(["--create-home", "--user-group", "--shell"])
+            .arg(&user.shell);
         if !user.groups.is_empty() {
             cmd = cmd.arg("--groups").arg(user.groups.join(","));
         }
@@ -137,7 +145,11 @@ fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<()> {
     if units.is_empty() {
         return Ok(());
     }
-    in_root(root, "systemctl").arg(verb).args(units).run().with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+    in_root(root, "systemctl")
+        .arg(verb)
+        .args(units)
+        .run()
+        .with_context(|| format!("systemctl {verb} {}", units.join(" ")))
 }
 
 /// A program of the image itself, run chrooted into it: its systemctl and useradd write what
@@ -166,7 +178,10 @@ pub fn checks_tsv(checks: &[Check]) -> String {
 /// what the packages' maintainer scripts already did at build time (ldconfig, hwdb, journal
 /// catalog: `ConditionNeedsUpdate=`). /usr gets the recipe's timestamp, and .updated says so.
 pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
-    let stamp = format!("# written by kiln: /usr is as new as this image\nTIMESTAMP_NSEC={}\n", i128::from(epoch) * 1_000_000_000);
+    let stamp = format!(
+        "# written by kiln: /usr is as new as this image\nTIMESTAMP_NSEC={}\n",
+        i128::from(epoch) * 1_000_000_000
+    );
     write_file(root, "etc/.updated", stamp.as_bytes(), 0o644)?;
     write_file(root, "var/.updated", stamp.as_bytes(), 0o644)?;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(epoch).unwrap_or(0));
@@ -196,7 +211,18 @@ pub fn clean(root: &Path) -> Result<()> {
     }
     // newaliases' Berkeley DB holds the build's time and a random file id; layers with a mail
     // server rebuild it at first boot (`[[first_boot]]` `newaliases`, before postfix.service).
-    for rel in ["var/lib/dbus/machine-id", "etc/aliases.db", "var/lib/systemd/random-seed", "var/cache/ldconfig/aux-cache", "etc/passwd-", "etc/group-", "etc/shadow-", "etc/gshadow-", "etc/subuid-", "etc/subgid-"] {
+    for rel in [
+        "var/lib/dbus/machine-id",
+        "etc/aliases.db",
+        "var/lib/systemd/random-seed",
+        "var/cache/ldconfig/aux-cache",
+        "etc/passwd-",
+        "etc/group-",
+        "etc/shadow-",
+        "etc/gshadow-",
+        "etc/subuid-",
+        "etc/subgid-",
+    ] {
         let p = root.join(rel);
         if p.is_file() || p.is_symlink() {
             std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
@@ -219,8 +245,10 @@ pub fn clean(root: &Path) -> Result<()> {
         for rel in APT_PARTIAL {
             let p = root.join(rel);
             if p.is_dir() {
-                std::os::unix::fs::lchown(&p, Some(uid), Some(0)).with_context(|| format!("setting the owner of /{rel}"))?;
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("setting mode of /{rel}"))?;
+                std::os::unix::fs::lchown(&p, Some(uid), Some(0))
+                    .with_context(|| format!("setting the owner of /{rel}"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("setting mode of /{rel}"))?;
             }
         }
     }
@@ -263,7 +291,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
         std::fs::create_dir_all(r.join("etc")).unwrap();
-        std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n").unwrap();
+        std::fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n",
+        )
+        .unwrap();
         for rel in super::APT_PARTIAL {
             let d = r.join(rel);
             std::fs::create_dir_all(&d).unwrap();

@@ -50,12 +50,27 @@ impl Tools {
     /// lock's tools packages when given.
     pub fn source(mirror: &str, pins: Option<Vec<crate::lock::LockedPackage>>, offline: bool) -> Result<Source> {
         let arch = Self::host_arch()?;
-        Ok(Source { mirror: mirror.into(), suite: TOOLS_SUITE.into(), components: vec!["main".into()], arch: arch.debian().into(), pins, exact: true, offline })
+        Ok(Source {
+            mirror: mirror.into(),
+            suite: TOOLS_SUITE.into(),
+            components: vec!["main".into()],
+            arch: arch.debian().into(),
+            pins,
+            exact: true,
+            offline,
+        })
     }
 
     /// Where the cache keeps the tools tree of `source`.
     pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
-        let inputs = ToolsInputs { format: TOOLS_FORMAT, suite: TOOLS_SUITE, mirror: &source.mirror, arch: &source.arch, packages: TOOLS_PACKAGES, pins: source.pins_hash() };
+        let inputs = ToolsInputs {
+            format: TOOLS_FORMAT,
+            suite: TOOLS_SUITE,
+            mirror: &source.mirror,
+            arch: &source.arch,
+            packages: TOOLS_PACKAGES,
+            pins: source.pins_hash(),
+        };
         Ok(cache.join("tools").join(crate::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
     }
 
@@ -87,7 +102,9 @@ impl Tools {
             .arg(&fresh)
             .arg(&src.mirror)
             .run()
-            .with_context(|| format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", ")))?;
+            .with_context(|| {
+                format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
+            })?;
         debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
         source.verify(&crate::packages::installed(&fresh)?).context("checking the tools tree")?;
         if !reuse {

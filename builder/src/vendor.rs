@@ -17,7 +17,10 @@ pub struct VendorOutcome {
 }
 
 pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>) -> Result<VendorOutcome> {
-    let l = plan.lock.as_ref().context("kiln vendor needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` first")?;
+    let l = plan
+        .lock
+        .as_ref()
+        .context("kiln vendor needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` first")?;
     if dest.exists() && std::fs::read_dir(dest).map(|mut d| d.next().is_some()).unwrap_or(true) {
         bail!("{} exists and is not an empty directory", dest.display());
     }
@@ -28,17 +31,31 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let name = dest.file_name().context("bundle path has no name")?.to_string_lossy();
-    let tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).suffix(".partial").tempdir_in(parent).context("creating the bundle's temporary directory")?;
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempdir_in(parent)
+        .context("creating the bundle's temporary directory")?;
     let out = tmp.path();
 
     // The recipe's files at their places below the directory they all share.
     let r = &plan.recipe;
-    let files: Vec<PathBuf> = r.sources.iter().chain(r.overlays.iter().map(|o| &o.path)).map(|p| p.canonicalize().with_context(|| format!("finding {}", p.display()))).collect::<Result<_>>()?;
+    let files: Vec<PathBuf> = r
+        .sources
+        .iter()
+        .chain(r.overlays.iter().map(|o| &o.path))
+        .map(|p| p.canonicalize().with_context(|| format!("finding {}", p.display())))
+        .collect::<Result<_>>()?;
     let base = common_dir(&files).context("recipe files have no common directory")?;
     for f in &files {
         let to = out.join(f.strip_prefix(&base)?);
         std::fs::create_dir_all(to.parent().context("path")?)?;
-        Cmd::new("cp").args(["-a", "--no-target-directory"]).arg(f).arg(&to).run().with_context(|| format!("copying {} into the bundle", f.display()))?;
+        Cmd::new("cp")
+            .args(["-a", "--no-target-directory"])
+            .arg(f)
+            .arg(&to)
+            .run()
+            .with_context(|| format!("copying {} into the bundle", f.display()))?;
     }
     let recipe = files[0].strip_prefix(&base)?.to_path_buf();
     std::fs::copy(&l.path, out.join(crate::lock::path_for(&recipe))).context("copying the lock into the bundle")?;
@@ -56,7 +73,16 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     std::fs::create_dir_all(out.join("bin"))?;
     std::fs::copy(&exe, out.join("bin/kiln")).context("copying the kiln binary into the bundle")?;
-    std::fs::write(out.join("README.md"), readme(plan, &recipe, &tools.arch, root.pins.as_ref().map_or(0, Vec::len), tools.pins.as_ref().map_or(0, Vec::len)))?;
+    std::fs::write(
+        out.join("README.md"),
+        readme(
+            plan,
+            &recipe,
+            &tools.arch,
+            root.pins.as_ref().map_or(0, Vec::len),
+            tools.pins.as_ref().map_or(0, Vec::len),
+        ),
+    )?;
 
     crate::cmd::check_interrupted()?;
     if dest.exists() {
@@ -69,7 +95,8 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
 
 /// The deepest directory containing every path (files count by their directory).
 fn common_dir(paths: &[PathBuf]) -> Option<PathBuf> {
-    let dirs: Vec<&Path> = paths.iter().map(|p| if p.is_dir() { p.as_path() } else { p.parent().unwrap_or(p) }).collect();
+    let dirs: Vec<&Path> =
+        paths.iter().map(|p| if p.is_dir() { p.as_path() } else { p.parent().unwrap_or(p) }).collect();
     let mut base = dirs.first()?.to_path_buf();
     while !dirs.iter().all(|d| d.starts_with(&base)) {
         base = base.parent()?.to_path_buf();

@@ -63,7 +63,11 @@ impl Report {
 /// Verify `image` (`.img` or `.img.zst`) and the files beside it. `Err` only for problems that
 /// stop verification from starting (no such image, unreadable public key).
 pub fn verify(image: &Path, key: Option<&Path>) -> Result<Report> {
-    let name = image.file_name().and_then(|n| n.to_str()).with_context(|| format!("{} has no usable file name", image.display()))?.to_string();
+    let name = image
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{} has no usable file name", image.display()))?
+        .to_string();
     let compressed = name.ends_with(".img.zst");
     if !compressed && !name.ends_with(".img") {
         bail!("kiln verify reads raw (.img) and zstd-compressed (.img.zst) images, not {name}");
@@ -88,16 +92,39 @@ pub fn verify(image: &Path, key: Option<&Path>) -> Result<Report> {
         Some(pk) => {
             r.signature_checked = true;
             match std::fs::read(dir.join(&sig_name)) {
-                Err(e) => r.push(Status::Fail, &sig_name, format!("cannot be read ({e}): the checksums are not signed")),
+                Err(e) => {
+                    r.push(Status::Fail, &sig_name, format!("cannot be read ({e}): the checksums are not signed"))
+                }
                 Ok(sig) => match sign::verify(pk, &String::from_utf8_lossy(&sig), &sums_text) {
-                    Ok(comment) => r.push(Status::Ok, &sig_name, format!("good signature of {SUMS_FILE} by key id {} (trusted comment: {comment})", sign::key_id(pk.keynum()))),
-                    Err(e @ sign::SignatureError::Mismatch(_)) => r.push(Status::Fail, &sig_name, format!("signature of {SUMS_FILE} {e}: {SUMS_FILE} or {sig_name} was altered")),
-                    Err(e @ sign::SignatureError::OtherKey { .. }) => r.push(Status::Fail, &sig_name, format!("signature of {SUMS_FILE} was {e}")),
-                    Err(e @ sign::SignatureError::Malformed(_)) => r.push(Status::Fail, &sig_name, format!("{e}: it was altered or is not {SUMS_FILE}'s signature")),
+                    Ok(comment) => r.push(
+                        Status::Ok,
+                        &sig_name,
+                        format!(
+                            "good signature of {SUMS_FILE} by key id {} (trusted comment: {comment})",
+                            sign::key_id(pk.keynum())
+                        ),
+                    ),
+                    Err(e @ sign::SignatureError::Mismatch(_)) => r.push(
+                        Status::Fail,
+                        &sig_name,
+                        format!("signature of {SUMS_FILE} {e}: {SUMS_FILE} or {sig_name} was altered"),
+                    ),
+                    Err(e @ sign::SignatureError::OtherKey { .. }) => {
+                        r.push(Status::Fail, &sig_name, format!("signature of {SUMS_FILE} was {e}"))
+                    }
+                    Err(e @ sign::SignatureError::Malformed(_)) => r.push(
+                        Status::Fail,
+                        &sig_name,
+                        format!("{e}: it was altered or is not {SUMS_FILE}'s signature"),
+                    ),
                 },
             }
         }
-        None => r.push(Status::Note, &sig_name, "signature NOT checked (no --key given): the checksums prove the files are intact, not who made them"),
+        None => r.push(
+            Status::Note,
+            &sig_name,
+            "signature NOT checked (no --key given): the checksums prove the files are intact, not who made them",
+        ),
     }
     let entries = match std::str::from_utf8(&sums_text).map_err(anyhow::Error::from).and_then(checksums::parse) {
         Ok(e) => e,
@@ -133,7 +160,11 @@ fn check_sum(r: &mut Report, e: &Entry, actual: &str) {
     if actual == e.sha256 {
         r.push(Status::Ok, &e.file, "checksum matches");
     } else {
-        r.push(Status::Fail, &e.file, format!("checksum mismatch: SHA256SUMS says {}, the file has {actual}", e.sha256));
+        r.push(
+            Status::Fail,
+            &e.file,
+            format!("checksum mismatch: SHA256SUMS says {}, the file has {actual}", e.sha256),
+        );
     }
 }
 
@@ -165,8 +196,17 @@ fn check_manifest(r: &mut Report, dir: &Path, entries: &[Entry], name: &str) -> 
 }
 
 /// One pass over the image: its checksum, then GPT and partitions against the manifest.
-fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry: Option<&Entry>, manifest: Option<&Manifest>) {
-    let ranges: Vec<Range> = manifest.map(|m| m.partitions.iter().map(|p| Range { offset: p.placed.offset, size: p.placed.size }).collect()).unwrap_or_default();
+fn check_image(
+    r: &mut Report,
+    image: &Path,
+    name: &str,
+    compressed: bool,
+    entry: Option<&Entry>,
+    manifest: Option<&Manifest>,
+) {
+    let ranges: Vec<Range> = manifest
+        .map(|m| m.partitions.iter().map(|p| Range { offset: p.placed.offset, size: p.placed.size }).collect())
+        .unwrap_or_default();
     let (scan, file_sha) = match scan_file(image, compressed, &ranges) {
         Ok(v) => v,
         Err(e) => {
@@ -194,10 +234,18 @@ fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry
         Err(e) => fail(r, name.to_string(), format!("partition table (GPT) unreadable: {e}")),
         Ok(layout) => {
             if layout.disk_guid != m.image.disk_guid {
-                fail(r, name.to_string(), format!("GPT disk GUID {} differs from the manifest's {}", layout.disk_guid, m.image.disk_guid));
+                fail(
+                    r,
+                    name.to_string(),
+                    format!("GPT disk GUID {} differs from the manifest's {}", layout.disk_guid, m.image.disk_guid),
+                );
             }
             if layout.partitions.len() != m.partitions.len() {
-                fail(r, name.to_string(), format!("GPT has {} partitions, the manifest {}", layout.partitions.len(), m.partitions.len()));
+                fail(
+                    r,
+                    name.to_string(),
+                    format!("GPT has {} partitions, the manifest {}", layout.partitions.len(), m.partitions.len()),
+                );
             }
             for (want, got) in m.partitions.iter().map(|p| &p.placed).zip(&layout.partitions) {
                 let subject = format!("{name}: partition {} ({})", want.number, want.label);
@@ -222,15 +270,25 @@ fn check_image(r: &mut Report, image: &Path, name: &str, compressed: bool, entry
         let subject = format!("{name}: partition {} ({})", want.placed.number, want.placed.label);
         match got {
             None => fail(r, subject, "the image ends inside this partition".into()),
-            Some(sha) if *sha != want.sha256 => fail(r, subject, format!("contents differ from the manifest (sha256 {sha}, expected {})", want.sha256)),
+            Some(sha) if *sha != want.sha256 => {
+                fail(r, subject, format!("contents differ from the manifest (sha256 {sha}, expected {})", want.sha256))
+            }
             Some(_) => r.push(Status::Ok, subject, "sha256 matches the manifest"),
         }
     }
     let found_cause = r.fail_count() > fails_before;
     if scan.sha256 != m.image.sha256 && !found_cause {
-        fail(r, name.to_string(), "image differs from the manifest outside the partitions (GPT or the gaps between partitions)".into());
+        fail(
+            r,
+            name.to_string(),
+            "image differs from the manifest outside the partitions (GPT or the gaps between partitions)".into(),
+        );
     } else if scan.sha256 == m.image.sha256 {
-        r.push(Status::Ok, name, format!("image ({} bytes) matches the manifest: GPT and {} partitions", scan.size, m.partitions.len()));
+        r.push(
+            Status::Ok,
+            name,
+            format!("image ({} bytes) matches the manifest: GPT and {} partitions", scan.size, m.partitions.len()),
+        );
     }
 }
 
@@ -244,9 +302,16 @@ fn scan_file(path: &Path, compressed: bool, ranges: &[Range]) -> Result<(scan::S
         return Ok((s, sha));
     }
     let shared = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let source = Decompress { decoder: Some(zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, HashingReader::new(file))).context("starting zstd")?), done: shared.clone() };
+    let source = Decompress {
+        decoder: Some(
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(1 << 20, HashingReader::new(file)))
+                .context("starting zstd")?,
+        ),
+        done: shared.clone(),
+    };
     let s = scan::scan(source, ranges).context("decompressing")?;
-    let sha = shared.lock().ok().and_then(|mut g| g.take()).context("internal error: compressed stream not finished")?;
+    let sha =
+        shared.lock().ok().and_then(|mut g| g.take()).context("internal error: compressed stream not finished")?;
     Ok((s, sha))
 }
 

@@ -13,7 +13,10 @@ impl WorkDir {
     pub fn new(parent: Option<&Path>, keep: bool) -> Result<WorkDir> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-        let dir = tempfile::Builder::new().prefix("kiln-work-").tempdir_in(&parent).with_context(|| format!("creating work directory in {}", parent.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-work-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("creating work directory in {}", parent.display()))?;
         Ok(WorkDir { path: dir.keep(), keep })
     }
 

@@ -11,7 +11,17 @@ fn minimal_aarch64_builds_passes_outside_checks_and_boots() {
     }
     let dir = e2e_dir().join("aarch64");
     // --no-cache: always bootstrap (the tools tree and .debs still come from the shared cache).
-    let out = kiln(&["build", "../recipes/minimal.toml", "--arch", "aarch64", "--no-cache", "--out", dir.join("out").to_str().unwrap(), "--cache", shared_cache().to_str().unwrap()]);
+    let out = kiln(&[
+        "build",
+        "../recipes/minimal.toml",
+        "--arch",
+        "aarch64",
+        "--no-cache",
+        "--out",
+        dir.join("out").to_str().unwrap(),
+        "--cache",
+        shared_cache().to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert!(out.status.success(), "aarch64 build failed:\n{stderr}");

@@ -25,14 +25,16 @@ fn stderr(out: &Output) -> String {
 /// `kiln build` that must fail early: returns stderr; asserts exit status, speed, empty output.
 fn build_fails(recipe: &Path, out_dir: &Path, cache: &Path, extra: &[&str], status: i32) -> String {
     let start = Instant::now();
-    let mut args = vec!["build", recipe.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
+    let mut args =
+        vec!["build", recipe.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
     args.extend(extra);
     let out = kiln(&args);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(status), "{err}");
     assert!(start.elapsed().as_secs() < 90, "failed only after {:?}: not early\n{err}", start.elapsed());
     assert!(!err.contains("bootstrap Debian root (mmdebstrap) ..."), "bootstrap started:\n{err}");
-    let left: Vec<_> = std::fs::read_dir(out_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(out_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "files left in the output directory: {left:?}");
     err
 }
@@ -52,7 +54,10 @@ fn site() -> Site {
     std::fs::create_dir_all(files.join("bundle/app")).unwrap();
     std::fs::write(files.join("page.txt"), "served by the test\n").unwrap();
     std::fs::write(files.join("bundle/app/run.sh"), "#!/bin/sh\necho app\n").unwrap();
-    run("tar", &["-czf", files.join("bundle.tar.gz").to_str().unwrap(), "-C", files.join("bundle").to_str().unwrap(), "app"]);
+    run(
+        "tar",
+        &["-czf", files.join("bundle.tar.gz").to_str().unwrap(), "-C", files.join("bundle").to_str().unwrap(), "app"],
+    );
     let server = HttpServer::start(&dir.path().join("repo"));
     Site { dir, server, key }
 }
@@ -132,12 +137,24 @@ fn repository_and_artifacts_reach_the_image() {
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
     assert_eq!(debugfs("cat /usr/share/kiln-test-hello/hello.txt"), "hello from the test repository\n");
     let sources = debugfs("cat /etc/apt/sources.list.d/test.sources");
-    assert!(sources.contains(&format!("URIs: {}", site.server.url("").trim_end_matches('/'))) && sources.contains("Signed-By: /etc/apt/keyrings/test.asc"), "{sources}");
+    assert!(
+        sources.contains(&format!("URIs: {}", site.server.url("").trim_end_matches('/')))
+            && sources.contains("Signed-By: /etc/apt/keyrings/test.asc"),
+        "{sources}"
+    );
     assert!(debugfs("cat /etc/apt/keyrings/test.asc").starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----"));
     let pin = debugfs("cat /etc/apt/preferences.d/test.pref");
-    assert!(pin.contains("Package: kiln-test-*") && pin.contains("Pin: origin \"127.0.0.1\"") && pin.contains("Pin-Priority: 600"), "{pin}");
+    assert!(
+        pin.contains("Package: kiln-test-*")
+            && pin.contains("Pin: origin \"127.0.0.1\"")
+            && pin.contains("Pin-Priority: 600"),
+        "{pin}"
+    );
     let list = debugfs("cat /etc/apt/sources.list");
-    assert!(!list.contains("kiln-keys") && !list.contains("127.0.0.1"), "build-time sources left in the image:\n{list}");
+    assert!(
+        !list.contains("kiln-keys") && !list.contains("127.0.0.1"),
+        "build-time sources left in the image:\n{list}"
+    );
     assert_eq!(debugfs("cat /usr/share/kiln-test/page.txt"), "served by the test\n");
     let stat = debugfs("stat /usr/share/kiln-test/page.txt");
     assert!(stat.contains("Mode:  0600"), "{stat}");
@@ -167,37 +184,68 @@ fn bad_sources_fail_early_and_leave_nothing() {
     let other = TestKey::new("some other key <other@kiln.invalid>");
     let recipe = site.recipe("wrong-fingerprint", &good_key, &other.fingerprint, &page_sha);
     let err = build_fails(&recipe, &base.join("out1"), &cache, &[], 2);
-    assert!(err.contains("key `repositories[0].fingerprint`: repository `test`") && err.contains(&format!("not the expected key {}", other.fingerprint)), "{err}");
+    assert!(
+        err.contains("key `repositories[0].fingerprint`: repository `test`")
+            && err.contains(&format!("not the expected key {}", other.fingerprint)),
+        "{err}"
+    );
 
     // The key matches its fingerprint, but the repository is signed by another key.
     let other_file = site.dir.path().join("other.asc");
     other.export(&other_file);
     let recipe = site.recipe("other-signer", &other_file, &other.fingerprint, &page_sha);
     let err = build_fails(&recipe, &base.join("out2"), &cache, &[], 1);
-    assert!(err.contains("repository `test`") && err.contains("dists/kiln/InRelease is not signed by its key") && err.contains(&other.fingerprint), "{err}");
+    assert!(
+        err.contains("repository `test`")
+            && err.contains("dists/kiln/InRelease is not signed by its key")
+            && err.contains(&other.fingerprint),
+        "{err}"
+    );
 
     // An artifact whose download does not have its digest.
     let wrong = "0".repeat(64);
     let recipe = site.recipe("wrong-checksum", &good_key, &site.key.fingerprint, &wrong);
     let err = build_fails(&recipe, &base.join("out3"), &cache, &[], 1);
-    assert!(err.contains(&format!("{} has sha256 {page_sha}, expected {wrong}", site.server.url("files/page.txt"))), "{err}");
-    let store: Vec<_> = std::fs::read_dir(cache.join("artifacts/sha256")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(!store.iter().any(|f| f.contains(&wrong) || f.ends_with(".partial")), "unverified download kept: {store:?}");
+    assert!(
+        err.contains(&format!("{} has sha256 {page_sha}, expected {wrong}", site.server.url("files/page.txt"))),
+        "{err}"
+    );
+    let store: Vec<_> = std::fs::read_dir(cache.join("artifacts/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !store.iter().any(|f| f.contains(&wrong) || f.ends_with(".partial")),
+        "unverified download kept: {store:?}"
+    );
 
     // The same wrong digest supplied offline is just as fatal.
     let offline = base.join("offline");
     std::fs::create_dir_all(&offline).unwrap();
     std::fs::write(offline.join("page.txt"), "not the page\n").unwrap();
     let err = build_fails(&recipe, &base.join("out4"), &cache, &["--artifacts", offline.to_str().unwrap()], 1);
-    assert!(err.contains("artifact `page`") && err.contains(&format!("expected {wrong}")) && err.contains(&sha256(b"not the page\n")), "{err}");
+    assert!(
+        err.contains("artifact `page`")
+            && err.contains(&format!("expected {wrong}"))
+            && err.contains(&sha256(b"not the page\n")),
+        "{err}"
+    );
 
     // A server that is not there: named, with the way to build offline.
     let dead = free_port();
-    let text = std::fs::read_to_string(&recipe).unwrap().replace(&format!("127.0.0.1:{}/files/page.txt", site.server.port), &format!("127.0.0.1:{dead}/page.txt"));
+    let text = std::fs::read_to_string(&recipe)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{}/files/page.txt", site.server.port), &format!("127.0.0.1:{dead}/page.txt"));
     let recipe = recipe.with_file_name("unreachable.toml");
     std::fs::write(&recipe, text.replace(&wrong, &page_sha)).unwrap();
     let err = build_fails(&recipe, &base.join("out5"), &cache, &[], 1);
-    assert!(err.contains(&format!("cannot reach 127.0.0.1:{dead}")) && err.contains("artifact `page`") && err.contains("--artifacts DIR"), "{err}");
+    assert!(
+        err.contains(&format!("cannot reach 127.0.0.1:{dead}"))
+            && err.contains("artifact `page`")
+            && err.contains("--artifacts DIR"),
+        "{err}"
+    );
 }
 
 /// A first-boot action runs on the first boot only: the same disk booted twice (kiln test
@@ -215,7 +263,16 @@ fn first_boot_action_runs_once_and_mail_is_delivered_across_two_boots() {
     std::fs::create_dir_all(&offline).unwrap();
     std::fs::write(offline.join("kiln-note.txt"), "kiln offline artifact\n").unwrap();
     let recipe = "tests/recipes/e2e/first-boot.toml";
-    let out = kiln(&["build", recipe, "--out", base.join("out").to_str().unwrap(), "--cache", shared_cache().to_str().unwrap(), "--artifacts", offline.to_str().unwrap()]);
+    let out = kiln(&[
+        "build",
+        recipe,
+        "--out",
+        base.join("out").to_str().unwrap(),
+        "--cache",
+        shared_cache().to_str().unwrap(),
+        "--artifacts",
+        offline.to_str().unwrap(),
+    ]);
     let err = stderr(&out);
     eprintln!("{err}");
     assert!(out.status.success(), "{err}");
@@ -231,7 +288,12 @@ fn first_boot_action_runs_once_and_mail_is_delivered_across_two_boots() {
         .collect();
     // Delivery shows on the first boot (the second finds that mail again).
     let first = &boots[0];
-    assert!(first.contains("ok   mail to a local user is saved in its Maildir by Dovecot (LMTP) (exit 0: /home/kilnmail/Maildir/") && first.contains("ok   dovecot serves IMAP on 143"), "boot 1:\n{first}");
+    assert!(
+        first.contains(
+            "ok   mail to a local user is saved in its Maildir by Dovecot (LMTP) (exit 0: /home/kilnmail/Maildir/"
+        ) && first.contains("ok   dovecot serves IMAP on 143"),
+        "boot 1:\n{first}"
+    );
     let root = cut_partition(&image, &plan_of(Path::new(recipe))["layout"]["partitions"][1], &base.join("root.img"));
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
     assert_eq!(debugfs("cat /var/lib/kiln-test/first-boot-runs").trim(), "1", "the action ran more than once");
@@ -257,7 +319,9 @@ fn kvm_host_builds_and_passes_its_checks() {
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
     assert!(debugfs("ls /etc/systemd/network").contains("10-kiln-bridge.netdev"));
     assert!(debugfs("cat /etc/systemd/network/10-kiln-bridge.netdev").contains("Kind=bridge"));
-    for secret in ["/root/kvm-host-credentials", "/etc/issue.d/kvm-host.issue", "/etc/ssl/private/ssl-cert-snakeoil.key"] {
+    for secret in
+        ["/root/kvm-host-credentials", "/etc/issue.d/kvm-host.issue", "/etc/ssl/private/ssl-cert-snakeoil.key"]
+    {
         assert!(!exists_in(&root, secret), "{secret} must not be in the image");
     }
     assert!(exists_in(&root, "/etc/cockpit/ws-certs.d"));
@@ -269,7 +333,12 @@ fn kvm_host_builds_and_passes_its_checks() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", stderr(&out));
-    assert!(stdout.contains("ok   libvirtd answers virsh") && stdout.contains("ok   Cockpit serves its login page") && stdout.contains("ok   bridge br0"), "{stdout}");
+    assert!(
+        stdout.contains("ok   libvirtd answers virsh")
+            && stdout.contains("ok   Cockpit serves its login page")
+            && stdout.contains("ok   bridge br0"),
+        "{stdout}"
+    );
 }
 
 /// Proxmox VE and office-in-a-box need download.proxmox.com / download.nextcloud.com, which
@@ -286,8 +355,17 @@ fn proxmox_and_office_stop_at_preflight_without_their_hosts() {
             continue;
         }
         let base = e2e_dir().join(format!("preflight-{recipe}"));
-        let err = build_fails(Path::new(&format!("../recipes/{recipe}.toml")), &base.join("out"), &base.join("cache"), &[], 1);
-        assert!(err.contains(&format!("cannot reach {host}")) && err.contains("--artifacts DIR") && err.contains("mirror"), "{recipe}:\n{err}");
+        let err = build_fails(
+            Path::new(&format!("../recipes/{recipe}.toml")),
+            &base.join("out"),
+            &base.join("cache"),
+            &[],
+            1,
+        );
+        assert!(
+            err.contains(&format!("cannot reach {host}")) && err.contains("--artifacts DIR") && err.contains("mirror"),
+            "{recipe}:\n{err}"
+        );
     }
 }
 

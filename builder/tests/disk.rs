@@ -35,15 +35,8 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// Run a tool; returns (success, stdout + stderr).
 fn run(cmd: &str, args: &[&str]) -> (bool, String) {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("running {cmd}: {e}"));
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
 
@@ -64,12 +57,7 @@ fn sha256_range(path: &Path, offset: u64, len: u64) -> String {
 
 fn specs(esp_size: u64) -> Vec<PartitionSpec> {
     vec![
-        PartitionSpec {
-            label: "esp".into(),
-            type_guid: ESP_TYPE,
-            part_guid: ESP_GUID,
-            size: Some(esp_size),
-        },
+        PartitionSpec { label: "esp".into(), type_guid: ESP_TYPE, part_guid: ESP_GUID, size: Some(esp_size) },
         PartitionSpec {
             label: "root-x86-64".into(),
             type_guid: Arch::X86_64.root_partition_type(),
@@ -80,26 +68,15 @@ fn specs(esp_size: u64) -> Vec<PartitionSpec> {
 }
 
 fn esp_opts(size: u64) -> EspOptions {
-    EspOptions {
-        size,
-        volume_id: 0x1234_abcd,
-        label: "kiln esp".into(),
-        timestamp: TIMESTAMP,
-    }
+    EspOptions { size, volume_id: 0x1234_abcd, label: "kiln esp".into(), timestamp: TIMESTAMP }
 }
 
 /// The test ESP tree: (path, bytes).
 fn esp_tree() -> Vec<(String, Vec<u8>)> {
     vec![
-        (
-            "loader/loader.conf".into(),
-            b"timeout 0\ndefault kiln.conf\n".to_vec(),
-        ),
+        ("loader/loader.conf".into(), b"timeout 0\ndefault kiln.conf\n".to_vec()),
         ("EFI/BOOT/BOOTX64.EFI".into(), noise(300 * 1024 + 17, 1)),
-        (
-            "loader/entries/a.conf".into(),
-            b"title kiln\nlinux /vmlinuz\n".to_vec(),
-        ),
+        ("loader/entries/a.conf".into(), b"title kiln\nlinux /vmlinuz\n".to_vec()),
         ("big/initrd.img".into(), noise(30 * MIB as usize + 5, 2)),
     ]
 }
@@ -115,22 +92,13 @@ fn esp_files(tree: &[(String, Vec<u8>)], dir: &Path) -> Vec<EspFile> {
             } else {
                 EspSource::Bytes(b.clone())
             };
-            EspFile {
-                path: p.clone(),
-                contents,
-            }
+            EspFile { path: p.clone(), contents }
         })
         .collect()
 }
 
 fn sparse_file(path: &Path, len: u64) -> File {
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
+    let f = fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path).unwrap();
     f.set_len(len).unwrap();
     f
 }
@@ -140,16 +108,9 @@ fn plan_layout_aligns_and_fills_rest() {
     let layout = plan_layout(64 * MIB, DISK_GUID, &specs(10 * MIB + 1)).unwrap();
     let p = &layout.partitions;
     assert_eq!(p.len(), 2);
-    assert_eq!(
-        (p[0].number, p[0].offset, p[0].size),
-        (1, MIB, 11 * MIB),
-        "size rounded up to 1 MiB"
-    );
+    assert_eq!((p[0].number, p[0].offset, p[0].size), (1, MIB, 11 * MIB), "size rounded up to 1 MiB");
     // Rest: 64 MiB - 33 sectors of backup GPT, from 12 MiB, rounded down to whole MiB.
-    assert_eq!(
-        (p[1].number, p[1].offset, p[1].size),
-        (2, 12 * MIB, 51 * MIB)
-    );
+    assert_eq!((p[1].number, p[1].offset, p[1].size), (2, 12 * MIB, 51 * MIB));
     for part in p {
         assert_eq!(part.offset % ALIGN, 0);
         assert_eq!(part.size % SECTOR, 0);
@@ -162,47 +123,24 @@ fn plan_layout_aligns_and_fills_rest() {
 
 #[test]
 fn plan_layout_errors_are_clear() {
-    let err = plan_layout(64 * MIB, DISK_GUID, &specs(100 * MIB))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("does not fit") && err.contains(&(100 * MIB).to_string()),
-        "{err}"
-    );
-    assert!(
-        err.contains(&(64 * MIB - 33 * SECTOR).to_string()),
-        "usable end in message: {err}"
-    );
+    let err = plan_layout(64 * MIB, DISK_GUID, &specs(100 * MIB)).unwrap_err().to_string();
+    assert!(err.contains("does not fit") && err.contains(&(100 * MIB).to_string()), "{err}");
+    assert!(err.contains(&(64 * MIB - 33 * SECTOR).to_string()), "usable end in message: {err}");
 
-    let err = plan_layout(64 * MIB, DISK_GUID, &specs(62 * MIB))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("no space left") && err.contains(&(63 * MIB).to_string()),
-        "{err}"
-    );
+    let err = plan_layout(64 * MIB, DISK_GUID, &specs(62 * MIB)).unwrap_err().to_string();
+    assert!(err.contains("no space left") && err.contains(&(63 * MIB).to_string()), "{err}");
 
     let mut s = specs(MIB);
     s.swap(0, 1);
-    let err = plan_layout(64 * MIB, DISK_GUID, &s)
-        .unwrap_err()
-        .to_string();
+    let err = plan_layout(64 * MIB, DISK_GUID, &s).unwrap_err().to_string();
     assert!(err.contains("only the last"), "{err}");
 
-    let err = plan_layout(64 * MIB + 100, DISK_GUID, &specs(MIB))
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("not a multiple") && err.contains(&(64 * MIB + 100).to_string()),
-        "{err}"
-    );
+    let err = plan_layout(64 * MIB + 100, DISK_GUID, &specs(MIB)).unwrap_err().to_string();
+    assert!(err.contains("not a multiple") && err.contains(&(64 * MIB + 100).to_string()), "{err}");
 
     let mut s = specs(MIB);
     s[0].label = "x".repeat(37);
-    assert!(
-        plan_layout(64 * MIB, DISK_GUID, &s).is_err(),
-        "37-character label"
-    );
+    assert!(plan_layout(64 * MIB, DISK_GUID, &s).is_err(), "37-character label");
 }
 
 /// Check the image's table with sgdisk and sfdisk against `layout`.
@@ -216,32 +154,20 @@ fn check_with_tools(image: &Path, layout: &Layout) {
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let table = &json["partitiontable"];
     assert_eq!(table["label"], "gpt");
-    assert_eq!(
-        table["id"].as_str().unwrap().to_lowercase(),
-        layout.disk_guid.to_string()
-    );
+    assert_eq!(table["id"].as_str().unwrap().to_lowercase(), layout.disk_guid.to_string());
     assert_eq!(table["sectorsize"], 512);
     let parts = table["partitions"].as_array().unwrap();
     assert_eq!(parts.len(), layout.partitions.len());
     for (j, p) in parts.iter().zip(&layout.partitions) {
         assert_eq!(j["start"].as_u64().unwrap(), p.offset / SECTOR, "{j}");
         assert_eq!(j["size"].as_u64().unwrap(), p.size / SECTOR, "{j}");
-        assert_eq!(
-            j["type"].as_str().unwrap().to_lowercase(),
-            p.type_guid.to_string()
-        );
-        assert_eq!(
-            j["uuid"].as_str().unwrap().to_lowercase(),
-            p.part_guid.to_string()
-        );
+        assert_eq!(j["type"].as_str().unwrap().to_lowercase(), p.type_guid.to_string());
+        assert_eq!(j["uuid"].as_str().unwrap().to_lowercase(), p.part_guid.to_string());
         assert_eq!(j["name"].as_str().unwrap(), p.label);
     }
 
     let back = read_layout(image).unwrap();
-    assert_eq!(
-        serde_json::to_value(&back).unwrap(),
-        serde_json::to_value(layout).unwrap()
-    );
+    assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(layout).unwrap());
 }
 
 #[test]
@@ -254,9 +180,7 @@ fn write_gpt_is_valid_deterministic_and_round_trips() {
     assert_eq!(sha256_file(&a), sha256_file(&b), "same layout, same bytes");
     check_with_tools(&a, &layout);
 
-    let err = write_gpt(&mut sparse_file(&a, 32 * MIB), &layout)
-        .unwrap_err()
-        .to_string();
+    let err = write_gpt(&mut sparse_file(&a, 32 * MIB), &layout).unwrap_err().to_string();
     assert!(err.contains(&(32 * MIB).to_string()), "{err}");
 }
 
@@ -267,12 +191,7 @@ fn assemble_is_deterministic_and_digests_match() {
     let layout = plan_layout(64 * MIB, DISK_GUID, &specs(40 * MIB)).unwrap();
     let esp = d.join("esp.img");
     let tree = esp_tree();
-    write_esp(
-        &esp,
-        &esp_opts(layout.partitions[0].size),
-        &esp_files(&tree, d),
-    )
-    .unwrap();
+    write_esp(&esp, &esp_opts(layout.partitions[0].size), &esp_files(&tree, d)).unwrap();
     // Root content: noise, a long zero run, noise, shorter than the partition.
     let mut root = noise(5 * MIB as usize, 3);
     root.extend(vec![0u8; 9 * MIB as usize]);
@@ -292,18 +211,12 @@ fn assemble_is_deterministic_and_digests_match() {
     assert_eq!(da.partitions.len(), 2);
     for (pd, p) in da.partitions.iter().zip(&layout.partitions) {
         assert_eq!((pd.number, &pd.label), (p.number, &p.label));
-        assert_eq!(
-            pd.sha256,
-            sha256_range(&a, p.offset, p.size),
-            "partition {}",
-            p.number
-        );
+        assert_eq!(pd.sha256, sha256_range(&a, p.offset, p.size), "partition {}", p.number);
     }
     // The root partition holds the content followed by zeros.
     let mut cut = vec![0u8; layout.partitions[1].size as usize];
     let mut f = File::open(&a).unwrap();
-    f.seek(SeekFrom::Start(layout.partitions[1].offset))
-        .unwrap();
+    f.seek(SeekFrom::Start(layout.partitions[1].offset)).unwrap();
     f.read_exact(&mut cut).unwrap();
     assert_eq!(&cut[..root.len()], &root[..]);
     assert!(cut[root.len()..].iter().all(|&b| b == 0));
@@ -357,19 +270,11 @@ fn assemble_rejects_oversized_content() {
     let small = dir.path().join("small");
     fs::write(&small, b"x").unwrap();
     let out = dir.path().join("out.img");
-    let err = assemble(&out, &layout, &[big, small.clone()])
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains(&(3 * MIB).to_string()) && err.contains(&(2 * MIB).to_string()),
-        "{err}"
-    );
+    let err = assemble(&out, &layout, &[big, small.clone()]).unwrap_err().to_string();
+    assert!(err.contains(&(3 * MIB).to_string()) && err.contains(&(2 * MIB).to_string()), "{err}");
     assert!(!out.exists(), "nothing written on a size error");
     let err = assemble(&out, &layout, &[small]).unwrap_err().to_string();
-    assert!(
-        err.contains("1 content files given for 2 partitions"),
-        "{err}"
-    );
+    assert!(err.contains("1 content files given for 2 partitions"), "{err}");
 }
 
 #[test]
@@ -381,10 +286,7 @@ fn assembled_image_is_sparse() {
     write_esp(
         &esp,
         &esp_opts(64 * MIB),
-        &[EspFile {
-            path: "a.txt".into(),
-            contents: EspSource::Bytes(b"hi".to_vec()),
-        }],
+        &[EspFile { path: "a.txt".into(), contents: EspSource::Bytes(b"hi".to_vec()) }],
     )
     .unwrap();
     let root = d.join("root.img");
@@ -401,11 +303,7 @@ fn assembled_image_is_sparse() {
 }
 
 /// Walk a FAT directory: (path, is_dir, entry) for everything below it, "." and ".." included.
-fn walk<'a>(
-    dir: &fatfs::Dir<'a, File>,
-    prefix: &str,
-    out: &mut Vec<(String, bool, fatfs::DirEntry<'a, File>)>,
-) {
+fn walk<'a>(dir: &fatfs::Dir<'a, File>, prefix: &str, out: &mut Vec<(String, bool, fatfs::DirEntry<'a, File>)>) {
     for e in dir.iter() {
         let e = e.unwrap();
         let name = e.file_name();
@@ -434,28 +332,17 @@ fn check_esp(size: u64, fat32: bool) {
     let (ok, listing) = run("fsck.vfat", &["-n", "-l", img]);
     assert!(ok, "fsck.vfat -n -l:\n{listing}");
     for (path, _) in &tree {
-        assert!(
-            listing.contains(&format!("/{path}")),
-            "{path} not listed:\n{listing}"
-        );
+        assert!(listing.contains(&format!("/{path}")), "{path} not listed:\n{listing}");
     }
 
     let fs = fatfs::FileSystem::new(File::open(&a).unwrap(), fatfs::FsOptions::new()).unwrap();
-    assert_eq!(
-        fs.fat_type() == fatfs::FatType::Fat32,
-        fat32,
-        "{:?} for {size} bytes",
-        fs.fat_type()
-    );
+    assert_eq!(fs.fat_type() == fatfs::FatType::Fat32, fat32, "{:?} for {size} bytes", fs.fat_type());
     assert_eq!(fs.volume_id(), 0x1234_abcd);
     assert_eq!(fs.volume_label(), "KILN ESP");
     let root = fs.root_dir();
     for (path, bytes) in &tree {
         let mut back = Vec::new();
-        root.open_file(path)
-            .unwrap()
-            .read_to_end(&mut back)
-            .unwrap();
+        root.open_file(path).unwrap().read_to_end(&mut back).unwrap();
         assert!(back == *bytes, "{path} differs after reading back");
     }
     let mut entries = Vec::new();
@@ -463,17 +350,8 @@ fn check_esp(size: u64, fat32: bool) {
     let files = entries.iter().filter(|e| !e.1).count();
     assert_eq!(files, tree.len());
     let want = fatfs::DateTime {
-        date: fatfs::Date {
-            year: 2023,
-            month: 11,
-            day: 14,
-        },
-        time: fatfs::Time {
-            hour: 22,
-            min: 13,
-            sec: 20,
-            millis: 0,
-        },
+        date: fatfs::Date { year: 2023, month: 11, day: 14 },
+        time: fatfs::Time { hour: 22, min: 13, sec: 20, millis: 0 },
     };
     for (path, _, e) in &entries {
         assert_eq!(e.created(), want, "created of {path}");
@@ -508,65 +386,31 @@ fn esp_fat32_300mib() {
 fn esp_reports_files_that_do_not_fit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("esp.img");
-    let files = [EspFile {
-        path: "EFI/BIG.BIN".into(),
-        contents: EspSource::Bytes(noise(12 * MIB as usize, 6)),
-    }];
-    let err = format!(
-        "{:#}",
-        write_esp(&path, &esp_opts(8 * MIB), &files).unwrap_err()
-    );
-    assert!(
-        err.contains("do not fit") && err.contains(&(12 * MIB).to_string()),
-        "{err}"
-    );
+    let files = [EspFile { path: "EFI/BIG.BIN".into(), contents: EspSource::Bytes(noise(12 * MIB as usize, 6)) }];
+    let err = format!("{:#}", write_esp(&path, &esp_opts(8 * MIB), &files).unwrap_err());
+    assert!(err.contains("do not fit") && err.contains(&(12 * MIB).to_string()), "{err}");
     assert!(err.contains(&(8 * MIB).to_string()), "{err}");
 
-    let missing = [EspFile {
-        path: "EFI/BOOT/X.EFI".into(),
-        contents: EspSource::File(PathBuf::from("/nonexistent/x")),
-    }];
-    let err = format!(
-        "{:#}",
-        write_esp(&path, &esp_opts(8 * MIB), &missing).unwrap_err()
-    );
+    let missing =
+        [EspFile { path: "EFI/BOOT/X.EFI".into(), contents: EspSource::File(PathBuf::from("/nonexistent/x")) }];
+    let err = format!("{:#}", write_esp(&path, &esp_opts(8 * MIB), &missing).unwrap_err());
     assert!(err.contains("EFI/BOOT/X.EFI"), "{err}");
 
     let dup = [
-        EspFile {
-            path: "efi/a".into(),
-            contents: EspSource::Bytes(vec![1]),
-        },
-        EspFile {
-            path: "EFI/A".into(),
-            contents: EspSource::Bytes(vec![2]),
-        },
+        EspFile { path: "efi/a".into(), contents: EspSource::Bytes(vec![1]) },
+        EspFile { path: "EFI/A".into(), contents: EspSource::Bytes(vec![2]) },
     ];
-    assert!(
-        write_esp(&path, &esp_opts(8 * MIB), &dup).is_err(),
-        "case-insensitive duplicate"
-    );
+    assert!(write_esp(&path, &esp_opts(8 * MIB), &dup).is_err(), "case-insensitive duplicate");
 }
 
 /// Date-time of the single file in a fresh ESP written with `timestamp`.
 fn esp_file_time(dir: &Path, timestamp: i64) -> fatfs::DateTime {
     let path = dir.join(format!("t{timestamp}.img"));
-    let opts = EspOptions {
-        timestamp,
-        ..esp_opts(8 * MIB)
-    };
-    let files = [EspFile {
-        path: "x.txt".into(),
-        contents: EspSource::Bytes(b"x".to_vec()),
-    }];
+    let opts = EspOptions { timestamp, ..esp_opts(8 * MIB) };
+    let files = [EspFile { path: "x.txt".into(), contents: EspSource::Bytes(b"x".to_vec()) }];
     write_esp(&path, &opts, &files).unwrap();
     let fs = fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap();
-    let e = fs
-        .root_dir()
-        .iter()
-        .map(|e| e.unwrap())
-        .find(|e| e.file_name() == "x.txt")
-        .unwrap();
+    let e = fs.root_dir().iter().map(|e| e.unwrap()).find(|e| e.file_name() == "x.txt").unwrap();
     assert_eq!(e.created(), e.modified());
     e.modified()
 }
@@ -579,21 +423,11 @@ fn esp_timestamps_are_converted_and_clamped() {
         (d.year, d.month, d.day, t.hour, t.min, t.sec)
     };
     let d = dir.path();
-    assert_eq!(
-        ymdhms(esp_file_time(d, 951_825_601)),
-        (2000, 2, 29, 12, 0, 0),
-        "odd second rounds down"
-    );
+    assert_eq!(ymdhms(esp_file_time(d, 951_825_601)), (2000, 2, 29, 12, 0, 0), "odd second rounds down");
     assert_eq!(ymdhms(esp_file_time(d, 0)), (1980, 1, 1, 0, 0, 0));
     assert_eq!(ymdhms(esp_file_time(d, -5)), (1980, 1, 1, 0, 0, 0));
-    assert_eq!(
-        ymdhms(esp_file_time(d, 4_354_819_199)),
-        (2107, 12, 31, 23, 59, 58)
-    );
-    assert_eq!(
-        ymdhms(esp_file_time(d, i64::MAX / 2)),
-        (2107, 12, 31, 23, 59, 58)
-    );
+    assert_eq!(ymdhms(esp_file_time(d, 4_354_819_199)), (2107, 12, 31, 23, 59, 58));
+    assert_eq!(ymdhms(esp_file_time(d, i64::MAX / 2)), (2107, 12, 31, 23, 59, 58));
 }
 
 #[test]
@@ -601,27 +435,17 @@ fn esp_labels_are_upper_cased_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("esp.img");
     for bad in ["much-too-long", "a.b"] {
-        let opts = EspOptions {
-            label: bad.into(),
-            ..esp_opts(8 * MIB)
-        };
+        let opts = EspOptions { label: bad.into(), ..esp_opts(8 * MIB) };
         let err = write_esp(&path, &opts, &[]).unwrap_err().to_string();
         assert!(err.contains(bad), "{err}");
     }
-    let opts = EspOptions {
-        label: "efi".into(),
-        ..esp_opts(8 * MIB)
-    };
+    let opts = EspOptions { label: "efi".into(), ..esp_opts(8 * MIB) };
     write_esp(&path, &opts, &[]).unwrap();
     let fs = fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap();
     assert_eq!(fs.volume_label(), "EFI");
     assert_eq!(fs.fat_type(), fatfs::FatType::Fat16);
     let boot = fs::read(&path).unwrap();
-    assert_eq!(
-        &boot[43..54],
-        b"EFI        ",
-        "FAT16 boot sector label, space padded"
-    );
+    assert_eq!(&boot[43..54], b"EFI        ", "FAT16 boot sector label, space padded");
     let (ok, out) = run("fsck.vfat", &["-n", path.to_str().unwrap()]);
     assert!(ok, "empty ESP: {out}");
 }
@@ -636,33 +460,18 @@ fn esp_with_large_and_deep_directories_is_clean() {
             contents: EspSource::Bytes(noise(100 + i, i as u64)),
         })
         .collect();
-    files.push(EspFile {
-        path: "a/b/c/d/deep.txt".into(),
-        contents: EspSource::Bytes(b"deep".to_vec()),
-    });
+    files.push(EspFile { path: "a/b/c/d/deep.txt".into(), contents: EspSource::Bytes(b"deep".to_vec()) });
     for size in [8 * MIB, 260 * MIB] {
         let path = dir.path().join(format!("esp-{size}.img"));
         write_esp(&path, &esp_opts(size), &files).unwrap();
         let (ok, out) = run("fsck.vfat", &["-n", "-l", path.to_str().unwrap()]);
         assert!(ok, "fsck.vfat on {size}-byte ESP:\n{out}");
-        assert!(
-            out.contains("/EFI/Linux/kiln-unified-kernel-image-149.efi"),
-            "{out}"
-        );
+        assert!(out.contains("/EFI/Linux/kiln-unified-kernel-image-149.efi"), "{out}");
         assert!(out.contains("/a/b/c/d/deep.txt"), "{out}");
-        let fs =
-            fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap();
+        let fs = fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap();
         let mut back = String::new();
-        fs.root_dir()
-            .open_file("a/b/c/d/deep.txt")
-            .unwrap()
-            .read_to_string(&mut back)
-            .unwrap();
+        fs.root_dir().open_file("a/b/c/d/deep.txt").unwrap().read_to_string(&mut back).unwrap();
         assert_eq!(back, "deep");
-        assert_eq!(
-            fs.root_dir().open_dir("EFI/Linux").unwrap().iter().count(),
-            152,
-            "150 files + . + .."
-        );
+        assert_eq!(fs.root_dir().open_dir("EFI/Linux").unwrap().iter().count(), 152, "150 files + . + ..");
     }
 }

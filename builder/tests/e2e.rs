@@ -77,7 +77,8 @@ fn sigint_during_bootstrap_leaves_nothing_behind() {
     let base = e2e_dir().join("sigint-bootstrap");
     let (out_dir, work) = (base.join("out"), base.join("work"));
     // --no-cache: mmdebstrap really runs (and mounts /proc, /dev ... in its chroot).
-    let mut child = spawn_build("../recipes/minimal.toml", &out_dir, &["--no-cache", "--work-dir", work.to_str().unwrap()]);
+    let mut child =
+        spawn_build("../recipes/minimal.toml", &out_dir, &["--no-cache", "--work-dir", work.to_str().unwrap()]);
     // Interrupt once dpkg is unpacking inside the chroot, the moment mmdebstrap has mounts.
     let deadline = Instant::now() + Duration::from_secs(300);
     while !has_mounts_below(&work) {
@@ -94,7 +95,8 @@ fn sigint_during_image_assembly_leaves_no_partial_image() {
     let base = fx.dir.join("sigint-assemble");
     let (out_dir, work) = (base.join("out"), base.join("work"));
     let cache = fx.cache.to_str().unwrap().to_string();
-    let mut child = spawn_build("../recipes/minimal.toml", &out_dir, &["--cache", &cache, "--work-dir", work.to_str().unwrap()]);
+    let mut child =
+        spawn_build("../recipes/minimal.toml", &out_dir, &["--cache", &cache, "--work-dir", work.to_str().unwrap()]);
     // The partial image appears in the output directory when assembly starts.
     let deadline = Instant::now() + Duration::from_secs(300);
     while !dir_has_partial(&out_dir) {
@@ -106,5 +108,7 @@ fn sigint_during_image_assembly_leaves_no_partial_image() {
 }
 
 fn dir_has_partial(dir: &Path) -> bool {
-    std::fs::read_dir(dir).map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial"))).unwrap_or(false)
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")))
+        .unwrap_or(false)
 }

@@ -8,13 +8,15 @@ fn compare(expected_path: &Path, actual: &str) {
         std::fs::write(expected_path, actual).unwrap();
         return;
     }
-    let expected = std::fs::read_to_string(expected_path).unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", expected_path.display()));
+    let expected = std::fs::read_to_string(expected_path)
+        .unwrap_or_else(|e| panic!("{}: {e} (run with UPDATE_GOLDEN=1 to create it)", expected_path.display()));
     assert_eq!(actual, expected, "output differs from {}", expected_path.display());
 }
 
 fn good(case: &str) {
     let recipe = format!("tests/recipes/good/{case}.toml");
-    let plan = kiln::pipeline::check(Path::new(&recipe), None).unwrap_or_else(|e| panic!("{recipe} should be valid: {e:#}"));
+    let plan =
+        kiln::pipeline::check(Path::new(&recipe), None).unwrap_or_else(|e| panic!("{recipe} should be valid: {e:#}"));
     let json = serde_json::to_string_pretty(&plan).unwrap() + "\n";
     compare(Path::new(&format!("tests/recipes/good/{case}.plan.json")), &json);
 }
@@ -22,7 +24,10 @@ fn good(case: &str) {
 fn bad(case: &str) {
     let recipe = format!("tests/recipes/bad/{case}.toml");
     let err = kiln::pipeline::check(Path::new(&recipe), None).expect_err("recipe should be rejected");
-    let recipe_err = err.chain().find_map(|c| c.downcast_ref::<kiln::recipe::RecipeError>()).unwrap_or_else(|| panic!("not a recipe error: {err:#}"));
+    let recipe_err = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<kiln::recipe::RecipeError>())
+        .unwrap_or_else(|| panic!("not a recipe error: {err:#}"));
     compare(Path::new(&format!("tests/recipes/bad/{case}.err")), &format!("{recipe_err}\n"));
 }
 
@@ -71,7 +76,9 @@ cases!(bad:
 /// The shipped appliance recipes are valid, and plan what their layers promise.
 #[test]
 fn appliance_recipes_check() {
-    let plan = |r: &str| kiln::pipeline::check(Path::new(&format!("../recipes/{r}.toml")), None).unwrap_or_else(|e| panic!("{r}: {e:#}"));
+    let plan = |r: &str| {
+        kiln::pipeline::check(Path::new(&format!("../recipes/{r}.toml")), None).unwrap_or_else(|e| panic!("{r}: {e:#}"))
+    };
     for r in ["minimal", "kvm-host"] {
         plan(r);
     }
@@ -81,14 +88,22 @@ fn appliance_recipes_check() {
     }
     let pve = plan("proxmox-ve");
     assert!(pve.packages.iter().any(|p| p == "proxmox-default-kernel"), "{:?}", pve.packages);
-    assert!(!pve.packages.iter().any(|p| p == "linux-image-amd64" || p == "os-prober"), "no Debian kernel, no os-prober: {:?}", pve.packages);
+    assert!(
+        !pve.packages.iter().any(|p| p == "linux-image-amd64" || p == "os-prober"),
+        "no Debian kernel, no os-prober: {:?}",
+        pve.packages
+    );
     let repo = &pve.recipe.repositories[0];
-    assert_eq!((repo.name.as_str(), repo.suite.as_str(), repo.fingerprint.as_str()), ("pve", "trixie", "24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E"));
+    assert_eq!(
+        (repo.name.as_str(), repo.suite.as_str(), repo.fingerprint.as_str()),
+        ("pve", "trixie", "24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E")
+    );
     assert_eq!(repo.components, ["pve-no-subscription"]);
     let office = plan("office-in-a-box");
     let nc = office.recipe.artifacts.iter().find(|a| a.name == "nextcloud").expect("nextcloud artifact");
     assert!(nc.url.starts_with("https://download.nextcloud.com/server/releases/nextcloud-") && nc.sha256.len() == 64);
-    for p in ["nginx", "php8.4-fpm", "postgresql", "redis-server", "postfix", "dovecot-imapd", "libvirt-daemon-system"] {
+    for p in ["nginx", "php8.4-fpm", "postgresql", "redis-server", "postfix", "dovecot-imapd", "libvirt-daemon-system"]
+    {
         assert!(office.packages.iter().any(|x| x == p), "office-in-a-box lacks {p}");
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
@@ -98,10 +113,16 @@ fn appliance_recipes_check() {
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
 #[test]
 fn cli_check_reports_position_and_exits_2() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["check", "tests/recipes/bad/unknown-key.toml"]).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["check", "tests/recipes/bad/unknown-key.toml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("tests/recipes/bad/unknown-key.toml:6:1: key `disk.colour`: unknown field `colour`"), "{stderr}");
+    assert!(
+        stderr.contains("tests/recipes/bad/unknown-key.toml:6:1: key `disk.colour`: unknown field `colour`"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
 }
 
@@ -109,7 +130,11 @@ fn cli_check_reports_position_and_exits_2() {
 #[test]
 fn cli_build_of_bad_recipe_leaves_no_output() {
     let out_dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(["build", "tests/recipes/bad/bad-template.toml", "--out"]).arg(out_dir.path()).output().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "tests/recipes/bad/bad-template.toml", "--out"])
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_dir(out_dir.path()).unwrap().count(), 0);
 }

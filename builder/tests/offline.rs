@@ -17,7 +17,13 @@ use std::time::Instant;
 
 fn pkg(name: &str, version: &str, arch: &str) -> LockedPackage {
     let sha256 = kiln::ids::sha256_hex(format!("{name} {version} {arch}").as_bytes());
-    LockedPackage { name: name.into(), version: version.into(), architecture: arch.into(), sha256, filename: format!("pool/main/{name}_{version}_{arch}.deb") }
+    LockedPackage {
+        name: name.into(),
+        version: version.into(),
+        architecture: arch.into(),
+        sha256,
+        filename: format!("pool/main/{name}_{version}_{arch}.deb"),
+    }
 }
 
 fn sample() -> Lock {
@@ -31,8 +37,29 @@ fn sample() -> Lock {
         source_date_epoch: 1_735_689_600,
         archive_date: Some("Sat, 10 May 2025 09:00:00 UTC".into()),
         requested: vec!["zstd".into(), "systemd".into()],
-        packages: vec![pkg("zstd", "1.5", "amd64"), pkg("adduser", "3.1", "all"), pkg("libc6", "2.41-1", "i386"), pkg("libc6", "2.41-1", "amd64")],
-        tools: Some(ToolsLock { suite: "trixie".into(), architecture: "amd64".into(), e2fsprogs: "1.47.2-3".into(), packages: [("e2fsprogs", "1.47.2-3"), ("base-files", "13"), ("erofs-utils", "1.8"), ("openssl", "3.5"), ("kmod", "34"), ("zstd", "1.5"), ("cpio", "2.15")].iter().map(|(n, v)| pkg(n, v, "amd64")).collect() }),
+        packages: vec![
+            pkg("zstd", "1.5", "amd64"),
+            pkg("adduser", "3.1", "all"),
+            pkg("libc6", "2.41-1", "i386"),
+            pkg("libc6", "2.41-1", "amd64"),
+        ],
+        tools: Some(ToolsLock {
+            suite: "trixie".into(),
+            architecture: "amd64".into(),
+            e2fsprogs: "1.47.2-3".into(),
+            packages: [
+                ("e2fsprogs", "1.47.2-3"),
+                ("base-files", "13"),
+                ("erofs-utils", "1.8"),
+                ("openssl", "3.5"),
+                ("kmod", "34"),
+                ("zstd", "1.5"),
+                ("cpio", "2.15"),
+            ]
+            .iter()
+            .map(|(n, v)| pkg(n, v, "amd64"))
+            .collect(),
+        }),
     }
 }
 
@@ -64,7 +91,11 @@ fn lock_order_and_formatting_do_not_change_file_or_hash() {
     assert_eq!(a.to_toml().unwrap(), b.to_toml().unwrap());
     assert_eq!(a.hash(), b.hash());
     let edited = a.to_toml().unwrap().replace("format = 1", "# edited by hand\nformat    =   1");
-    assert_eq!(Lock::from_toml(&edited, Path::new("x.lock")).unwrap().hash(), a.hash(), "comments and spacing do not count");
+    assert_eq!(
+        Lock::from_toml(&edited, Path::new("x.lock")).unwrap().hash(),
+        a.hash(),
+        "comments and spacing do not count"
+    );
     b.packages[0].version = "0.0-other".into();
     assert_ne!(a.hash(), b.hash(), "a changed version changes the hash");
 }
@@ -72,7 +103,8 @@ fn lock_order_and_formatting_do_not_change_file_or_hash() {
 #[test]
 fn lock_rejects_unknown_keys_and_formats_and_writes_atomically() {
     let text = sample().to_toml().unwrap();
-    let err = Lock::from_toml(&text.replace("format = 1", "format = 1\nsurprise = 2"), Path::new("x.lock")).unwrap_err();
+    let err =
+        Lock::from_toml(&text.replace("format = 1", "format = 1\nsurprise = 2"), Path::new("x.lock")).unwrap_err();
     assert!(format!("{err:#}").contains("surprise"), "{err:#}");
     let err = Lock::from_toml(&text.replace("format = 1", "format = 9"), Path::new("x.lock")).unwrap_err();
     assert!(format!("{err:#}").contains("kiln lock --update"), "{err:#}");
@@ -110,7 +142,12 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
     lock.write(&kiln::lock::path_for(&recipe)).unwrap();
     let out = kiln(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("is out of date with the recipe (packages added to the recipe: zstd)") && err.contains("kiln lock"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("is out of date with the recipe (packages added to the recipe: zstd)")
+            && err.contains("kiln lock"),
+        "{err}"
+    );
 
     // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
     lock.requested = unlocked["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
@@ -118,7 +155,12 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
     lock.write(&kiln::lock::path_for(&recipe)).unwrap();
     let out = kiln(&["check", recipe.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("tools tree also has openssl, cpio, which the lock's does not") && err.contains("kiln lock"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("tools tree also has openssl, cpio, which the lock's does not")
+            && err.contains("kiln lock"),
+        "{err}"
+    );
 }
 
 /// A vendored bundle builds the recipe from another directory: the identity must not change.
@@ -136,7 +178,9 @@ fn plan_identity_does_not_depend_on_where_the_recipe_is() {
 
 #[test]
 fn offline_without_a_lock_is_refused() {
-    let plan = kiln::pipeline::plan(Path::new("tests/recipes/good/defaults.toml"), None, &kiln::lock::LockChoice::Ignore).unwrap();
+    let plan =
+        kiln::pipeline::plan(Path::new("tests/recipes/good/defaults.toml"), None, &kiln::lock::LockChoice::Ignore)
+            .unwrap();
     let err = kiln::locking::sources(&plan, true).unwrap_err().to_string();
     assert!(err.contains("--offline needs a lock file") && err.contains("kiln fetch"), "{err}");
 }
@@ -200,11 +244,16 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
         assert_eq!(kiln::ids::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
-    let plan: serde_json::Value = serde_json::from_slice(&kiln(&["check", "--print", "--no-lock", fx.recipe.to_str().unwrap()]).stdout).unwrap();
-    let mut requested: Vec<String> = plan["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&kiln(&["check", "--print", "--no-lock", fx.recipe.to_str().unwrap()]).stdout).unwrap();
+    let mut requested: Vec<String> =
+        plan["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().into()).collect();
     requested.sort();
     assert_eq!(lock.requested, requested);
-    assert_eq!((lock.mirror.as_str(), lock.suite.as_str(), lock.source_date_epoch), (plan["mirror"].as_str().unwrap(), "trixie", 1_735_689_600));
+    assert_eq!(
+        (lock.mirror.as_str(), lock.suite.as_str(), lock.source_date_epoch),
+        (plan["mirror"].as_str().unwrap(), "trixie", 1_735_689_600)
+    );
 
     // Again: the trees it was resolved from are cached under the lock's keys; nothing changes.
     let start = Instant::now();
@@ -219,40 +268,81 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
 fn missing_locked_version_fails_before_any_bootstrap() {
     let Some(fx) = locked() else { return };
     let version = &fx.lock.packages.iter().find(|p| p.name == "dbus").unwrap().version;
-    let edited = fx.lock_text.replace(&format!("name = \"dbus\"\nversion = \"{version}\""), "name = \"dbus\"\nversion = \"0.0-kiln-missing\"");
+    let edited = fx.lock_text.replace(
+        &format!("name = \"dbus\"\nversion = \"{version}\""),
+        "name = \"dbus\"\nversion = \"0.0-kiln-missing\"",
+    );
     assert_ne!(edited, fx.lock_text);
     let lock = fx.dir.join("missing.lock");
     std::fs::write(&lock, edited).unwrap();
     let roots = || std::fs::read_dir(fx.cache.join("roots")).unwrap().count();
     let before = roots();
-    let out = kiln(&["build", fx.recipe.to_str().unwrap(), "--lock", lock.to_str().unwrap(), "--cache", fx.cache.to_str().unwrap(), "--out", fx.dir.join("out-missing").to_str().unwrap()]);
+    let out = kiln(&[
+        "build",
+        fx.recipe.to_str().unwrap(),
+        "--lock",
+        lock.to_str().unwrap(),
+        "--cache",
+        fx.cache.to_str().unwrap(),
+        "--out",
+        fx.dir.join("out-missing").to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("dbus 0.0-kiln-missing (amd64) is not on the mirror"), "{err}");
-    assert!(err.contains("kiln lock --update") && err.contains("kiln build --offline") && err.contains("snapshot.debian.org"), "{err}");
+    assert!(
+        err.contains("kiln lock --update")
+            && err.contains("kiln build --offline")
+            && err.contains("snapshot.debian.org"),
+        "{err}"
+    );
     assert!(!err.contains("kiln: [1/"), "a stage started before the check:\n{err}");
     assert_eq!(roots(), before, "nothing was bootstrapped");
 }
 
 fn unshared_build(kiln_bin: &Path, recipe: &Path, cache: &Path, out_dir: &Path, extra: &[&str]) -> Output {
-    kiln_in(Command::new("unshare").arg("-n").arg(kiln_bin).arg("build").arg(recipe).args(["--offline", "--cache"]).arg(cache).arg("--out").arg(out_dir).args(extra))
+    kiln_in(
+        Command::new("unshare")
+            .arg("-n")
+            .arg(kiln_bin)
+            .arg("build")
+            .arg(recipe)
+            .args(["--offline", "--cache"])
+            .arg(cache)
+            .arg("--out")
+            .arg(out_dir)
+            .args(extra),
+    )
 }
 
 #[test]
 fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
     let Some(fx) = locked() else { return };
     let bundle = fx.dir.join("bundle");
-    let out = kiln(&["vendor", fx.recipe.to_str().unwrap(), bundle.to_str().unwrap(), "--cache", fx.cache.to_str().unwrap()]);
+    let out =
+        kiln(&["vendor", fx.recipe.to_str().unwrap(), bundle.to_str().unwrap(), "--cache", fx.cache.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let readme = std::fs::read_to_string(bundle.join("README.md")).unwrap();
     assert!(readme.contains("sudo bin/kiln build --offline --cache cache recipes/minimal.toml"), "{readme}");
-    for f in ["bin/kiln", "recipes/minimal.toml", "recipes/minimal.lock", "recipes/layers/debian-base.toml", "overlays/debian-base"] {
+    for f in [
+        "bin/kiln",
+        "recipes/minimal.toml",
+        "recipes/minimal.lock",
+        "recipes/layers/debian-base.toml",
+        "overlays/debian-base",
+    ] {
         assert!(bundle.join(f).exists(), "{f} missing from the bundle");
     }
 
     // Offline and cold (the bundle's cache has no tools tree and no root), with no network at all.
     let start = Instant::now();
-    let out = unshared_build(&bundle.join("bin/kiln"), &bundle.join("recipes/minimal.toml"), &bundle.join("cache"), &fx.dir.join("out-offline"), &[]);
+    let out = unshared_build(
+        &bundle.join("bin/kiln"),
+        &bundle.join("recipes/minimal.toml"),
+        &bundle.join("cache"),
+        &fx.dir.join("out-offline"),
+        &[],
+    );
     assert!(out.status.success(), "offline build failed:\n{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("offline cold build: {:.1}s", start.elapsed().as_secs_f64());
     let offline = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
@@ -263,13 +353,16 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
     assert_eq!(sha(&offline), sha(&online), "offline and online builds from one lock differ");
 
     // The image names the real mirror and carries exactly the locked packages.
-    let plan: serde_json::Value = serde_json::from_slice(&kiln(&["check", "--print", fx.recipe.to_str().unwrap()]).stdout).unwrap();
+    let plan: serde_json::Value =
+        serde_json::from_slice(&kiln(&["check", "--print", fx.recipe.to_str().unwrap()]).stdout).unwrap();
     let root = cut_partition(&offline, &plan["layout"]["partitions"][1], &fx.dir.join("offline-root.img"));
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
     assert_eq!(debugfs("cat /etc/apt/sources.list"), format!("deb {} trixie main\n", fx.lock.mirror));
     assert!(!debugfs("ls /etc/apt/preferences.d").contains("kiln-lock"), "pins left in the image");
     let status = debugfs("cat /var/lib/dpkg/status");
-    let installed: Vec<(String, String)> = kiln::deb822::paragraphs(&status).map(|p| (p.get("Package").unwrap().to_string(), p.get("Version").unwrap().to_string())).collect();
+    let installed: Vec<(String, String)> = kiln::deb822::paragraphs(&status)
+        .map(|p| (p.get("Package").unwrap().to_string(), p.get("Version").unwrap().to_string()))
+        .collect();
     let locked: Vec<(String, String)> = fx.lock.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
     let mut installed_sorted = installed.clone();
     installed_sorted.sort();
@@ -285,9 +378,18 @@ fn offline_build_names_a_deb_missing_from_the_cache() {
     run("cp", &["-al", fx.cache.join("debs").to_str().unwrap(), cache.to_str().unwrap()]);
     let dbus = fx.lock.packages.iter().find(|p| p.name == "dbus").unwrap();
     std::fs::remove_file(kiln::debcache::DebCache::new(&cache).deb(&dbus.sha256)).unwrap();
-    let out = unshared_build(Path::new(env!("CARGO_BIN_EXE_kiln")), &fx.recipe, &cache, &fx.dir.join("out-missing-deb"), &["--no-cache"]);
+    let out = unshared_build(
+        Path::new(env!("CARGO_BIN_EXE_kiln")),
+        &fx.recipe,
+        &cache,
+        &fx.dir.join("out-missing-deb"),
+        &["--no-cache"],
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("lacks 1 locked package") && err.contains(&dbus.describe()) && err.contains("kiln fetch"), "{err}");
+    assert!(
+        err.contains("lacks 1 locked package") && err.contains(&dbus.describe()) && err.contains("kiln fetch"),
+        "{err}"
+    );
     assert!(!err.contains("kiln: [1/"), "a stage started before the check:\n{err}");
 }

@@ -93,8 +93,18 @@ fn synthetic_root(root: &Path) {
 fn small_plan() -> Plan {
     let mut plan = Plan::new(kiln::recipe::load(Path::new("tests/recipes/good/defaults.toml")).unwrap()).unwrap();
     let specs = [
-        PartitionSpec { label: "esp".into(), type_guid: plan.layout.partitions[0].type_guid, part_guid: plan.layout.partitions[0].part_guid, size: Some(4 << 20) },
-        PartitionSpec { label: "root".into(), type_guid: plan.layout.partitions[1].type_guid, part_guid: plan.layout.partitions[1].part_guid, size: None },
+        PartitionSpec {
+            label: "esp".into(),
+            type_guid: plan.layout.partitions[0].type_guid,
+            part_guid: plan.layout.partitions[0].part_guid,
+            size: Some(4 << 20),
+        },
+        PartitionSpec {
+            label: "root".into(),
+            type_guid: plan.layout.partitions[1].type_guid,
+            part_guid: plan.layout.partitions[1].part_guid,
+            size: None,
+        },
     ];
     plan.layout = plan_layout(16 << 20, plan.layout.disk_guid, &specs).unwrap();
     plan
@@ -120,7 +130,8 @@ impl Fixture {
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let keys = KeyPaths::in_dir(&tmp.path().join("keys"));
-    let gen = kiln(&["keygen", "--out", tmp.path().join("keys").to_str().unwrap()], &[("KILN_PASSPHRASE", "s3cret pass")]);
+    let gen =
+        kiln(&["keygen", "--out", tmp.path().join("keys").to_str().unwrap()], &[("KILN_PASSPHRASE", "s3cret pass")]);
     assert!(gen.status.success(), "keygen: {}", String::from_utf8_lossy(&gen.stderr));
     let signer = Signer::load_with(&keys.secret, || Ok("s3cret pass".into())).unwrap();
     let root = tmp.path().join("root");
@@ -144,7 +155,14 @@ fn write_outputs(root: &Path, out: &Path, signer: Option<&Signer>) -> Vec<PathBu
     let mut staging = Staging::new(out);
     let digest = staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp, rootfs])).unwrap();
     let formats = [OutputFormat::Img, OutputFormat::Zst, OutputFormat::Qcow2];
-    let inputs = kiln::release::Inputs { plan: &plan, boot: &boot, digest: &digest, inventory: &inventory, formats: &formats, signer };
+    let inputs = kiln::release::Inputs {
+        plan: &plan,
+        boot: &boot,
+        digest: &digest,
+        inventory: &inventory,
+        formats: &formats,
+        signer,
+    };
     kiln::release::write_outputs(&mut staging, &inputs).unwrap();
     staging.commit().unwrap()
 }
@@ -178,7 +196,11 @@ fn verify(image: &Path, key: Option<&Path>) -> (bool, String) {
     }
     let out = kiln(&args, &[]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "kiln verify crashed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "kiln verify crashed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), stdout)
 }
 
@@ -195,12 +217,26 @@ fn debian_minisign_accepts_the_signature_and_rejects_tampering() {
     let f = fixture();
     let minisign = || tool("minisign", "apt-get install minisign (scripts/setup-host)");
     let ok = minisign().args(["-Vm", "SHA256SUMS", "-p"]).arg(&f.keys.public).current_dir(&f.out).output().unwrap();
-    assert!(ok.status.success(), "minisign rejected kiln's signature: {}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
-    assert!(String::from_utf8_lossy(&ok.stdout).contains("timestamp:1735689600\tfile:SHA256SUMS"), "deterministic trusted comment");
+    assert!(
+        ok.status.success(),
+        "minisign rejected kiln's signature: {}{}",
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&ok.stdout).contains("timestamp:1735689600\tfile:SHA256SUMS"),
+        "deterministic trusted comment"
+    );
     let sums = std::fs::read_to_string(f.file("SHA256SUMS")).unwrap();
     let check = tool("sha256sum", "coreutils").args(["-c", "SHA256SUMS"]).current_dir(&f.out).output().unwrap();
     assert!(check.status.success(), "sha256sum -c: {}", String::from_utf8_lossy(&check.stdout));
-    for name in [IMAGE, "defaults-1-x86_64.img.zst", "defaults-1-x86_64.qcow2", "defaults-1-x86_64.manifest.json", "defaults-1-x86_64.spdx.json"] {
+    for name in [
+        IMAGE,
+        "defaults-1-x86_64.img.zst",
+        "defaults-1-x86_64.qcow2",
+        "defaults-1-x86_64.manifest.json",
+        "defaults-1-x86_64.spdx.json",
+    ] {
         assert!(sums.contains(&format!("  {name}\n")), "{name} missing from SHA256SUMS:\n{sums}");
     }
     flip(&f.file("SHA256SUMS"), 10);
@@ -213,23 +249,45 @@ fn sbom_is_valid_spdx_and_lists_what_dpkg_lists() {
     let f = fixture();
     let sbom = f.file("defaults-1-x86_64.spdx.json");
     let v = tool("pyspdxtools", "pip install spdx-tools").arg("-i").arg(&sbom).output().unwrap();
-    assert!(v.status.success(), "pyspdxtools: {}{}", String::from_utf8_lossy(&v.stdout), String::from_utf8_lossy(&v.stderr));
+    assert!(
+        v.status.success(),
+        "pyspdxtools: {}{}",
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
 
-    let q = tool("dpkg-query", "dpkg").arg(format!("--admindir={}", f.root.join("var/lib/dpkg").display())).args(["-W", "-f", "${db:Status-Status} ${Package} ${Version} ${Architecture}\\n"]).output().unwrap();
+    let q = tool("dpkg-query", "dpkg")
+        .arg(format!("--admindir={}", f.root.join("var/lib/dpkg").display()))
+        .args(["-W", "-f", "${db:Status-Status} ${Package} ${Version} ${Architecture}\\n"])
+        .output()
+        .unwrap();
     assert!(q.status.success(), "dpkg-query: {}", String::from_utf8_lossy(&q.stderr));
-    let mut want: Vec<String> = String::from_utf8_lossy(&q.stdout).lines().filter_map(|l| l.strip_prefix("installed ")).map(String::from).collect();
+    let mut want: Vec<String> = String::from_utf8_lossy(&q.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("installed "))
+        .map(String::from)
+        .collect();
     want.sort();
     assert_eq!(want.len(), 4, "{want:?}");
 
     let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&sbom).unwrap()).unwrap();
     let pkgs = doc["packages"].as_array().unwrap();
-    let deb = |name: &str, arch: &str| pkgs.iter().find(|p| p["name"] == name && p["SPDXID"].as_str().unwrap().ends_with(arch)).unwrap_or_else(|| panic!("{name}:{arch} not in the SBOM"));
+    let deb = |name: &str, arch: &str| {
+        pkgs.iter()
+            .find(|p| p["name"] == name && p["SPDXID"].as_str().unwrap().ends_with(arch))
+            .unwrap_or_else(|| panic!("{name}:{arch} not in the SBOM"))
+    };
     let mut got: Vec<String> = pkgs
         .iter()
         .filter(|p| p["SPDXID"] != "SPDXRef-Image")
         .map(|p| {
             let purl = p["externalRefs"][0]["referenceLocator"].as_str().unwrap();
-            format!("{} {} {}", p["name"].as_str().unwrap(), p["versionInfo"].as_str().unwrap(), purl.rsplit("arch=").next().unwrap())
+            format!(
+                "{} {} {}",
+                p["name"].as_str().unwrap(),
+                p["versionInfo"].as_str().unwrap(),
+                purl.rsplit("arch=").next().unwrap()
+            )
         })
         .collect();
     got.sort();
@@ -238,18 +296,31 @@ fn sbom_is_valid_spdx_and_lists_what_dpkg_lists() {
     assert_eq!(doc["creationInfo"]["created"], "2025-01-01T00:00:00Z");
     assert!(doc["documentNamespace"].as_str().unwrap().contains(&small_plan().recipe_hash));
     let hello = deb("hello", "amd64");
-    assert_eq!(hello["checksums"][0]["checksumValue"], HELLO_SHA, "the .deb SHA256 of the installed version, not the older one");
+    assert_eq!(
+        hello["checksums"][0]["checksumValue"], HELLO_SHA,
+        "the .deb SHA256 of the installed version, not the older one"
+    );
     assert_eq!(hello["licenseDeclared"], "GPL-3.0-or-later AND GFDL-1.3-no-invariants-or-later");
     assert_eq!(hello["packageFileName"], "hello_2.10-3_amd64.deb");
     let foo = deb("libfoo++1", "amd64");
-    assert_eq!(foo["externalRefs"][0]["referenceLocator"], "pkg:deb/debian/libfoo%2B%2B1@1%3A1.2%2Bdfsg-1%2Bb1?arch=amd64");
-    assert_eq!(foo["licenseDeclared"], "(MIT OR Apache-2.0) AND LicenseRef-public-domain", "copyright read through an absolute symlink inside the root");
+    assert_eq!(
+        foo["externalRefs"][0]["referenceLocator"],
+        "pkg:deb/debian/libfoo%2B%2B1@1%3A1.2%2Bdfsg-1%2Bb1?arch=amd64"
+    );
+    assert_eq!(
+        foo["licenseDeclared"], "(MIT OR Apache-2.0) AND LicenseRef-public-domain",
+        "copyright read through an absolute symlink inside the root"
+    );
     assert_eq!(foo["checksums"][0]["checksumValue"], FOO_SHA);
     assert!(foo["sourceInfo"].as_str().unwrap().contains("foo 1:1.2+dfsg-1"));
     let bar = deb("libbar1", "i386");
     assert_eq!(bar["licenseDeclared"], "NOASSERTION", "free-form copyright file");
     assert!(bar.get("checksums").is_none(), "no list entry for this version: no checksum");
-    assert!(doc["hasExtractedLicensingInfos"].as_array().unwrap().iter().any(|l| l["licenseId"] == "LicenseRef-public-domain"));
+    assert!(doc["hasExtractedLicensingInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["licenseId"] == "LicenseRef-public-domain"));
 }
 
 #[test]
@@ -269,7 +340,8 @@ fn verify_passes_untouched_outputs_and_says_when_unsigned() {
 #[test]
 fn verify_names_every_flipped_byte() {
     let f = fixture();
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(f.file("defaults-1-x86_64.manifest.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(f.file("defaults-1-x86_64.manifest.json")).unwrap()).unwrap();
     let part = |n: usize| m["partitions"][n]["offset"].as_u64().unwrap();
     let zst = "defaults-1-x86_64.img.zst";
     let zst_len = std::fs::metadata(f.file(zst)).unwrap().len();
@@ -294,7 +366,10 @@ fn verify_names_every_flipped_byte() {
         flip(&dir.path().join(target), offset);
         let (ok, out) = verify(&dir.path().join(image), Some(&f.keys.public));
         assert!(!ok, "flipping byte {offset} of {target} went unnoticed:\n{out}");
-        assert!(out.lines().any(|l| l.starts_with("FAIL") && l.contains(expect)) || out.contains(expect), "flipping byte {offset} of {target}: expected `{expect}` in:\n{out}");
+        assert!(
+            out.lines().any(|l| l.starts_with("FAIL") && l.contains(expect)) || out.contains(expect),
+            "flipping byte {offset} of {target}: expected `{expect}` in:\n{out}"
+        );
         assert!(out.lines().last().unwrap().starts_with("result: FAIL"), "{out}");
     }
 }
@@ -310,14 +385,30 @@ fn wrong_key_and_wrong_passphrase_are_clear_errors() {
 
     // The key is decrypted before any build work (and before the root check).
     let empty = f.out.parent().unwrap().join("empty-out");
-    let b = kiln(&["build", "tests/recipes/good/defaults.toml", "--out", empty.to_str().unwrap(), "--sign", f.keys.secret.to_str().unwrap()], &[("KILN_PASSPHRASE", "not it")]);
+    let b = kiln(
+        &[
+            "build",
+            "tests/recipes/good/defaults.toml",
+            "--out",
+            empty.to_str().unwrap(),
+            "--sign",
+            f.keys.secret.to_str().unwrap(),
+        ],
+        &[("KILN_PASSPHRASE", "not it")],
+    );
     let stderr = String::from_utf8_lossy(&b.stderr);
     assert_eq!(b.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("wrong passphrase for the secret key"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(!empty.exists());
-    let b = kiln(&["build", "tests/recipes/good/defaults.toml", "--out", empty.to_str().unwrap()], &[("KILN_SIGN_KEY", f.keys.secret.to_str().unwrap())]);
-    assert!(String::from_utf8_lossy(&b.stderr).contains("KILN_PASSPHRASE"), "no tty, no env: say how to give the passphrase");
+    let b = kiln(
+        &["build", "tests/recipes/good/defaults.toml", "--out", empty.to_str().unwrap()],
+        &[("KILN_SIGN_KEY", f.keys.secret.to_str().unwrap())],
+    );
+    assert!(
+        String::from_utf8_lossy(&b.stderr).contains("KILN_PASSPHRASE"),
+        "no tty, no env: say how to give the passphrase"
+    );
 }
 
 #[test]
@@ -326,8 +417,19 @@ fn outputs_are_deterministic_and_hold_no_secret() {
     let again = f.out.parent().unwrap().join("again");
     let signer = Signer::load_with(&f.keys.secret, || Ok("s3cret pass".into())).unwrap();
     write_outputs(&f.root, &again, Some(&signer));
-    for name in [IMAGE, "defaults-1-x86_64.img.zst", "defaults-1-x86_64.qcow2", "defaults-1-x86_64.manifest.json", "defaults-1-x86_64.spdx.json", "SHA256SUMS"] {
-        assert_eq!(std::fs::read(f.file(name)).unwrap(), std::fs::read(again.join(name)).unwrap(), "{name} differs between two runs");
+    for name in [
+        IMAGE,
+        "defaults-1-x86_64.img.zst",
+        "defaults-1-x86_64.qcow2",
+        "defaults-1-x86_64.manifest.json",
+        "defaults-1-x86_64.spdx.json",
+        "SHA256SUMS",
+    ] {
+        assert_eq!(
+            std::fs::read(f.file(name)).unwrap(),
+            std::fs::read(again.join(name)).unwrap(),
+            "{name} differs between two runs"
+        );
     }
     let secret_line = std::fs::read_to_string(&f.keys.secret).unwrap().lines().nth(1).unwrap().to_string();
     for e in std::fs::read_dir(&f.out).unwrap() {
@@ -357,7 +459,12 @@ fn real_image_from_kiln_test_image() {
     let stem = kiln::export::stem(&name).to_string();
     for f in [name.clone(), "SHA256SUMS".into(), "SHA256SUMS.minisig".into(), format!("{stem}.manifest.json")] {
         if image.with_file_name(&f).exists() {
-            let s = Command::new("cp").arg("--sparse=always").arg(image.with_file_name(&f)).arg(dir.path()).status().unwrap();
+            let s = Command::new("cp")
+                .arg("--sparse=always")
+                .arg(image.with_file_name(&f))
+                .arg(dir.path())
+                .status()
+                .unwrap();
             assert!(s.success());
         }
     }
@@ -367,6 +474,9 @@ fn real_image_from_kiln_test_image() {
         flip(&dir.path().join(&name), root.offset + 1024 + 0x30);
         let (ok, out) = verify(&dir.path().join(&name), key.as_deref());
         assert!(!ok);
-        assert!(out.contains(&format!("FAIL {name}: partition {} ({}): contents differ", root.number, root.label)), "{out}");
+        assert!(
+            out.contains(&format!("FAIL {name}: partition {} ({}): contents differ", root.number, root.label)),
+            "{out}"
+        );
     }
 }

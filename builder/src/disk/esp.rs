@@ -68,11 +68,8 @@ impl TimeProvider for FixedTime {
 /// fatfs wants a `&'static` provider: keep one per distinct timestamp for the life of the process.
 fn time_provider(timestamp: i64) -> &'static FixedTime {
     static PROVIDERS: Mutex<BTreeMap<i64, &'static FixedTime>> = Mutex::new(BTreeMap::new());
-    let mut map = PROVIDERS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    map.entry(timestamp)
-        .or_insert_with(|| Box::leak(Box::new(FixedTime(fat_datetime(timestamp)))))
+    let mut map = PROVIDERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    map.entry(timestamp).or_insert_with(|| Box::leak(Box::new(FixedTime(fat_datetime(timestamp)))))
 }
 
 /// Convert unix seconds (UTC) to a FAT date-time, clamped to 1980-01-01..2107-12-31
@@ -95,26 +92,10 @@ pub(crate) fn fat_datetime(timestamp: i64) -> fatfs::DateTime {
     } else if year > 2107 {
         (2107, 12, 31, 23, 59, 58)
     } else {
-        (
-            year,
-            month,
-            day,
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60 / 2 * 2,
-        )
+        (year, month, day, secs / 3600, secs / 60 % 60, secs % 60 / 2 * 2)
     };
-    let date = fatfs::Date {
-        year: y as u16,
-        month: mo as u16,
-        day: d as u16,
-    };
-    let time = fatfs::Time {
-        hour: h as u16,
-        min: mi as u16,
-        sec: s as u16,
-        millis: 0,
-    };
+    let date = fatfs::Date { year: y as u16, month: mo as u16, day: d as u16 };
+    let time = fatfs::Time { hour: h as u16, min: mi as u16, sec: s as u16, millis: 0 };
     fatfs::DateTime { date, time }
 }
 
@@ -135,10 +116,7 @@ fn volume_label(label: &str) -> Result<[u8; 11]> {
 
 fn check_path(path: &str) -> Result<()> {
     ensure!(
-        !path.is_empty()
-            && path
-                .split('/')
-                .all(|c| !c.is_empty() && c != "." && c != ".."),
+        !path.is_empty() && path.split('/').all(|c| !c.is_empty() && c != "." && c != ".."),
         "ESP path {path:?} must be relative, '/'-separated, without empty, '.' or '..' components"
     );
     Ok(())
@@ -161,16 +139,8 @@ fn source_len(file: &EspFile) -> Result<u64> {
 /// calls with the same inputs produce byte-identical output. Errors name the ESP
 /// path of the file that failed, and say (with sizes) when the files do not fit.
 pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()> {
-    ensure!(
-        opts.size % 512 == 0,
-        "ESP size {} bytes is not a multiple of 512",
-        opts.size
-    );
-    ensure!(
-        opts.size / 512 <= u64::from(u32::MAX),
-        "ESP size {} bytes is too large for FAT",
-        opts.size
-    );
+    ensure!(opts.size % 512 == 0, "ESP size {} bytes is not a multiple of 512", opts.size);
+    ensure!(opts.size / 512 <= u64::from(u32::MAX), "ESP size {} bytes is too large for FAT", opts.size);
     let label = volume_label(&opts.label)?;
     let mut sorted: Vec<&EspFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -179,11 +149,7 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
     for f in &sorted {
         check_path(&f.path)?;
         // FAT names are case-insensitive: "a" and "A" would be the same file.
-        ensure!(
-            seen.insert(f.path.to_ascii_uppercase()),
-            "ESP path {:?} given twice (FAT ignores case)",
-            f.path
-        );
+        ensure!(seen.insert(f.path.to_ascii_uppercase()), "ESP path {:?} given twice (FAT ignores case)", f.path);
         sizes.push(source_len(f)?);
     }
 
@@ -194,22 +160,16 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
         .truncate(true)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.set_len(opts.size)
-        .with_context(|| format!("sizing {} to {} bytes", path.display(), opts.size))?;
-    let mut format = FormatVolumeOptions::new()
-        .volume_id(opts.volume_id)
-        .volume_label(label);
+    file.set_len(opts.size).with_context(|| format!("sizing {} to {} bytes", path.display(), opts.size))?;
+    let mut format = FormatVolumeOptions::new().volume_id(opts.volume_id).volume_label(label);
     if opts.size >= FAT32_MIN_SIZE {
         format = format.fat_type(FatType::Fat32).bytes_per_cluster(fat32_cluster_size(opts.size));
     }
     fatfs::format_volume(&mut file, format)
         .with_context(|| format!("formatting {} ({} bytes) as FAT", path.display(), opts.size))?;
 
-    let fs_opts = FsOptions::new()
-        .update_accessed_date(false)
-        .time_provider(time_provider(opts.timestamp));
-    let fs = FileSystem::new(&mut file, fs_opts)
-        .with_context(|| format!("opening FAT on {}", path.display()))?;
+    let fs_opts = FsOptions::new().update_accessed_date(false).time_provider(time_provider(opts.timestamp));
+    let fs = FileSystem::new(&mut file, fs_opts).with_context(|| format!("opening FAT on {}", path.display()))?;
     check_fit(&fs, &sorted, &sizes, opts.size)?;
     tracing::debug!(fat = ?fs.fat_type(), cluster = fs.cluster_size(), files = sorted.len(), "writing ESP {}", path.display());
 
@@ -220,9 +180,7 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
                 Some((parent, name)) => {
                     let mut dir = root.clone();
                     for comp in parent.split('/') {
-                        dir = dir
-                            .create_dir(comp)
-                            .with_context(|| format!("creating directory {comp:?}"))?;
+                        dir = dir.create_dir(comp).with_context(|| format!("creating directory {comp:?}"))?;
                     }
                     (dir, name)
                 }
@@ -233,64 +191,36 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
             match &f.contents {
                 EspSource::Bytes(b) => out.write_all(b).context("writing contents")?,
                 EspSource::File(p) => {
-                    let mut src =
-                        File::open(p).with_context(|| format!("opening {}", p.display()))?;
-                    let copied = io::copy(&mut src, &mut out)
-                        .with_context(|| format!("copying {}", p.display()))?;
-                    ensure!(
-                        copied == len,
-                        "{} changed size while copying ({len} -> {copied} bytes)",
-                        p.display()
-                    );
+                    let mut src = File::open(p).with_context(|| format!("opening {}", p.display()))?;
+                    let copied = io::copy(&mut src, &mut out).with_context(|| format!("copying {}", p.display()))?;
+                    ensure!(copied == len, "{} changed size while copying ({len} -> {copied} bytes)", p.display());
                 }
             }
             out.flush().context("flushing file")
         };
         write().with_context(|| {
-            format!(
-                "writing ESP file {} ({len} bytes) into {} of {} bytes",
-                f.path,
-                path.display(),
-                opts.size
-            )
+            format!("writing ESP file {} ({len} bytes) into {} of {} bytes", f.path, path.display(), opts.size)
         })?;
     }
     drop(root);
     let fat_type = fs.fat_type();
-    fs.unmount()
-        .with_context(|| format!("unmounting FAT on {}", path.display()))?;
+    fs.unmount().with_context(|| format!("unmounting FAT on {}", path.display()))?;
     super::fatfix::fix_dot_entries(&file, fat_type)
         .with_context(|| format!("fixing directories of {}", path.display()))?;
-    file.flush()
-        .with_context(|| format!("flushing {}", path.display()))?;
+    file.flush().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
 }
 
 /// Fail early, with sizes, when the files cannot fit in the freshly formatted volume.
-fn check_fit(
-    fs: &FileSystem<&mut File>,
-    files: &[&EspFile],
-    sizes: &[u64],
-    esp_size: u64,
-) -> Result<()> {
+fn check_fit(fs: &FileSystem<&mut File>, files: &[&EspFile], sizes: &[u64], esp_size: u64) -> Result<()> {
     let stats = fs.stats().context("reading FAT statistics")?;
     let cluster = u64::from(stats.cluster_size());
     let free = u64::from(stats.free_clusters()) * cluster;
     // Every distinct parent directory takes (at least) one cluster.
-    let dirs: HashSet<String> = files
-        .iter()
-        .flat_map(|f| {
-            f.path
-                .match_indices('/')
-                .map(|(i, _)| f.path[..i].to_ascii_uppercase())
-        })
-        .collect();
+    let dirs: HashSet<String> =
+        files.iter().flat_map(|f| f.path.match_indices('/').map(|(i, _)| f.path[..i].to_ascii_uppercase())).collect();
     let file_bytes: u64 = sizes.iter().sum();
-    let needed: u64 = sizes
-        .iter()
-        .map(|s| s.div_ceil(cluster) * cluster)
-        .sum::<u64>()
-        + dirs.len() as u64 * cluster;
+    let needed: u64 = sizes.iter().map(|s| s.div_ceil(cluster) * cluster).sum::<u64>() + dirs.len() as u64 * cluster;
     if needed > free {
         bail!(
             "ESP files do not fit: {} files of {file_bytes} bytes need {needed} bytes in {cluster}-byte clusters, \

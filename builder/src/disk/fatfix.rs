@@ -18,8 +18,7 @@ const DOTDOT: &[u8; 11] = b"..         ";
 
 fn read_at(img: &File, at: u64, len: u64) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; len as usize];
-    img.read_exact_at(&mut buf, at)
-        .with_context(|| format!("reading {len} bytes at {at}"))?;
+    img.read_exact_at(&mut buf, at).with_context(|| format!("reading {len} bytes at {at}"))?;
     Ok(buf)
 }
 
@@ -53,10 +52,7 @@ impl Volume {
 
     /// Byte offset of cluster `c`, after checking it exists.
     fn offset(&self, c: u32) -> Result<u64> {
-        ensure!(
-            c >= 2 && u64::from(c) < self.clusters + 2,
-            "bad cluster number {c}"
-        );
+        ensure!(c >= 2 && u64::from(c) < self.clusters + 2, "bad cluster number {c}");
         Ok(self.data_off + u64::from(c - 2) * self.cluster_len)
     }
 
@@ -65,10 +61,7 @@ impl Volume {
         let mut out = Vec::new();
         let mut cur = Some(first);
         while let Some(c) = cur {
-            ensure!(
-                out.len() as u64 / self.cluster_len <= self.clusters,
-                "cluster chain loops"
-            );
+            ensure!(out.len() as u64 / self.cluster_len <= self.clusters, "cluster chain loops");
             out.extend(read_at(img, self.offset(c)?, self.cluster_len)?);
             cur = self.next(c);
         }
@@ -82,12 +75,7 @@ impl Volume {
 /// Rewrite each subdirectory to start [".", "..", deleted, deleted, ...].
 pub(super) fn fix_dot_entries(img: &File, fat_type: FatType) -> Result<()> {
     let b = read_at(img, 0, 512)?;
-    let le = |at: usize, n: usize| {
-        b[at..at + n]
-            .iter()
-            .rev()
-            .fold(0, |v, &x| v << 8 | u64::from(x))
-    };
+    let le = |at: usize, n: usize| b[at..at + n].iter().rev().fold(0, |v, &x| v << 8 | u64::from(x));
     let (bps, spc, reserved, fats) = (le(11, 2), le(13, 1), le(14, 2), le(16, 1));
     ensure!(bps >= 512 && spc > 0, "unexpected FAT boot sector");
     let root_len = le(17, 2) * DIR_ENTRY as u64;
@@ -121,38 +109,24 @@ fn fix_subdirs(img: &File, vol: &Volume, dir: &[u8], parent: u32, depth: usize) 
             _ => {}
         }
         let hi = u32::from(u16::from_le_bytes([e[20], e[21]]));
-        let hi = if vol.fat_type == FatType::Fat32 {
-            hi
-        } else {
-            0
-        };
+        let hi = if vol.fat_type == FatType::Fat32 { hi } else { 0 };
         let cluster = hi << 16 | u32::from(u16::from_le_bytes([e[26], e[27]]));
         let at = vol.offset(cluster)?;
         let head = read_at(img, at, 4 * DIR_ENTRY as u64)?;
         let slot = |i: usize| &head[i * DIR_ENTRY..(i + 1) * DIR_ENTRY];
         let mut fixed = head.clone();
-        if slot(0)[11] == ATTR_LFN
-            && &slot(1)[..11] == DOT
-            && slot(2)[11] == ATTR_LFN
-            && &slot(3)[..11] == DOTDOT
-        {
+        if slot(0)[11] == ATTR_LFN && &slot(1)[..11] == DOT && slot(2)[11] == ATTR_LFN && &slot(3)[..11] == DOTDOT {
             fixed = [slot(1), slot(3), &[0xE5; 1], &[0; 31], &[0xE5; 1], &[0; 31]].concat();
         } else {
             let ok = &slot(0)[..11] == DOT && &slot(1)[..11] == DOTDOT;
-            ensure!(
-                ok,
-                "directory at offset {at} does not start with '.' and '..'"
-            );
+            ensure!(ok, "directory at offset {at} does not start with '.' and '..'");
         }
-        fixed[DIR_ENTRY + 20..DIR_ENTRY + 22]
-            .copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
+        fixed[DIR_ENTRY + 20..DIR_ENTRY + 22].copy_from_slice(&((parent >> 16) as u16).to_le_bytes());
         fixed[DIR_ENTRY + 26..DIR_ENTRY + 28].copy_from_slice(&(parent as u16).to_le_bytes());
         if fixed != head {
-            img.write_all_at(&fixed, at)
-                .with_context(|| format!("rewriting directory at offset {at}"))?;
+            img.write_all_at(&fixed, at).with_context(|| format!("rewriting directory at offset {at}"))?;
         }
         fix_subdirs(img, vol, &vol.read_dir(img, cluster)?, cluster, depth + 1)?;
     }
     Ok(())
 }
-

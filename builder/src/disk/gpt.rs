@@ -102,10 +102,7 @@ fn check_label(label: &str) -> Result<()> {
 /// Errors name the numbers when partitions do not fit, when `disk_size` is not a
 /// multiple of 512, or when a `None` size is not last.
 pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> Result<Layout> {
-    ensure!(
-        disk_size % SECTOR == 0,
-        "disk size {disk_size} bytes is not a multiple of the {SECTOR}-byte sector size"
-    );
+    ensure!(disk_size % SECTOR == 0, "disk size {disk_size} bytes is not a multiple of the {SECTOR}-byte sector size");
     // Labels, partition count and tiny disks are checked by validate_layout at the end.
     let usable_end = disk_size.saturating_sub(TAIL_LEN);
     let mut offset = ALIGN;
@@ -150,17 +147,9 @@ pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> 
         });
         offset = end;
     }
-    let layout = Layout {
-        disk_size,
-        disk_guid,
-        partitions,
-    };
+    let layout = Layout { disk_size, disk_guid, partitions };
     validate_layout(&layout)?;
-    tracing::debug!(
-        disk_size,
-        partitions = layout.partitions.len(),
-        "planned disk layout"
-    );
+    tracing::debug!(disk_size, partitions = layout.partitions.len(), "planned disk layout");
     Ok(layout)
 }
 
@@ -189,11 +178,7 @@ pub(crate) fn validate_layout(layout: &Layout) -> Result<()> {
             i + 1
         );
         check_label(&p.label)?;
-        ensure!(
-            guids.insert(p.part_guid),
-            "{what} reuses partition GUID {}",
-            p.part_guid
-        );
+        ensure!(guids.insert(p.part_guid), "{what} reuses partition GUID {}", p.part_guid);
         ensure!(
             p.offset % SECTOR == 0 && p.size % SECTOR == 0 && p.size > 0,
             "{what}: offset {} and size {} must be non-zero multiples of {SECTOR}",
@@ -207,10 +192,7 @@ pub(crate) fn validate_layout(layout: &Layout) -> Result<()> {
         );
         let end = p.offset.checked_add(p.size).filter(|&e| e <= usable_end);
         prev_end = end.with_context(|| {
-            format!(
-                "{what}: {} bytes at offset {} go past the usable end {usable_end}",
-                p.size, p.offset
-            )
+            format!("{what}: {} bytes at offset {} go past the usable end {usable_end}", p.size, p.offset)
         })?;
     }
     Ok(())
@@ -229,9 +211,7 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
     let sectors = layout.disk_size / SECTOR;
     let mut mem = GptDevice::new(layout.disk_size);
     let mbr_size = u32::try_from(sectors - 1).unwrap_or(u32::MAX);
-    gpt::mbr::ProtectiveMBR::with_lb_size(mbr_size)
-        .overwrite_lba0(&mut mem)
-        .context("writing protective mbr")?;
+    gpt::mbr::ProtectiveMBR::with_lb_size(mbr_size).overwrite_lba0(&mut mem).context("writing protective mbr")?;
 
     let mut disk = gpt::GptConfig::new()
         .writable(true)
@@ -253,15 +233,10 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
             (p.number, part)
         })
         .collect();
-    disk.update_partitions(table)
-        .context("setting gpt partition entries")?;
+    disk.update_partitions(table).context("setting gpt partition entries")?;
     let mem = disk.write().context("writing gpt to memory")?;
 
-    Ok(GptImage {
-        head: mem.head,
-        tail: mem.tail,
-        tail_offset: layout.tail_offset(),
-    })
+    Ok(GptImage { head: mem.head, tail: mem.tail, tail_offset: layout.tail_offset() })
 }
 
 /// Write protective MBR + primary and backup GPT for `layout` into `file`,
@@ -271,16 +246,10 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
 /// same layout always produces byte-identical tables. Only the GPT regions are written.
 pub fn write_gpt(file: &mut File, layout: &Layout) -> Result<()> {
     let len = file.metadata().context("reading image file size")?.len();
-    ensure!(
-        len == layout.disk_size,
-        "image file is {len} bytes, layout expects {} bytes",
-        layout.disk_size
-    );
+    ensure!(len == layout.disk_size, "image file is {len} bytes, layout expects {} bytes", layout.disk_size);
     let image = render_gpt(layout)?;
-    file.write_all_at(&image.head, 0)
-        .context("writing primary gpt")?;
-    file.write_all_at(&image.tail, image.tail_offset)
-        .context("writing backup gpt")?;
+    file.write_all_at(&image.head, 0).context("writing primary gpt")?;
+    file.write_all_at(&image.tail, image.tail_offset).context("writing backup gpt")?;
     tracing::debug!(disk_guid = %layout.disk_guid, "wrote gpt");
     Ok(())
 }
@@ -293,11 +262,7 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
     // The gpt crate asserts (panics) on unusual entry sizes: check first.
     let header = gpt::header::read_header_from_arbitrary_device(&mut file, LogicalBlockSize::Lb512)
         .with_context(|| format!("reading primary gpt header of {}", image.display()))?;
-    ensure!(
-        header.part_size == 128,
-        "unsupported gpt entry size {}",
-        header.part_size
-    );
+    ensure!(header.part_size == 128, "unsupported gpt entry size {}", header.part_size);
     let disk = gpt::GptConfig::new()
         .writable(false)
         .only_valid_headers(true)
@@ -306,17 +271,9 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
         .with_context(|| format!("reading gpt of {}", image.display()))?;
     let mut partitions = Vec::new();
     for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
-        ensure!(
-            p.last_lba >= p.first_lba,
-            "partition {number} ends before it starts"
-        );
-        let offset = p
-            .first_lba
-            .checked_mul(SECTOR)
-            .context("partition offset overflows")?;
-        let size = (p.last_lba - p.first_lba + 1)
-            .checked_mul(SECTOR)
-            .context("partition size overflows")?;
+        ensure!(p.last_lba >= p.first_lba, "partition {number} ends before it starts");
+        let offset = p.first_lba.checked_mul(SECTOR).context("partition offset overflows")?;
+        let size = (p.last_lba - p.first_lba + 1).checked_mul(SECTOR).context("partition size overflows")?;
         partitions.push(PlacedPartition {
             number,
             label: p.name.clone(),
@@ -326,11 +283,7 @@ pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
             size,
         });
     }
-    Ok(Layout {
-        disk_size,
-        disk_guid: *disk.guid(),
-        partitions,
-    })
+    Ok(Layout { disk_size, disk_guid: *disk.guid(), partitions })
 }
 
 /// An in-memory disk of `len` bytes that only stores the GPT regions: the head
@@ -361,12 +314,7 @@ impl GptDevice {
 
     fn new(len: u64) -> Self {
         let (head, tail) = (vec![0; HEAD_LEN as usize], vec![0; TAIL_LEN as usize]);
-        GptDevice {
-            len,
-            pos: 0,
-            head,
-            tail,
-        }
+        GptDevice { len, pos: 0, head, tail }
     }
 
     /// The stored bytes from the current position on (None in the gap), and how
@@ -382,10 +330,7 @@ impl GptDevice {
             let n = rest.len();
             (Some(rest), n)
         } else {
-            (
-                None,
-                usize::try_from(tail_start - self.pos).unwrap_or(usize::MAX),
-            )
+            (None, usize::try_from(tail_start - self.pos).unwrap_or(usize::MAX))
         }
     }
 }
@@ -410,10 +355,7 @@ impl Write for GptDevice {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let pos = self.pos;
         if pos >= self.len {
-            return Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "write past end of disk",
-            ));
+            return Err(io::Error::new(io::ErrorKind::WriteZero, "write past end of disk"));
         }
         let (Some(data), avail) = self.at() else {
             let msg = format!("gpt write at {pos} outside the gpt regions");

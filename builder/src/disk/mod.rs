@@ -12,10 +12,10 @@ pub use gpt::{Layout, PartitionSpec, PlacedPartition};
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Seek, SeekFrom};
-use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
-use std::thread::JoinHandle;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
+use std::thread::JoinHandle;
 
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;
@@ -85,9 +85,7 @@ impl SparseWriter {
     }
 
     fn write_run(&self, data: &[u8], at: u64) -> Result<()> {
-        self.file
-            .write_all_at(data, at)
-            .with_context(|| format!("writing {} bytes at offset {at}", data.len()))
+        self.file.write_all_at(data, at).with_context(|| format!("writing {} bytes at offset {at}", data.len()))
     }
 
     /// Append `len` zero bytes (hashed, not written: the file is already zero there).
@@ -247,10 +245,7 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
     let mut sources = Vec::with_capacity(contents.len());
     for (p, path) in layout.partitions.iter().zip(contents) {
         let src = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let len = src
-            .metadata()
-            .with_context(|| format!("reading size of {}", path.display()))?
-            .len();
+        let len = src.metadata().with_context(|| format!("reading size of {}", path.display()))?.len();
         ensure!(
             len <= p.size,
             "{} is {len} bytes, larger than partition {} ({:?}) of {} bytes",
@@ -270,12 +265,7 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
         .with_context(|| format!("creating {}", out.display()))?;
     file.set_len(layout.disk_size)
         .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.disk_size))?;
-    let mut w = SparseWriter {
-        file,
-        pos: 0,
-        image: StreamHasher::start()?,
-        zeros: vec![0u8; CHUNK],
-    };
+    let mut w = SparseWriter { file, pos: 0, image: StreamHasher::start()?, zeros: vec![0u8; CHUNK] };
     let mut digests = Vec::with_capacity(sources.len());
 
     w.put(image.head.clone(), None).context("writing primary gpt")?;
@@ -295,7 +285,8 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
                 buf.truncate(want);
                 let n = read_full(&mut src, &mut buf).with_context(|| format!("reading {}", path.display()))?;
                 ensure!(n == want, "{} shrank while copying", path.display());
-                w.put(buf, Some(&mut ph)).with_context(|| format!("writing partition {} ({:?}) to {}", p.number, p.label, out.display()))?;
+                w.put(buf, Some(&mut ph))
+                    .with_context(|| format!("writing partition {} ({:?}) to {}", p.number, p.label, out.display()))?;
                 at += n as u64;
             }
         }
@@ -304,31 +295,16 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
         // The content's trailing hole and the partition's tail.
         w.skip_zeros(p.size - at, Some(&mut ph))?;
         tracing::debug!(number = p.number, label = %p.label, len, size = p.size, "copied partition");
-        digests.push(PartitionDigest {
-            number: p.number,
-            label: p.label.clone(),
-            sha256: hex::encode(ph.finalize()),
-        });
+        digests.push(PartitionDigest { number: p.number, label: p.label.clone(), sha256: hex::encode(ph.finalize()) });
     }
     w.skip_zeros(image.tail_offset - w.pos, None)?;
     w.put(image.tail.clone(), None).context("writing backup gpt")?;
-    ensure!(
-        w.pos == layout.disk_size,
-        "internal error: wrote {} of {} bytes",
-        w.pos,
-        layout.disk_size
-    );
+    ensure!(w.pos == layout.disk_size, "internal error: wrote {} of {} bytes", w.pos, layout.disk_size);
 
-    w.file
-        .sync_all()
-        .with_context(|| format!("syncing {}", out.display()))?;
+    w.file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
     let sha256 = w.image.finish()?;
     tracing::debug!(%sha256, size = layout.disk_size, "assembled image {}", out.display());
-    Ok(ImageDigest {
-        sha256,
-        size: layout.disk_size,
-        partitions: digests,
-    })
+    Ok(ImageDigest { sha256, size: layout.disk_size, partitions: digests })
 }
 
 /// Read the partition table of an existing image and return the layout found.

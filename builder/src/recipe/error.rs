@@ -61,7 +61,13 @@ pub fn key_of(path: &str, message: &str) -> Option<String> {
         if let Some(name) = rest.split('`').next() {
             let parent = key.rsplit_once('.').map(|(p, _)| p.to_string()).unwrap_or_default();
             // serde_path_to_error already appends the unknown field to the path.
-            key = if key.ends_with(name) { key } else if parent.is_empty() { name.to_string() } else { format!("{parent}.{name}") };
+            key = if key.ends_with(name) {
+                key
+            } else if parent.is_empty() {
+                name.to_string()
+            } else {
+                format!("{parent}.{name}")
+            };
         }
     }
     (!key.is_empty()).then_some(key)
@@ -81,7 +87,10 @@ mod tests {
 
     #[test]
     fn key_path_strips_spanned_marker() {
-        assert_eq!(key_of("checks[1].$__serde_spanned_private_value.foo", "unknown field `foo`, expected `unit`").as_deref(), Some("checks[1].foo"));
+        assert_eq!(
+            key_of("checks[1].$__serde_spanned_private_value.foo", "unknown field `foo`, expected `unit`").as_deref(),
+            Some("checks[1].foo")
+        );
         assert_eq!(key_of("disk.size", "invalid type").as_deref(), Some("disk.size"));
         assert_eq!(key_of(".", "missing field"), None);
     }

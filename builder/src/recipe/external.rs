@@ -18,30 +18,73 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         let repo = r.get_mut();
         let key = |k: &str| format!("repositories[{i}].{k}");
         if !is_name(&repo.name) {
-            return Err(err(at, key("name"), format!("`{}` is not a valid repository name: use lower-case letters, digits and `-`", repo.name)));
+            return Err(err(
+                at,
+                key("name"),
+                format!("`{}` is not a valid repository name: use lower-case letters, digits and `-`", repo.name),
+            ));
         }
         check_url(repo.url.get_ref()).map_err(|m| err(repo.url.span().start, key("url"), m))?;
-        if repo.suite.is_empty() || repo.suite.contains(char::is_whitespace) || repo.components.is_empty() || repo.components.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace)) {
-            return Err(err(at, key("suite"), "a repository needs a suite and at least one component, without spaces".into()));
+        if repo.suite.is_empty()
+            || repo.suite.contains(char::is_whitespace)
+            || repo.components.is_empty()
+            || repo.components.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace))
+        {
+            return Err(err(
+                at,
+                key("suite"),
+                "a repository needs a suite and at least one component, without spaces".into(),
+            ));
         }
         let fpr = normalize_fingerprint(repo.fingerprint.get_ref()).ok_or_else(|| {
-            err(repo.fingerprint.span().start, key("fingerprint"), format!("`{}` is not a full OpenPGP fingerprint (40 hex digits, e.g. from `gpg --show-keys KEYFILE`)", repo.fingerprint.get_ref()))
+            err(
+                repo.fingerprint.span().start,
+                key("fingerprint"),
+                format!(
+                    "`{}` is not a full OpenPGP fingerprint (40 hex digits, e.g. from `gpg --show-keys KEYFILE`)",
+                    repo.fingerprint.get_ref()
+                ),
+            )
         })?;
         let path = normalize(&dir.join(repo.key.get_ref()));
         if !path.is_file() {
-            return Err(err(repo.key.span().start, key("key"), format!("repository `{}`: key file `{}` not found (looked in {})", repo.name, repo.key.get_ref(), path.display())));
+            return Err(err(
+                repo.key.span().start,
+                key("key"),
+                format!(
+                    "repository `{}`: key file `{}` not found (looked in {})",
+                    repo.name,
+                    repo.key.get_ref(),
+                    path.display()
+                ),
+            ));
         }
-        let found = crate::repos::fingerprints(&path).map_err(|e| err(repo.key.span().start, key("key"), format!("repository `{}`: cannot read key file `{}`: {e:#}", repo.name, repo.key.get_ref())))?;
+        let found = crate::repos::fingerprints(&path).map_err(|e| {
+            err(
+                repo.key.span().start,
+                key("key"),
+                format!("repository `{}`: cannot read key file `{}`: {e:#}", repo.name, repo.key.get_ref()),
+            )
+        })?;
         if !found.contains(&fpr) {
             return Err(err(
                 repo.fingerprint.span().start,
                 key("fingerprint"),
-                format!("repository `{}`: key file `{}` holds {}, not the expected key {fpr}", repo.name, repo.key.get_ref(), if found.is_empty() { "no public key".into() } else { format!("key {}", found.join(", ")) }),
+                format!(
+                    "repository `{}`: key file `{}` holds {}, not the expected key {fpr}",
+                    repo.name,
+                    repo.key.get_ref(),
+                    if found.is_empty() { "no public key".into() } else { format!("key {}", found.join(", ")) }
+                ),
             ));
         }
         if let Some(p) = &repo.pin_packages {
             if repo.pin_priority.is_none() || p.is_empty() {
-                return Err(err(at, key("pin_packages"), "pin_packages needs pin_priority (and at least one package pattern)".into()));
+                return Err(err(
+                    at,
+                    key("pin_packages"),
+                    "pin_packages needs pin_priority (and at least one package pattern)".into(),
+                ));
             }
         }
         *repo.key.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
@@ -52,17 +95,29 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         let a = a.get_ref();
         let key = |k: &str| format!("artifacts[{i}].{k}");
         if !is_name(&a.name) {
-            return Err(err(at, key("name"), format!("`{}` is not a valid artifact name: use lower-case letters, digits and `-`", a.name)));
+            return Err(err(
+                at,
+                key("name"),
+                format!("`{}` is not a valid artifact name: use lower-case letters, digits and `-`", a.name),
+            ));
         }
         check_url(a.url.get_ref()).map_err(|m| err(a.url.span().start, key("url"), m))?;
         if !is_sha256(a.sha256.get_ref()) {
-            return Err(err(a.sha256.span().start, key("sha256"), format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256.get_ref())));
+            return Err(err(
+                a.sha256.span().start,
+                key("sha256"),
+                format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256.get_ref()),
+            ));
         }
         check_image_path(a.dest.get_ref()).map_err(|m| err(a.dest.span().start, key("dest"), m))?;
         if let Some(mode) = &a.mode {
             parse_mode(mode.get_ref()).map_err(|m| err(mode.span().start, key("mode"), m))?;
             if a.extract.is_some() {
-                return Err(err(mode.span().start, key("mode"), "mode applies to a single file; an extracted archive keeps the modes of its members".into()));
+                return Err(err(
+                    mode.span().start,
+                    key("mode"),
+                    "mode applies to a single file; an extracted archive keeps the modes of its members".into(),
+                ));
             }
         }
         if let Some(owner) = &a.owner {
@@ -75,12 +130,22 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         let at = f.span().start;
         run_of(f.get_ref()).map_err(|m| err(at, format!("first_boot[{i}]"), m))?;
         if !is_name(&f.get_ref().name) {
-            return Err(err(at, format!("first_boot[{i}].name"), format!("`{}` is not a valid action name: use lower-case letters, digits and `-`", f.get_ref().name)));
+            return Err(err(
+                at,
+                format!("first_boot[{i}].name"),
+                format!("`{}` is not a valid action name: use lower-case letters, digits and `-`", f.get_ref().name),
+            ));
         }
         if let Some(u) = f.get_ref().before.iter().chain(&f.get_ref().after).find(|u| !is_unit_name(u)) {
-            return Err(err(at, format!("first_boot[{i}]"), format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)")));
+            return Err(err(
+                at,
+                format!("first_boot[{i}]"),
+                format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)"),
+            ));
         }
-        if let Some(u) = f.get_ref().before.iter().find(|u| u.ends_with(".socket") || matches!(u.as_str(), "sysinit.target" | "basic.target" | "sockets.target")) {
+        if let Some(u) = f.get_ref().before.iter().find(|u| {
+            u.ends_with(".socket") || matches!(u.as_str(), "sysinit.target" | "basic.target" | "sockets.target")
+        }) {
             return Err(err(at, format!("first_boot[{i}].before"), format!("first-boot actions start after basic.target, so they cannot come before `{u}` (an ordering cycle); order them before the service instead")));
         }
     }
@@ -95,13 +160,26 @@ fn run_of(f: &FirstBootLayer) -> Result<FirstBootRun, String> {
             Ok(FirstBootRun::Script(s.clone()))
         }
         (Some(_), Some(_)) => Err("a first-boot action takes either `command` or `script`, not both".into()),
-        _ => Err("a first-boot action needs `command` (a bash command line) or `script` (an executable's path in the image)".into()),
+        _ => Err(
+            "a first-boot action needs `command` (a bash command line) or `script` (an executable's path in the image)"
+                .into(),
+        ),
     }
 }
 
 /// Resolve the merged lists: defaults, and names unique across all layers.
-pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<(Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>), RecipeError> {
-    let dup = |what: &str, list: &str, name: &str| RecipeError::file(file, Some(list.into()), format!("two {what} are named `{name}` (in the recipe or its layers)"));
+pub fn resolve(
+    file: &Path,
+    top_dir: &Path,
+    layer: &mut Layer,
+) -> Result<(Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>), RecipeError> {
+    let dup = |what: &str, list: &str, name: &str| {
+        RecipeError::file(
+            file,
+            Some(list.into()),
+            format!("two {what} are named `{name}` (in the recipe or its layers)"),
+        )
+    };
     let mut repos = Vec::new();
     for r in layer.repositories.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
         let RepositoryLayer { name, url, suite, components, key, fingerprint, pin_priority, pin_packages } = r;
@@ -109,8 +187,18 @@ pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<(Vec<Re
             return Err(dup("repositories", "repositories", &name));
         }
         let key = PathBuf::from(key.into_inner());
-        let pin = pin_priority.map(|priority| Pin { priority, packages: pin_packages.unwrap_or_else(|| vec!["*".into()]) });
-        repos.push(Repository { name, url: url.into_inner().trim_end_matches('/').into(), suite, components, key_path: normalize(&top_dir.join(&key)), key, fingerprint: fingerprint.into_inner(), pin });
+        let pin =
+            pin_priority.map(|priority| Pin { priority, packages: pin_packages.unwrap_or_else(|| vec!["*".into()]) });
+        repos.push(Repository {
+            name,
+            url: url.into_inner().trim_end_matches('/').into(),
+            suite,
+            components,
+            key_path: normalize(&top_dir.join(&key)),
+            key,
+            fingerprint: fingerprint.into_inner(),
+            pin,
+        });
     }
     let mut artifacts = Vec::new();
     for a in layer.artifacts.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
@@ -119,7 +207,15 @@ pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<(Vec<Re
             return Err(dup("artifacts", "artifacts", &name));
         }
         let mode = mode.map(|m| parse_mode(m.get_ref()).unwrap_or(0o644)).unwrap_or(0o644);
-        artifacts.push(Artifact { name, url: url.into_inner(), sha256: sha256.into_inner().to_ascii_lowercase(), dest: dest.into_inner(), extract, mode, owner });
+        artifacts.push(Artifact {
+            name,
+            url: url.into_inner(),
+            sha256: sha256.into_inner().to_ascii_lowercase(),
+            dest: dest.into_inner(),
+            extract,
+            mode,
+            owner,
+        });
     }
     let mut actions = Vec::new();
     for f in layer.first_boot.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
@@ -144,12 +240,18 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit()) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
 fn is_unit_name(s: &str) -> bool {
     let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
-    ok_chars && [".service", ".socket", ".target", ".mount", ".path", ".timer", ".device"].iter().any(|x| s.ends_with(x) && s.len() > x.len())
+    ok_chars
+        && [".service", ".socket", ".target", ".mount", ".path", ".timer", ".device"]
+            .iter()
+            .any(|x| s.ends_with(x) && s.len() > x.len())
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -157,7 +259,10 @@ fn is_sha256(s: &str) -> bool {
 }
 
 fn check_url(url: &str) -> Result<(), String> {
-    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
     let host = rest.split('/').next().unwrap_or("");
     if host.is_empty() || url.contains(char::is_whitespace) {
         return Err(format!("`{url}` is not a valid URL"));
@@ -175,7 +280,10 @@ fn check_image_path(p: &str) -> Result<(), String> {
 
 /// An octal mode written as a string: "0644", "755".
 pub fn parse_mode(s: &str) -> Result<u32, String> {
-    u32::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| format!("`{s}` is not an octal file mode such as \"0644\""))
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("`{s}` is not an octal file mode such as \"0644\""))
 }
 
 #[cfg(test)]
@@ -184,13 +292,21 @@ mod tests {
 
     #[test]
     fn fingerprints_are_normalized() {
-        assert_eq!(normalize_fingerprint("24B3 0F06 ECC1 836A 4E5E  FECB A7BC D142 0BFE 778e").as_deref(), Some("24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E"));
+        assert_eq!(
+            normalize_fingerprint("24B3 0F06 ECC1 836A 4E5E  FECB A7BC D142 0BFE 778e").as_deref(),
+            Some("24B30F06ECC1836A4E5EFECBA7BCD1420BFE778E")
+        );
         assert_eq!(normalize_fingerprint("A7BCD1420BFE778E"), None, "a long key id is not a fingerprint");
     }
 
     #[test]
     fn unit_names_and_modes() {
-        assert!(is_unit_name("nginx.service") && is_unit_name("network-online.target") && !is_unit_name("nginx") && !is_unit_name("a b.service"));
+        assert!(
+            is_unit_name("nginx.service")
+                && is_unit_name("network-online.target")
+                && !is_unit_name("nginx")
+                && !is_unit_name("a b.service")
+        );
         assert_eq!(parse_mode("0640"), Ok(0o640));
         assert!(parse_mode("rw-r--r--").is_err());
     }

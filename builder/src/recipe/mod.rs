@@ -209,8 +209,14 @@ pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
     validate::resolve(layer, path, sources)
 }
 
-fn load_layer(path: &Path, top_dir: &Path, stack: &mut Vec<PathBuf>, sources: &mut Vec<PathBuf>) -> Result<Layer, RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| RecipeError::file(path, None, format!("cannot read recipe: {e}")))?;
+fn load_layer(
+    path: &Path,
+    top_dir: &Path,
+    stack: &mut Vec<PathBuf>,
+    sources: &mut Vec<PathBuf>,
+) -> Result<Layer, RecipeError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| RecipeError::file(path, None, format!("cannot read recipe: {e}")))?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     stack.push(canonical);
     sources.push(path.to_path_buf());
@@ -222,12 +228,25 @@ fn load_layer(path: &Path, top_dir: &Path, stack: &mut Vec<PathBuf>, sources: &m
         let inc_path = normalize(&dir.join(inc.get_ref()));
         let key = Some("include".to_string());
         let canonical = inc_path.canonicalize().map_err(|e| {
-            RecipeError::at(path, &text, inc.span().start, key.clone(), format!("cannot read included file `{}` ({}): {e}", inc.get_ref(), inc_path.display()))
+            RecipeError::at(
+                path,
+                &text,
+                inc.span().start,
+                key.clone(),
+                format!("cannot read included file `{}` ({}): {e}", inc.get_ref(), inc_path.display()),
+            )
         })?;
         if let Some(pos) = stack.iter().position(|p| *p == canonical) {
-            let mut cycle: Vec<String> = stack[pos..].iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
+            let mut cycle: Vec<String> =
+                stack[pos..].iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();
             cycle.push(canonical.file_name().unwrap_or_default().to_string_lossy().into_owned());
-            return Err(RecipeError::at(path, &text, inc.span().start, key, format!("include cycle: {}", cycle.join(" -> "))));
+            return Err(RecipeError::at(
+                path,
+                &text,
+                inc.span().start,
+                key,
+                format!("include cycle: {}", cycle.join(" -> ")),
+            ));
         }
         let included = load_layer(&inc_path, top_dir, stack, sources)?;
         merged = merged.merge(included);

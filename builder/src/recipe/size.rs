@@ -10,14 +10,20 @@ impl Size {
         let s = s.trim();
         let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(digits_end);
-        let num: u64 = num.parse().map_err(|_| format!("`{s}` is not a size; write e.g. \"2GiB\", \"512MiB\" or a number of bytes"))?;
+        let num: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size; write e.g. \"2GiB\", \"512MiB\" or a number of bytes"))?;
         let shift = match unit.trim() {
             "" | "B" => 0,
             "K" | "KiB" => 10,
             "M" | "MiB" => 20,
             "G" | "GiB" => 30,
             "T" | "TiB" => 40,
-            other => return Err(format!("unknown size unit `{other}` in `{s}`; use KiB, MiB, GiB or TiB (K, M, G, T mean the same)")),
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}`; use KiB, MiB, GiB or TiB (K, M, G, T mean the same)"
+                ))
+            }
         };
         num.checked_mul(1u64 << shift).map(Size).ok_or_else(|| format!("size `{s}` is too large"))
     }

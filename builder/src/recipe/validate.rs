@@ -1,7 +1,10 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::RecipeError;
 use super::layer::{CheckLayer, InitramfsModules, Layer};
-use super::{defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay, Recipe, System, User};
+use super::{
+    defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
+    Recipe, System, User,
+};
 use crate::arch::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -13,7 +16,11 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     for (i, ov) in layer.overlays.iter_mut().flatten().enumerate() {
         let path = normalize(&dir.join(ov.get_ref()));
         if !path.is_dir() {
-            return Err(err(ov.span().start, &format!("overlays[{i}]"), format!("overlay directory `{}` not found (looked in {})", ov.get_ref(), path.display())));
+            return Err(err(
+                ov.span().start,
+                &format!("overlays[{i}]"),
+                format!("overlay directory `{}` not found (looked in {})", ov.get_ref(), path.display()),
+            ));
         }
         *ov.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
     }
@@ -31,10 +38,21 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         let key = format!("users[{i}]");
         let user = u.get_ref();
         if !is_user_name(&user.name) {
-            return Err(err(u.span().start, &format!("{key}.name"), format!("`{}` is not a valid user name (lower-case letters, digits, `_` and `-`, at most 32 characters)", user.name)));
+            return Err(err(
+                u.span().start,
+                &format!("{key}.name"),
+                format!(
+                    "`{}` is not a valid user name (lower-case letters, digits, `_` and `-`, at most 32 characters)",
+                    user.name
+                ),
+            ));
         }
         if let Some(bad) = user.ssh_authorized_keys.iter().find(|k| !is_ssh_key(k)) {
-            return Err(err(u.span().start, &format!("{key}.ssh_authorized_keys"), format!("`{}` does not look like an OpenSSH public key (`ssh-ed25519 AAAA…`)", truncate(bad, 40))));
+            return Err(err(
+                u.span().start,
+                &format!("{key}.ssh_authorized_keys"),
+                format!("`{}` does not look like an OpenSSH public key (`ssh-ed25519 AAAA…`)", truncate(bad, 40)),
+            ));
         }
     }
     for (i, c) in layer.checks.iter().flatten().enumerate() {
@@ -42,7 +60,11 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     }
     if let Some(epoch) = &layer.source_date_epoch {
         if !(315_532_800..=4_102_444_800).contains(epoch.get_ref()) {
-            return Err(err(epoch.span().start, "source_date_epoch", "must lie between 1980-01-01 and 2100-01-01 (FAT and ext4 cannot store every time)".into()));
+            return Err(err(
+                epoch.span().start,
+                "source_date_epoch",
+                "must lie between 1980-01-01 and 2100-01-01 (FAT and ext4 cannot store every time)".into(),
+            ));
         }
     }
     if let Some(disk) = &layer.disk {
@@ -54,7 +76,11 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         }
         if let Some(esp) = &disk.esp_size {
             if esp.get_ref().0 < 64 << 20 {
-                return Err(err(esp.span().start, "disk.esp_size", format!("{} is too small: the ESP needs at least 64MiB for a kernel and initrd", esp.get_ref())));
+                return Err(err(
+                    esp.span().start,
+                    "disk.esp_size",
+                    format!("{} is too small: the ESP needs at least 64MiB for a kernel and initrd", esp.get_ref()),
+                ));
             }
         }
     }
@@ -68,7 +94,8 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
 }
 
 fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
-    let kinds = [c.command.clone().map(CheckKind::Command), c.unit.clone().map(CheckKind::Unit), c.port.map(CheckKind::Port)];
+    let kinds =
+        [c.command.clone().map(CheckKind::Command), c.unit.clone().map(CheckKind::Unit), c.port.map(CheckKind::Port)];
     let mut set = kinds.into_iter().flatten();
     match (set.next(), set.next()) {
         (Some(kind), None) => {
@@ -91,8 +118,11 @@ fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
 
 /// Fill defaults into the merged layer and check what spans files.
 pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
-    let (repositories, artifacts, first_boot) = super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer)?;
-    let missing = |key: &str| RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string());
+    let (repositories, artifacts, first_boot) =
+        super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer)?;
+    let missing = |key: &str| {
+        RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string())
+    };
     let name = layer.name.ok_or_else(|| missing("name"))?.into_inner();
     let version = layer.version.ok_or_else(|| missing("version"))?;
     let top_dir = file.parent().unwrap_or(Path::new(""));
@@ -119,7 +149,11 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         disable: dedup(sys.disable.unwrap_or_default()),
     };
     if !is_hostname(&system.hostname) {
-        return Err(RecipeError::file(file, Some("system.hostname".into()), format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname")));
+        return Err(RecipeError::file(
+            file,
+            Some("system.hostname".into()),
+            format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname"),
+        ));
     }
 
     let mut users = Vec::new();
@@ -127,9 +161,18 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     for u in layer.users.unwrap_or_default() {
         let u = u.into_inner();
         if !seen.insert(u.name.clone()) {
-            return Err(RecipeError::file(file, Some("users".into()), format!("user `{}` is defined twice (in the recipe or its layers)", u.name)));
+            return Err(RecipeError::file(
+                file,
+                Some("users".into()),
+                format!("user `{}` is defined twice (in the recipe or its layers)", u.name),
+            ));
         }
-        users.push(User { name: u.name, groups: dedup(u.groups), ssh_authorized_keys: u.ssh_authorized_keys, shell: u.shell.unwrap_or_else(|| "/bin/bash".into()) });
+        users.push(User {
+            name: u.name,
+            groups: dedup(u.groups),
+            ssh_authorized_keys: u.ssh_authorized_keys,
+            shell: u.shell.unwrap_or_else(|| "/bin/bash".into()),
+        });
     }
 
     let overlays = dedup(layer.overlays.unwrap_or_default().into_iter().map(|o| o.into_inner()).collect())
@@ -148,7 +191,8 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     }
 
     let boot = layer.boot.unwrap_or_default();
-    let boot = Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
+    let boot =
+        Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
 
     let mut checks: Vec<Check> = Vec::new();
     for c in layer.checks.unwrap_or_default() {
@@ -160,7 +204,11 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
             CheckKind::Port(p) => format!("port: {p}"),
         });
         if checks.iter().any(|x| x.name == name) {
-            return Err(RecipeError::file(file, Some("checks".into()), format!("two checks are named `{name}`; give one a `name`")));
+            return Err(RecipeError::file(
+                file,
+                Some("checks".into()),
+                format!("two checks are named `{name}`; give one a `name`"),
+            ));
         }
         checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
     }
@@ -169,7 +217,10 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
     let output = Output { formats: dedup(formats) };
 
-    let vars = serde_json::to_value(layer.vars.unwrap_or_default()).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default();
+    let vars = serde_json::to_value(layer.vars.unwrap_or_default())
+        .ok()
+        .and_then(|v| v.as_object().cloned())
+        .unwrap_or_default();
 
     Ok(Recipe {
         name,
@@ -196,7 +247,13 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
 /// Why a disk of `size` is too small for an ESP of `esp` plus a root of at least 512MiB, if it is.
 fn too_small(size: u64, esp: u64) -> Option<String> {
     let min_root = 512 << 20;
-    (size < esp + min_root + (2 << 20)).then(|| format!("{} leaves no room for a root filesystem of at least 512MiB beside a {} ESP", super::Size(size), super::Size(esp)))
+    (size < esp + min_root + (2 << 20)).then(|| {
+        format!(
+            "{} leaves no room for a root filesystem of at least 512MiB beside a {} ESP",
+            super::Size(size),
+            super::Size(esp)
+        )
+    })
 }
 
 fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {
@@ -205,22 +262,36 @@ fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {
 }
 
 fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n).collect::<String>()) }
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
 }
 
 fn is_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+    !s.is_empty()
+        && s.len() <= 64
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
 }
 
 pub fn is_hostname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(|l| {
-        !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-    })
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 fn is_user_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 32 && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
         && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
 }
 
@@ -228,5 +299,7 @@ fn is_ssh_key(s: &str) -> bool {
     let mut parts = s.split_whitespace();
     let kind = parts.next().unwrap_or("");
     let blob = parts.next().unwrap_or("");
-    (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-")) && blob.starts_with("AAAA") && !s.contains('\n')
+    (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+        && blob.starts_with("AAAA")
+        && !s.contains('\n')
 }

@@ -41,7 +41,11 @@ pub fn from_copyright(text: &str) -> Option<Licences> {
     if terms.is_empty() {
         return None;
     }
-    let expression = if terms.len() == 1 { terms.remove(0) } else { terms.iter().map(|t| parenthesize(t)).collect::<Vec<_>>().join(" AND ") };
+    let expression = if terms.len() == 1 {
+        terms.remove(0)
+    } else {
+        terms.iter().map(|t| parenthesize(t)).collect::<Vec<_>>().join(" AND ")
+    };
     Some(Licences { expression, refs })
 }
 
@@ -119,7 +123,9 @@ fn translate_term(term: &str, refs: &mut BTreeMap<String, String>) -> String {
     if let Some(at) = lower.find(" with ") {
         let (name, rest) = (&term[..at], term[at + 6..].trim());
         let exception = rest.strip_suffix(" exception").unwrap_or(rest).trim();
-        let exc_id = [exception.to_string(), format!("{exception}-exception")].into_iter().find_map(|e| spdx::exception_id(&e).filter(|x| !x.is_deprecated()));
+        let exc_id = [exception.to_string(), format!("{exception}-exception")]
+            .into_iter()
+            .find_map(|e| spdx::exception_id(&e).filter(|x| !x.is_deprecated()));
         if let (Some(id), Some(exc)) = (spdx_id(name), exc_id) {
             return format!("{id} WITH {}", exc.name);
         }
@@ -133,7 +139,8 @@ fn translate_term(term: &str, refs: &mut BTreeMap<String, String>) -> String {
 
 /// The SPDX identifier a Debian short name means, if there is exactly one.
 pub fn spdx_id(name: &str) -> Option<String> {
-    let valid = |id: &str| spdx::license_id(id).filter(|l| !l.is_deprecated() && l.name == id).map(|l| l.name.to_string());
+    let valid =
+        |id: &str| spdx::license_id(id).filter(|l| !l.is_deprecated() && l.name == id).map(|l| l.name.to_string());
     if let Some(id) = valid(name) {
         return Some(id);
     }
@@ -162,7 +169,9 @@ fn gnu(name: &str) -> Option<String> {
         Some(b) => (b, true),
         None => (name, false),
     };
-    let (family, version) = ["AGPL-", "LGPL-", "GPL-", "GFDL-NIV-", "GFDL-"].iter().find_map(|f| base.strip_prefix(f).map(|v| (&f[..f.len() - 1], v)))?;
+    let (family, version) = ["AGPL-", "LGPL-", "GPL-", "GFDL-NIV-", "GFDL-"]
+        .iter()
+        .find_map(|f| base.strip_prefix(f).map(|v| (&f[..f.len() - 1], v)))?;
     let version = match version {
         "1" | "1.0" => "1.0",
         "2" | "2.0" => "2.0",
@@ -220,8 +229,14 @@ mod tests {
 
     #[test]
     fn expressions_and_refs() {
-        assert_eq!(tr("GPL-1+ or Artistic"), ("GPL-1.0-or-later OR LicenseRef-Artistic".into(), vec!["LicenseRef-Artistic".into()]));
-        assert_eq!(tr("GPL-2+ or AFL-2.1, and Expat and Tcl-BSDish").0, "(GPL-2.0-or-later OR AFL-2.1) AND (MIT AND LicenseRef-Tcl-BSDish)");
+        assert_eq!(
+            tr("GPL-1+ or Artistic"),
+            ("GPL-1.0-or-later OR LicenseRef-Artistic".into(), vec!["LicenseRef-Artistic".into()])
+        );
+        assert_eq!(
+            tr("GPL-2+ or AFL-2.1, and Expat and Tcl-BSDish").0,
+            "(GPL-2.0-or-later OR AFL-2.1) AND (MIT AND LicenseRef-Tcl-BSDish)"
+        );
         assert_eq!(tr("public-domain").0, "LicenseRef-public-domain");
         assert_eq!(tr("GPL-3+ with Bison exception").0, "LicenseRef-GPL-3-plus-with-Bison-exception");
         assert_eq!(tr("MIT/X11").0, "LicenseRef-MIT-X11");

@@ -48,7 +48,8 @@ pub fn inventory(root: &Path) -> Result<Inventory> {
     let mut packages: Vec<DebPackage> = crate::packages::installed(root)?
         .into_iter()
         .map(|p| DebPackage {
-            licence: read_in_root(root, &format!("usr/share/doc/{}/copyright", p.name)).and_then(|t| license::from_copyright(&t)),
+            licence: read_in_root(root, &format!("usr/share/doc/{}/copyright", p.name))
+                .and_then(|t| license::from_copyright(&t)),
             deb_file: p.filename.as_deref().and_then(|f| f.rsplit('/').next()).map(String::from),
             deb_sha256: p.sha256,
             name: p.name,
@@ -63,7 +64,11 @@ pub fn inventory(root: &Path) -> Result<Inventory> {
     if with_sha == 0 {
         tracing::warn!("no apt package lists in the root: the SBOM has no .deb checksums");
     }
-    tracing::info!("{} installed packages, {with_sha} with .deb checksums, {} with machine-readable licences", packages.len(), packages.iter().filter(|p| p.licence.is_some()).count());
+    tracing::info!(
+        "{} installed packages, {with_sha} with .deb checksums, {} with machine-readable licences",
+        packages.len(),
+        packages.iter().filter(|p| p.licence.is_some()).count()
+    );
     Ok(Inventory { packages })
 }
 

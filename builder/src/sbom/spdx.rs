@@ -115,14 +115,24 @@ pub fn document(facts: &ImageFacts, inventory: &Inventory) -> Result<String> {
         download_location: NOASSERTION,
         files_analyzed: false,
         checksums: vec![Checksum { algorithm: "SHA256", checksum_value: facts.image_sha256.into() }],
-        source_info: Some(format!("built by kiln {} from recipe {} {} (recipe sha256 {})", env!("CARGO_PKG_VERSION"), facts.name, facts.version, facts.recipe_hash)),
+        source_info: Some(format!(
+            "built by kiln {} from recipe {} {} (recipe sha256 {})",
+            env!("CARGO_PKG_VERSION"),
+            facts.name,
+            facts.version,
+            facts.recipe_hash
+        )),
         license_concluded: NOASSERTION,
         license_declared: NOASSERTION.into(),
         copyright_text: NOASSERTION,
         external_refs: vec![],
         primary_package_purpose: Some("OPERATING-SYSTEM"),
     }];
-    let mut relationships = vec![Relationship { spdx_element_id: "SPDXRef-DOCUMENT".into(), relationship_type: "DESCRIBES", related_spdx_element: IMAGE_ID.into() }];
+    let mut relationships = vec![Relationship {
+        spdx_element_id: "SPDXRef-DOCUMENT".into(),
+        relationship_type: "DESCRIBES",
+        related_spdx_element: IMAGE_ID.into(),
+    }];
     let mut refs: BTreeMap<String, String> = BTreeMap::new();
     let mut ids = BTreeSet::new();
     for p in &inventory.packages {
@@ -132,7 +142,11 @@ pub fn document(facts: &ImageFacts, inventory: &Inventory) -> Result<String> {
                 refs.entry(r.clone()).or_insert_with(|| name.clone());
             }
         }
-        relationships.push(Relationship { spdx_element_id: IMAGE_ID.into(), relationship_type: "CONTAINS", related_spdx_element: id.clone() });
+        relationships.push(Relationship {
+            spdx_element_id: IMAGE_ID.into(),
+            relationship_type: "CONTAINS",
+            related_spdx_element: id.clone(),
+        });
         packages.push(deb_package(id, p));
     }
     let doc = Document {
@@ -161,7 +175,11 @@ pub fn document(facts: &ImageFacts, inventory: &Inventory) -> Result<String> {
 }
 
 fn deb_package(spdx_id: String, p: &DebPackage) -> Package {
-    let source = if p.source == p.name && p.source_version == p.version { format!("Debian source package {}", p.source) } else { format!("Debian source package {} {}", p.source, p.source_version) };
+    let source = if p.source == p.name && p.source_version == p.version {
+        format!("Debian source package {}", p.source)
+    } else {
+        format!("Debian source package {} {}", p.source, p.source_version)
+    };
     Package {
         spdx_id,
         name: p.name.clone(),
@@ -175,7 +193,11 @@ fn deb_package(spdx_id: String, p: &DebPackage) -> Package {
         license_concluded: NOASSERTION,
         license_declared: p.licence.as_ref().map(|l| l.expression.clone()).unwrap_or_else(|| NOASSERTION.into()),
         copyright_text: NOASSERTION,
-        external_refs: vec![ExternalRef { reference_category: "PACKAGE-MANAGER", reference_type: "purl", reference_locator: purl(p) }],
+        external_refs: vec![ExternalRef {
+            reference_category: "PACKAGE-MANAGER",
+            reference_type: "purl",
+            reference_locator: purl(p),
+        }],
         primary_package_purpose: None,
     }
 }
@@ -186,12 +208,25 @@ pub fn purl(p: &DebPackage) -> String {
 }
 
 fn percent(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// `SPDXRef-deb-<name>-<arch>` made of the characters SPDX ids allow, unique in the document.
 fn unique_id(ids: &mut BTreeSet<String>, p: &DebPackage) -> String {
-    let clean = |s: &str| s.replace('+', "plus").chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect::<String>();
+    let clean = |s: &str| {
+        s.replace('+', "plus")
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+            .collect::<String>()
+    };
     let base = format!("SPDXRef-deb-{}-{}", clean(&p.name), clean(&p.architecture));
     let mut id = base.clone();
     let mut n = 2;
@@ -204,7 +239,8 @@ fn unique_id(ids: &mut BTreeSet<String>, p: &DebPackage) -> String {
 
 /// `2025-01-01T00:00:00Z` for 1735689600.
 pub fn rfc3339(epoch: i64) -> Result<String> {
-    let t = chrono::DateTime::from_timestamp(epoch, 0).with_context(|| format!("source_date_epoch {epoch} is out of range"))?;
+    let t = chrono::DateTime::from_timestamp(epoch, 0)
+        .with_context(|| format!("source_date_epoch {epoch} is out of range"))?;
     Ok(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
 }
 
@@ -219,7 +255,16 @@ mod tests {
     use super::*;
 
     fn pkg(name: &str, version: &str) -> DebPackage {
-        DebPackage { name: name.into(), version: version.into(), architecture: "amd64".into(), source: name.into(), source_version: version.into(), licence: None, deb_sha256: None, deb_file: None }
+        DebPackage {
+            name: name.into(),
+            version: version.into(),
+            architecture: "amd64".into(),
+            source: name.into(),
+            source_version: version.into(),
+            licence: None,
+            deb_sha256: None,
+            deb_file: None,
+        }
     }
 
     #[test]
@@ -238,7 +283,8 @@ mod tests {
     #[test]
     fn created_is_the_epoch() {
         assert_eq!(rfc3339(1735689600).unwrap(), "2025-01-01T00:00:00Z");
-        let date = crate::cmd::Cmd::new("date").args(["-u", "-d", "@315532800", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+        let date =
+            crate::cmd::Cmd::new("date").args(["-u", "-d", "@315532800", "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
         assert_eq!(rfc3339(315532800).unwrap(), date.trim());
     }
 }

@@ -1,7 +1,6 @@
 //! Booting images under QEMU with UEFI firmware: `kiln boot` (interactive) and `kiln test`
 //! (headless; the guest agent runs the image's checks and reports on the serial console).
 mod test;
-pub use test::{default_log, test, CheckResult, TestReport};
 use crate::arch::Arch;
 use crate::cmd::{self, Cmd};
 use crate::disk;
@@ -10,6 +9,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+pub use test::{default_log, test, CheckResult, TestReport};
 
 const FIRMWARE_TOML: &str = include_str!("../../../firmware/firmware.toml");
 
@@ -45,7 +45,8 @@ pub fn firmware(arch: Arch) -> Result<(PathBuf, Option<PathBuf>)> {
     if let (Some(code), Some(vars)) = (std::env::var_os("KILN_FIRMWARE_CODE"), std::env::var_os("KILN_FIRMWARE_VARS")) {
         return Ok((code.into(), Some(vars.into())));
     }
-    let table: BTreeMap<String, FirmwareEntry> = toml::from_str(FIRMWARE_TOML).context("parsing firmware/firmware.toml")?;
+    let table: BTreeMap<String, FirmwareEntry> =
+        toml::from_str(FIRMWARE_TOML).context("parsing firmware/firmware.toml")?;
     let entry = table.get(arch.name()).with_context(|| format!("firmware/firmware.toml has no entry for {arch}"))?;
     for pair in &entry.pairs {
         let vars = (!pair.vars.as_os_str().is_empty()).then(|| pair.vars.clone());
@@ -53,12 +54,17 @@ pub fn firmware(arch: Arch) -> Result<(PathBuf, Option<PathBuf>)> {
             return Ok((pair.code.clone(), vars));
         }
     }
-    bail!("no UEFI firmware for {arch} found (looked for {}); install the Debian package `{}` (scripts/setup-host does)", entry.pairs.iter().map(|p| p.code.display().to_string()).collect::<Vec<_>>().join(", "), entry.package)
+    bail!(
+        "no UEFI firmware for {arch} found (looked for {}); install the Debian package `{}` (scripts/setup-host does)",
+        entry.pairs.iter().map(|p| p.code.display().to_string()).collect::<Vec<_>>().join(", "),
+        entry.package
+    )
 }
 
 /// The architecture of an image, read from its root partition's type GUID.
 pub fn image_arch(image: &Path) -> Result<Arch> {
-    let layout = disk::read_layout(image).with_context(|| format!("reading the partition table of {}", image.display()))?;
+    let layout =
+        disk::read_layout(image).with_context(|| format!("reading the partition table of {}", image.display()))?;
     for p in &layout.partitions {
         if let Some(a) = Arch::ALL.into_iter().find(|a| a.root_partition_type() == p.type_guid) {
             return Ok(a);
@@ -101,13 +107,23 @@ pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Opt
         Accel::Auto => "tcg",
     };
     let mut cmd = Cmd::new(arch.qemu_system()).args(arch.qemu_machine()).arg("-accel").arg(accel);
-    cmd = cmd
-        .args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "mon:stdio", "-no-reboot"]);
+    cmd = cmd.args(["-smp", &opts.cpus.to_string(), "-m", &opts.memory_mib.to_string()]).args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "mon:stdio",
+        "-no-reboot",
+    ]);
     let mut vars_copy = None;
     match vars_template {
         Some(vars) => {
-            let tmp = tempfile::Builder::new().prefix("kiln-efivars-").suffix(".fd").tempfile().context("creating firmware variables copy")?;
+            let tmp = tempfile::Builder::new()
+                .prefix("kiln-efivars-")
+                .suffix(".fd")
+                .tempfile()
+                .context("creating firmware variables copy")?;
             std::fs::copy(&vars, tmp.path()).with_context(|| format!("copying {}", vars.display()))?;
             cmd = cmd
                 .arg("-drive")
@@ -134,7 +150,12 @@ pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Opt
 /// `kiln boot`: run the image interactively on this terminal's serial console.
 pub fn boot(image: &Path, opts: &VmOptions, persist: bool) -> Result<()> {
     let m = machine(image, opts, persist, None)?;
-    eprintln!("kiln: booting {} ({}); quit with Ctrl-a x{}", image.display(), m.accel, if persist { "" } else { " (changes are discarded)" });
+    eprintln!(
+        "kiln: booting {} ({}); quit with Ctrl-a x{}",
+        image.display(),
+        m.accel,
+        if persist { "" } else { " (changes are discarded)" }
+    );
     let mut child = m.cmd.clone().foreground().spawn(Stdio::inherit(), Stdio::inherit(), Stdio::inherit())?;
     let status = child.wait()?;
     cmd::check_interrupted()?;

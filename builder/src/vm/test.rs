@@ -67,14 +67,22 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         cmd::check_interrupted()?;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let what = if ready.is_none() { "the guest did not report ready" } else { "the guest did not finish its checks" };
-            bail!("{what} within {}s ({}); serial log: {}\n  last serial lines:\n    {}", timeout.as_secs(), m.accel, log.display(), tail.join("\n    "));
+            let what =
+                if ready.is_none() { "the guest did not report ready" } else { "the guest did not finish its checks" };
+            bail!(
+                "{what} within {}s ({}); serial log: {}\n  last serial lines:\n    {}",
+                timeout.as_secs(),
+                m.accel,
+                log.display(),
+                tail.join("\n    ")
+            );
         }
         match rx.recv_timeout(left.min(Duration::from_millis(500))) {
             Ok(Event::Line(line)) => {
                 let _ = writeln!(log_file, "{line}");
                 if let Some(rest) = marker(&line, "KILN-READY ") {
-                    let state = rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
+                    let state =
+                        rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
                     ready = Some((start.elapsed().as_secs_f64(), state));
                 } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
                     checks.push(parse_check(rest));
@@ -112,7 +120,13 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         );
     };
     let (ready_after, system_state) = ready.unwrap_or((start.elapsed().as_secs_f64(), "unknown".into()));
-    Ok(TestReport { accel: m.accel.into(), ready_after, system_state, passed: passed && checks.iter().all(|c| c.passed), checks })
+    Ok(TestReport {
+        accel: m.accel.into(),
+        ready_after,
+        system_state,
+        passed: passed && checks.iter().all(|c| c.passed),
+        checks,
+    })
 }
 
 /// The text after `tag` when the line carries it (kernel messages may precede it on the line).

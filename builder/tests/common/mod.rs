@@ -20,7 +20,9 @@ pub fn e2e_enabled() -> bool {
 pub fn e2e_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::var_os("KILN_E2E_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(format!("run-{}", std::process::id())));
+        let dir = std::env::var_os("KILN_E2E_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e").join(format!("run-{}", std::process::id()))
+        });
         std::fs::create_dir_all(&dir).unwrap();
         dir
     })
@@ -54,7 +56,10 @@ pub fn exists_in(fs: &Path, path: &str) -> bool {
     if stdout.contains("Inode:") {
         return true;
     }
-    assert!(stderr.contains(&format!("{path}: File not found")), "debugfs stat {path}: neither its inode nor `File not found`:\n{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("{path}: File not found")),
+        "debugfs stat {path}: neither its inode nor `File not found`:\n{stdout}{stderr}"
+    );
     false
 }
 
@@ -74,7 +79,14 @@ pub fn build(recipe: &str, out_dir: &Path, cache: &Path) -> PathBuf {
 
 pub fn spawn_build(recipe: &str, out_dir: &Path, extra: &[&str]) -> Child {
     std::fs::create_dir_all(out_dir).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_kiln")).args(["build", recipe, "--out", out_dir.to_str().unwrap()]).args(extra).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", recipe, "--out", out_dir.to_str().unwrap()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap()
 }
 
 pub struct Minimal {
@@ -103,7 +115,18 @@ pub fn minimal() -> Option<&'static Minimal> {
 /// Copy one partition (as described in the plan's layout) out of an image.
 pub fn cut_partition(image: &Path, part: &serde_json::Value, dest: &Path) -> PathBuf {
     let (offset, size) = (part["offset"].as_u64().unwrap(), part["size"].as_u64().unwrap());
-    run("dd", &[&format!("if={}", image.display()), &format!("of={}", dest.display()), "bs=1M", &format!("skip={}", offset >> 20), &format!("count={}", size >> 20), "conv=sparse", "status=none"]);
+    run(
+        "dd",
+        &[
+            &format!("if={}", image.display()),
+            &format!("of={}", dest.display()),
+            "bs=1M",
+            &format!("skip={}", offset >> 20),
+            &format!("count={}", size >> 20),
+            "conv=sparse",
+            "status=none",
+        ],
+    );
     dest.to_path_buf()
 }
 
@@ -119,7 +142,9 @@ pub fn processes_mentioning(needle: &str) -> Vec<String> {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) && e.file_name().to_string_lossy() != me)
+        .filter(|e| {
+            e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()) && e.file_name().to_string_lossy() != me
+        })
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok().map(|c| (e.file_name(), c)))
         .map(|(pid, c)| (pid, String::from_utf8_lossy(&c).replace('\0', " ")))
         .filter(|(_, c)| c.contains(needle))
@@ -142,7 +167,8 @@ pub fn interrupt_and_check(mut child: Child, out_dir: &Path, work: &Path) {
     assert_eq!(status.code(), Some(130), "exit status after SIGINT");
     let leftovers: Vec<_> = std::fs::read_dir(out_dir).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(leftovers.is_empty(), "files left in the output directory: {leftovers:?}");
-    let work_left: Vec<_> = std::fs::read_dir(work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let work_left: Vec<_> =
+        std::fs::read_dir(work).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(work_left.is_empty(), "work files left: {work_left:?}");
     assert!(!has_mounts_below(work), "mounts left below {}", work.display());
     let procs = processes_mentioning(work.to_str().unwrap());

@@ -58,9 +58,13 @@ impl TestKey {
     pub fn new(uid: &str) -> TestKey {
         let home = tempfile::tempdir().unwrap();
         let h = home.path().to_str().unwrap().to_string();
-        run("gpg", &["--homedir", &h, "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"]);
+        run(
+            "gpg",
+            &["--homedir", &h, "--batch", "--passphrase", "", "--quick-gen-key", uid, "ed25519", "sign", "never"],
+        );
         let colons = run("gpg", &["--homedir", &h, "--batch", "--with-colons", "--list-keys"]);
-        let fingerprint = colons.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string();
+        let fingerprint =
+            colons.lines().find(|l| l.starts_with("fpr:")).unwrap().split(':').nth(9).unwrap().to_string();
         TestKey { home, fingerprint }
     }
 
@@ -94,17 +98,44 @@ pub fn make_repo(dir: &Path, key: &TestKey, hello: &str) -> PathBuf {
     let repo = dir.join("repo");
     std::fs::create_dir_all(repo.join("pool/main")).unwrap();
     std::fs::create_dir_all(repo.join("dists/kiln/main/binary-amd64")).unwrap();
-    run("dpkg-deb", &["--root-owner-group", "--build", pkg.to_str().unwrap(), repo.join("pool/main/kiln-test-hello_1.0_all.deb").to_str().unwrap()]);
+    run(
+        "dpkg-deb",
+        &[
+            "--root-owner-group",
+            "--build",
+            pkg.to_str().unwrap(),
+            repo.join("pool/main/kiln-test-hello_1.0_all.deb").to_str().unwrap(),
+        ],
+    );
     let packages = Command::new("apt-ftparchive").args(["packages", "pool"]).current_dir(&repo).output().unwrap();
     assert!(packages.status.success());
     std::fs::write(repo.join("dists/kiln/main/binary-amd64/Packages"), &packages.stdout).unwrap();
     let release = Command::new("apt-ftparchive")
-        .args(["-o", "APT::FTPArchive::Release::Suite=kiln", "-o", "APT::FTPArchive::Release::Codename=kiln", "-o", "APT::FTPArchive::Release::Components=main", "-o", "APT::FTPArchive::Release::Architectures=amd64 all", "release", "dists/kiln"])
+        .args([
+            "-o",
+            "APT::FTPArchive::Release::Suite=kiln",
+            "-o",
+            "APT::FTPArchive::Release::Codename=kiln",
+            "-o",
+            "APT::FTPArchive::Release::Components=main",
+            "-o",
+            "APT::FTPArchive::Release::Architectures=amd64 all",
+            "release",
+            "dists/kiln",
+        ])
         .current_dir(&repo)
         .output()
         .unwrap();
     assert!(release.status.success());
     std::fs::write(repo.join("dists/kiln/Release"), &release.stdout).unwrap();
-    key.gpg(&["--yes", "--local-user", &key.fingerprint, "--clearsign", "--output", repo.join("dists/kiln/InRelease").to_str().unwrap(), repo.join("dists/kiln/Release").to_str().unwrap()]);
+    key.gpg(&[
+        "--yes",
+        "--local-user",
+        &key.fingerprint,
+        "--clearsign",
+        "--output",
+        repo.join("dists/kiln/InRelease").to_str().unwrap(),
+        repo.join("dists/kiln/Release").to_str().unwrap(),
+    ]);
     repo
 }
