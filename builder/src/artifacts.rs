@@ -87,12 +87,12 @@ fn file_name(url: &str) -> &str {
     url.split(['?', '#']).next().unwrap_or(url).rsplit('/').next().unwrap_or("")
 }
 
+/// Artifacts paired with the verified local file that holds each.
+pub type Located<'a> = Vec<(&'a Artifact, PathBuf)>;
+
 /// What must come from the network: artifacts that are neither stored nor supplied offline.
 /// Checks supplied files on the way (a wrong digest fails here, before anything else).
-pub fn missing<'a>(
-    artifacts: &'a [Artifact],
-    store: &Store,
-) -> Result<(Vec<(&'a Artifact, PathBuf)>, Vec<&'a Artifact>)> {
+pub fn missing<'a>(artifacts: &'a [Artifact], store: &Store) -> Result<(Located<'a>, Vec<&'a Artifact>)> {
     let (mut have, mut missing) = (Vec::new(), Vec::new());
     for a in artifacts {
         match store.local(a)? {

@@ -56,8 +56,11 @@ pub fn installed(root: &Path) -> Result<Vec<Package>> {
     Ok(pkgs)
 }
 
-/// (name, version, arch) → (sha256, filename) from every `*_Packages` list in the root.
-fn list_index(root: &Path) -> Result<BTreeMap<(String, String, String), (String, String)>> {
+/// (name, version, arch) → (sha256, filename).
+type ListIndex = BTreeMap<(String, String, String), (String, String)>;
+
+/// The [`ListIndex`] of every `*_Packages` list in the root.
+fn list_index(root: &Path) -> Result<ListIndex> {
     let mut index = BTreeMap::new();
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;

@@ -8,7 +8,6 @@ use crate::lock::{Lock, LockChoice};
 use crate::net::{self, Need};
 use crate::plan::{Plan, PlanLock};
 use crate::progress::Progress;
-use crate::recipe::Artifact;
 use crate::repos::{self, Keyring};
 use crate::sign::Signer;
 use crate::tools::Tools;
@@ -219,7 +218,7 @@ fn outside_inputs<'p>(
     plan: &'p Plan,
     work: &Path,
     opts: &BuildOptions,
-) -> Result<(Vec<Keyring>, rootfs::ExtraSources, Vec<(&'p Artifact, PathBuf)>)> {
+) -> Result<(Vec<Keyring>, rootfs::ExtraSources, artifacts::Located<'p>)> {
     let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
     let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
     net::preflight(&artifacts::needs(&missing))?;

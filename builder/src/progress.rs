@@ -39,9 +39,8 @@ impl Progress {
             Ok(_) => format!("kiln: {label} done in {secs:.1}s"),
             Err(_) => format!("kiln: {label} failed after {secs:.1}s"),
         };
-        match bar {
-            Some(bar) => bar.finish_and_clear(),
-            None => {}
+        if let Some(bar) = bar {
+            bar.finish_and_clear()
         }
         eprintln!("{line}");
         self.timings.push((name.to_string(), secs));

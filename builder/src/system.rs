@@ -269,7 +269,7 @@ fn empty_dir(root: &Path, rel: &str) -> Result<()> {
         if ty.is_dir() {
             let sub = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
             empty_dir(root, &sub)?;
-        } else if !(rel == "var/cache/debconf" && !e.file_name().to_string_lossy().ends_with("-old")) {
+        } else if rel != "var/cache/debconf" || e.file_name().to_string_lossy().ends_with("-old") {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
         }
     }

@@ -167,12 +167,11 @@ fn run_of(f: &FirstBootLayer) -> Result<FirstBootRun, String> {
     }
 }
 
+/// The merged lists of outside inputs: repositories, artifacts, first-boot actions.
+pub type Externals = (Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>);
+
 /// Resolve the merged lists: defaults, and names unique across all layers.
-pub fn resolve(
-    file: &Path,
-    top_dir: &Path,
-    layer: &mut Layer,
-) -> Result<(Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>), RecipeError> {
+pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<Externals, RecipeError> {
     let dup = |what: &str, list: &str, name: &str| {
         RecipeError::file(
             file,
