@@ -2,45 +2,21 @@
 //!
 //! The pipeline (`pipeline::build`) reads top to bottom: recipe → plan → rootfs (mmdebstrap)
 //! → system + overlays → boot pieces → root filesystem → ESP → GPT image. See ARCHITECTURE.md.
-pub mod arch;
-pub mod artifacts;
-pub mod assist;
-pub mod boot;
-pub mod checksums;
+// Stages in build order, over the ground floor (`host`, `disk`); see ARCHITECTURE.md.
+pub mod bootstrap;
 pub mod cli;
-pub mod cmd;
-pub mod deb822;
-pub mod debcache;
+pub mod customize;
+pub mod debian;
 pub mod disk;
-pub mod emulation;
-pub mod export;
-pub mod firstboot;
-pub mod fs;
-pub mod ids;
+pub mod host;
+pub mod image;
 pub mod lock;
-pub mod locking;
-pub mod manifest;
-pub mod mirror;
-pub mod net;
-pub mod overlay;
-pub mod packages;
 pub mod pipeline;
 pub mod plan;
-pub mod progress;
 pub mod recipe;
 pub mod release;
-pub mod repos;
-pub mod rootfs;
-pub mod sbom;
-pub mod scan;
-pub mod sign;
-pub mod source;
-pub mod system;
-pub mod tools;
-pub mod vendor;
 pub mod verify;
 pub mod vm;
-pub mod work;
 
 use std::process::ExitCode;
 
@@ -67,7 +43,7 @@ pub fn normalize_process() {
 /// Print an error the way the CLI does and choose the exit status: 2 for a bad recipe,
 /// 130 for an interrupted run, 1 for everything else.
 pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
-    if e.downcast_ref::<cmd::Interrupted>().is_some() || cmd::interrupted() {
+    if e.downcast_ref::<host::cmd::Interrupted>().is_some() || host::cmd::interrupted() {
         eprintln!("kiln: interrupted; cleaned up");
         return ExitCode::from(130);
     }

@@ -18,7 +18,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    if let Err(e) = kiln::cmd::install_signal_handler() {
+    if let Err(e) = kiln::host::cmd::install_signal_handler() {
         eprintln!("kiln: error: {e:#}");
         return ExitCode::FAILURE;
     }

@@ -15,7 +15,7 @@ use std::time::Instant;
 const DEBIAN_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/layers/debian-base.toml");
 
 fn sha256(data: &[u8]) -> String {
-    kiln::ids::sha256_hex(data)
+    kiln::plan::ids::sha256_hex(data)
 }
 
 fn stderr(out: &Output) -> String {
@@ -350,7 +350,7 @@ fn proxmox_and_office_stop_at_preflight_without_their_hosts() {
         return;
     }
     for (recipe, host) in [("proxmox-ve", "download.proxmox.com"), ("office-in-a-box", "download.nextcloud.com")] {
-        if kiln::net::probe(&format!("https://{host}/")).is_ok() {
+        if kiln::host::net::probe(&format!("https://{host}/")).is_ok() {
             eprintln!("{host} is reachable here: not testing the preflight failure of {recipe}");
             continue;
         }

@@ -7,10 +7,10 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln::arch::{Arch, ESP_TYPE};
 use kiln::disk::esp::{write_esp, EspFile, EspOptions, EspSource};
 use kiln::disk::gpt::{plan_layout, write_gpt, ALIGN, SECTOR};
 use kiln::disk::{assemble, read_layout, Layout, PartitionSpec};
+use kiln::recipe::arch::{Arch, ESP_TYPE};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 fn pkg(name: &str, version: &str, arch: &str) -> LockedPackage {
-    let sha256 = kiln::ids::sha256_hex(format!("{name} {version} {arch}").as_bytes());
+    let sha256 = kiln::plan::ids::sha256_hex(format!("{name} {version} {arch}").as_bytes());
     LockedPackage {
         name: name.into(),
         version: version.into(),
@@ -181,7 +181,7 @@ fn offline_without_a_lock_is_refused() {
     let plan =
         kiln::pipeline::plan(Path::new("tests/recipes/good/defaults.toml"), None, &kiln::lock::LockChoice::Ignore)
             .unwrap();
-    let err = kiln::locking::sources(&plan, true).unwrap_err().to_string();
+    let err = kiln::pipeline::lock::sources(&plan, true).unwrap_err().to_string();
     assert!(err.contains("--offline needs a lock file") && err.contains("kiln fetch"), "{err}");
 }
 
@@ -236,13 +236,13 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
         assert!(names.contains(&want), "{want} missing from the lock: {names:?}");
     }
     assert!(names.windows(2).all(|w| w[0] <= w[1]), "sorted by name");
-    let debs = kiln::debcache::DebCache::new(&fx.cache);
+    let debs = kiln::debian::debcache::DebCache::new(&fx.cache);
     let tools = lock.tools.as_ref().expect("tools tree locked");
     assert!(tools.e2fsprogs.starts_with("1.47."), "{}", tools.e2fsprogs);
     for p in lock.packages.iter().chain(&tools.packages) {
         assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/main/"), "{p:?}");
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
-        assert_eq!(kiln::ids::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
+        assert_eq!(kiln::plan::ids::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
     let plan: serde_json::Value =
         serde_json::from_slice(&kiln(&["check", "--print", "--no-lock", fx.recipe.to_str().unwrap()]).stdout).unwrap();
@@ -349,7 +349,7 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
 
     // Online from the same lock (its root is the one `kiln lock` resolved): the same bytes.
     let online = build(fx.recipe.to_str().unwrap(), &fx.dir.join("out-online"), &fx.cache);
-    let sha = |p: &Path| kiln::ids::sha256_file(p).unwrap();
+    let sha = |p: &Path| kiln::plan::ids::sha256_file(p).unwrap();
     assert_eq!(sha(&offline), sha(&online), "offline and online builds from one lock differ");
 
     // The image names the real mirror and carries exactly the locked packages.
@@ -360,7 +360,7 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
     assert_eq!(debugfs("cat /etc/apt/sources.list"), format!("deb {} trixie main\n", fx.lock.mirror));
     assert!(!debugfs("ls /etc/apt/preferences.d").contains("kiln-lock"), "pins left in the image");
     let status = debugfs("cat /var/lib/dpkg/status");
-    let installed: Vec<(String, String)> = kiln::deb822::paragraphs(&status)
+    let installed: Vec<(String, String)> = kiln::debian::deb822::paragraphs(&status)
         .map(|p| (p.get("Package").unwrap().to_string(), p.get("Version").unwrap().to_string()))
         .collect();
     let locked: Vec<(String, String)> = fx.lock.packages.iter().map(|p| (p.name.clone(), p.version.clone())).collect();
@@ -377,7 +377,7 @@ fn offline_build_names_a_deb_missing_from_the_cache() {
     std::fs::create_dir_all(&cache).unwrap();
     run("cp", &["-al", fx.cache.join("debs").to_str().unwrap(), cache.to_str().unwrap()]);
     let dbus = fx.lock.packages.iter().find(|p| p.name == "dbus").unwrap();
-    std::fs::remove_file(kiln::debcache::DebCache::new(&cache).deb(&dbus.sha256)).unwrap();
+    std::fs::remove_file(kiln::debian::debcache::DebCache::new(&cache).deb(&dbus.sha256)).unwrap();
     let out = unshared_build(
         Path::new(env!("CARGO_BIN_EXE_kiln")),
         &fx.recipe,

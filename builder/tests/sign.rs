@@ -6,11 +6,11 @@
 //! the same functions `kiln build` uses after the root filesystem is made. Set KILN_TEST_IMAGE
 //! to a kiln-built image (with its outputs beside it, KILN_TEST_PUBKEY for its key) to also
 //! check a real one.
-use kiln::boot::BootInfo;
 use kiln::disk::{self, gpt::plan_layout, PartitionSpec};
-use kiln::export::{OutputFormat, Staging};
+use kiln::image::boot::BootInfo;
 use kiln::plan::Plan;
-use kiln::sign::{self, KeyPaths, Signer};
+use kiln::release::export::{OutputFormat, Staging};
+use kiln::release::sign::{self, KeyPaths, Signer};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -150,7 +150,7 @@ fn write_outputs(root: &Path, out: &Path, signer: Option<&Signer>) -> Vec<PathBu
     let (esp, rootfs) = (parts.join("esp"), parts.join("root"));
     std::fs::write(&esp, (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect::<Vec<_>>()).unwrap();
     std::fs::write(&rootfs, (0..3_000_000u32).map(|i| (i * 13 % 251) as u8).collect::<Vec<_>>()).unwrap();
-    let inventory = kiln::sbom::inventory(root).unwrap();
+    let inventory = kiln::release::sbom::inventory(root).unwrap();
     let boot = BootInfo { kernel_version: "6.12.0-test-amd64".into(), entry: String::new() };
     let mut staging = Staging::new(out);
     let digest = staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp, rootfs])).unwrap();
@@ -177,7 +177,7 @@ fn kiln(args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn tool(program: &str, hint: &str) -> Command {
-    assert!(kiln::cmd::have(program), "`{program}` is needed for this test: {hint}");
+    assert!(kiln::host::cmd::have(program), "`{program}` is needed for this test: {hint}");
     Command::new(program)
 }
 
@@ -456,7 +456,7 @@ fn real_image_from_kiln_test_image() {
     assert!(ok, "{out}");
     let dir = tempfile::tempdir_in(image.parent().unwrap()).unwrap();
     let name = image.file_name().unwrap().to_str().unwrap().to_string();
-    let stem = kiln::export::stem(&name).to_string();
+    let stem = kiln::release::export::stem(&name).to_string();
     for f in [name.clone(), "SHA256SUMS".into(), "SHA256SUMS.minisig".into(), format!("{stem}.manifest.json")] {
         if image.with_file_name(&f).exists() {
             let s = Command::new("cp")
@@ -468,7 +468,7 @@ fn real_image_from_kiln_test_image() {
             assert!(s.success());
         }
     }
-    let m = kiln::manifest::Manifest::read(&dir.path().join(format!("{stem}.manifest.json"))).unwrap();
+    let m = kiln::release::manifest::Manifest::read(&dir.path().join(format!("{stem}.manifest.json"))).unwrap();
     let root = &m.partitions[1].placed;
     if name.ends_with(".img") {
         flip(&dir.path().join(&name), root.offset + 1024 + 0x30);

@@ -5,7 +5,7 @@
 //! and scalars set by the including file win over the layers it includes.
 use super::error::{key_of, RecipeError};
 use super::size::Size;
-use crate::arch::Arch;
+use crate::recipe::arch::Arch;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;

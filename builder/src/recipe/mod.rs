@@ -1,4 +1,5 @@
 //! The recipe model: TOML files (a recipe and the layers it includes) resolved into one `Recipe`.
+pub mod arch;
 mod error;
 mod external;
 pub mod layer;
@@ -9,7 +10,7 @@ pub use error::RecipeError;
 pub use layer::{Extract, Filesystem, InitramfsModules, OutputFormat};
 pub use size::Size;
 
-use crate::arch::Arch;
+use crate::recipe::arch::Arch;
 use layer::Layer;
 use serde::Serialize;
 use std::collections::BTreeMap;

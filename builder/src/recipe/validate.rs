@@ -5,7 +5,7 @@ use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
     Recipe, System, User,
 };
-use crate::arch::Arch;
+use crate::recipe::arch::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -1,9 +1,9 @@
 //! Booting images under QEMU with UEFI firmware: `kiln boot` (interactive) and `kiln test`
 //! (headless; the guest agent runs the image's checks and reports on the serial console).
 mod test;
-use crate::arch::Arch;
-use crate::cmd::{self, Cmd};
 use crate::disk;
+use crate::host::cmd::{self, Cmd};
+use crate::recipe::arch::Arch;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;

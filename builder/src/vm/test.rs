@@ -2,7 +2,7 @@
 //! the image's checks and prints machine-readable lines on the serial console, which are read
 //! here. Nothing sleeps and hopes: every wait ends on a marker, the guest powering off, or the deadline.
 use super::{machine, VmOptions};
-use crate::cmd;
+use crate::host::cmd;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};

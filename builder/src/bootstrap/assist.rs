@@ -1,0 +1,402 @@
+//! Native help for foreign-architecture bootstraps.
+//!
+//! Bootstrapping an arm64 root on an x86_64 host runs the root's own dpkg and maintainer scripts
+//! under qemu-user, and nearly all of that time goes to starting emulated programs: sed, cp and
+//! basename hundreds of times per certificate bundle, dpkg itself for every package, the
+//! decompression of every .deb. Those programs do not depend on the architecture they run on:
+//! the x86_64 build of the same Debian source version gives the same output. The tools tree
+//! (trixie, this host's architecture) has them, so during the bootstrap:
+//!
+//! - dpkg runs natively on the root from outside it (`--root`, with the root's
+//!   `arch-native`), so unpacking and the package database are native; maintainer scripts are
+//!   still chrooted into the root and run under emulation;
+//! - a directory first in dpkg's PATH holds native builds of arch-neutral programs (coreutils,
+//!   sed, grep, find, openssl, depmod, dpkg-deb, …);
+//! - once the essential packages are installed, the same programs are bind-mounted over the
+//!   root's copies, so `#!/bin/sh` scripts run a native dash and mkinitramfs (which sets its own
+//!   PATH) finds native tools.
+//!
+//! A program is used only when apt's candidate for its package has the same source version as
+//! the tools tree's; otherwise it stays emulated. The last customize hook removes every trace
+//! (mounts, loader links, the apt setting); `tests/aarch64.rs` and `scripts/repro-check
+//! --assist` check that the image is byte-identical to one built with `--full-emulation`. The
+//! hooks run in a private mount namespace, so an interrupted bootstrap leaves nothing mounted.
+use crate::bootstrap::tools::Tools;
+use crate::host::work::WorkDir;
+use crate::recipe::arch::Arch;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const SCRIPT: &str = include_str!("assist.sh");
+
+/// Where the native programs appear inside the root while it is bootstrapped.
+pub const PATH_DIR: &str = "/.kiln-assist/bin";
+
+/// How a native program is used.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    /// Only through PATH (programs whose packages are unpacked after the essential phase while
+    /// the bootstrap still installs, or which must never replace the root's own file).
+    Path,
+    /// Also bind-mounted over the root's copy once that is installed.
+    Bind,
+}
+
+/// Arch-neutral programs: their output does not depend on the machine they run on. Not here:
+/// anything that reports or depends on the architecture (uname, arch, ldconfig, ldd, gcc),
+/// dpkg-query/dpkg-divert/dpkg-trigger (they name packages relative to the native architecture),
+/// bash (its $HOSTTYPE), and anything mkinitramfs copies into an initramfs (kmod, busybox,
+/// udevadm). perl (debconf, deb-systemd-helper, adduser) runs natively with its x86_64 module
+/// directories renamed into the tools tree, where perl-base's XS modules are; the root's
+/// pure-perl modules (same source version) are used as they are. A maintainer script that needs
+/// an XS module beyond perl-base fails natively; the bootstrap then runs again fully emulated.
+const PROGRAMS: &[(&str, Kind)] = &[
+    ("dash", Kind::Bind),
+    ("sed", Kind::Bind),
+    ("grep", Kind::Bind),
+    ("cat", Kind::Bind),
+    ("cp", Kind::Bind),
+    ("mv", Kind::Bind),
+    ("ln", Kind::Bind),
+    ("rm", Kind::Bind),
+    ("mkdir", Kind::Bind),
+    ("rmdir", Kind::Bind),
+    ("chmod", Kind::Bind),
+    ("chown", Kind::Bind),
+    ("chgrp", Kind::Bind),
+    ("touch", Kind::Bind),
+    ("readlink", Kind::Bind),
+    ("realpath", Kind::Bind),
+    ("basename", Kind::Bind),
+    ("dirname", Kind::Bind),
+    ("sort", Kind::Bind),
+    ("uniq", Kind::Bind),
+    ("tsort", Kind::Bind),
+    ("tr", Kind::Bind),
+    ("head", Kind::Bind),
+    ("tail", Kind::Bind),
+    ("cut", Kind::Bind),
+    ("wc", Kind::Bind),
+    ("tee", Kind::Bind),
+    ("ls", Kind::Bind),
+    ("stat", Kind::Bind),
+    ("mktemp", Kind::Bind),
+    ("install", Kind::Bind),
+    ("comm", Kind::Bind),
+    ("od", Kind::Bind),
+    ("expr", Kind::Bind),
+    ("env", Kind::Bind),
+    ("md5sum", Kind::Bind),
+    ("sha256sum", Kind::Bind),
+    ("find", Kind::Bind),
+    ("xargs", Kind::Bind),
+    ("cmp", Kind::Bind),
+    ("diff", Kind::Bind),
+    ("mawk", Kind::Bind),
+    ("run-parts", Kind::Bind),
+    ("which", Kind::Bind),
+    ("perl", Kind::Bind),
+    ("tar", Kind::Bind),
+    ("gzip", Kind::Bind),
+    ("zstd", Kind::Bind),
+    ("cpio", Kind::Bind),
+    ("update-alternatives", Kind::Path),
+    ("openssl", Kind::Path),
+    ("depmod", Kind::Path),
+    ("dpkg-deb", Kind::Path),
+    ("dpkg", Kind::Path),
+];
+
+/// The x86_64 ELF interpreter the tools tree's programs name, and the path their copies name
+/// instead (inside the mount, so the root needs no /lib64 or x86_64 library directory, which
+/// mkinitramfs would copy into the initramfs).
+const HOST_INTERP: &[u8] = b"/lib64/ld-linux-x86-64.so.2";
+const ASSIST_INTERP: &[u8] = b"/.kiln-assist/ld.so";
+/// The copy of the tools tree's loader looks for libraries in the mounted tools tree instead of
+/// the root's x86_64 directories (and skips the root's arm64 ld.so.cache). Each path is replaced
+/// by one of the same length (glibc keeps their lengths in a table); the assist directory has
+/// the two library paths as links to the tree's library directory.
+const LOADER_PATHS: &[(&[u8], &[u8])] = &[
+    (b"/usr/lib/x86_64-linux-gnu/", b"/.kiln-assist/lib-x86-64g/"),
+    (b"/lib/x86_64-linux-gnu/", b"/.kiln-assist/libx86g/"),
+    (b"/etc/ld.so.cache", b"/.kiln-assist/nc"),
+];
+
+/// A prepared assist: its directory in the work directory (see `assist.sh` for the layout).
+#[derive(Debug)]
+pub struct Assist {
+    dir: PathBuf,
+    tree: PathBuf,
+    arch: &'static str,
+    /// Native programs offered (before apt's versions are compared).
+    pub offered: usize,
+}
+
+impl Assist {
+    /// The assist for bootstrapping `target` with `tools`, or None when it does not apply: a
+    /// native build, host tools instead of a tools tree, or a host other than x86_64.
+    pub fn new(target: Arch, tools: &Tools, work: &WorkDir) -> Result<Option<Assist>> {
+        let (Some(Arch::X86_64), Some(tree)) = (Arch::host(), tools.root()) else { return Ok(None) };
+        if target == Arch::X86_64 {
+            return Ok(None);
+        }
+        let dir = work.join("assist");
+        for d in ["bin", "libexec", "tree", "root"] {
+            std::fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
+        }
+        let loader = tree.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+        let mut ld = std::fs::read(&loader).with_context(|| format!("reading {}", loader.display()))?;
+        for (old, new) in LOADER_PATHS {
+            replace_all(&mut ld, old, new)
+                .with_context(|| format!("preparing {} to run inside the root", loader.display()))?;
+        }
+        write_executable(&dir.join("ld.so"), &ld)?;
+        for link in ["lib-x86-64g", "libx86g"] {
+            std::os::unix::fs::symlink("tree/usr/lib/x86_64-linux-gnu", dir.join(link))
+                .with_context(|| format!("linking {}", dir.join(link).display()))?;
+        }
+        let list = program_list(tree)?;
+        for line in list.text.lines() {
+            let mut f = line.split(' ');
+            let (Some(name), Some(path)) = (f.next(), f.next()) else { continue };
+            let to = if name == "dpkg" { dir.join("libexec/dpkg") } else { dir.join("bin").join(name) };
+            native_copy(&tree.join(path), &to)?;
+            if name == "perl" {
+                // @INC's x86_64 directories (perl-base's XS modules) → the mounted tools tree.
+                let mut perl = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;
+                replace_all(&mut perl, LOADER_PATHS[0].0, LOADER_PATHS[0].1)
+                    .context("renaming perl's module directories")?;
+                write_executable(&to, &perl)?;
+            }
+        }
+        native_copy(&tree.join("usr/bin/dash"), &dir.join("libexec/dash"))?;
+        // dpkg on the root from outside it (`--root`; maintainer scripts are still chrooted and
+        // emulated). Inside that chroot the root is not mounted again: there, the root's dpkg.
+        let wrapper = "#!/.kiln-assist/libexec/dash\n\
+                       if [ -d /.kiln-assist/root/var/lib/dpkg ]; then exec /.kiln-assist/libexec/dpkg --root=/.kiln-assist/root \"$@\"; fi\n\
+                       exec /usr/bin/dpkg \"$@\"\n";
+        write_executable(&dir.join("bin/dpkg"), wrapper.as_bytes())?;
+        std::fs::write(dir.join("list"), &list.text).context("writing the assist's program list")?;
+        let script = dir.join("assist.sh");
+        std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
+        Ok(Some(Assist { dir, tree: tree.to_path_buf(), arch: target.debian(), offered: list.count }))
+    }
+
+    /// The mmdebstrap hook running `assist.sh ACTION` (setup: extract hook; bind: essential hook
+    /// and first customize hook; teardown: last customize hook).
+    pub fn hook(&self, action: &str) -> String {
+        let q = |p: &Path| crate::host::cmd::shell_quote(&p.to_string_lossy());
+        format!(
+            "sh {} {action} \"$1\" {} {} {}",
+            q(&self.dir.join("assist.sh")),
+            q(&self.dir),
+            q(&self.tree),
+            self.arch
+        )
+    }
+
+    /// What the bootstrap ran natively, once it is done: "N programs native (…)" and what stayed
+    /// emulated because apt installed another version than the tools tree has.
+    pub fn summary(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.dir.join("summary")).ok()?;
+        let list = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+                .unwrap_or_default()
+        };
+        let (native, emulated) = (list("native:"), list("emulated:"));
+        let mut s = format!(
+            "{} of {} arch-neutral programs ran natively ({}{})",
+            native.len(),
+            self.offered,
+            native.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
+            if native.len() > 6 { ", …" } else { "" }
+        );
+        if !emulated.is_empty() {
+            s.push_str(&format!(
+                "; emulated, as apt installed another version than the tools tree has: {}",
+                emulated.join(", ")
+            ));
+        }
+        Some(s)
+    }
+}
+
+/// Copy the x86_64 program `from` to `to` with its ELF interpreter renamed to `ASSIST_INTERP`.
+fn native_copy(from: &Path, to: &Path) -> Result<()> {
+    let mut elf = std::fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    set_interpreter(&mut elf, HOST_INTERP, ASSIST_INTERP)
+        .with_context(|| format!("preparing {} to run inside the root", from.display()))?;
+    write_executable(to, &elf)
+}
+
+fn write_executable(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("making {} executable", path.display()))
+}
+
+/// Replace every `old` in `bytes` by `new` of the same length; there must be at least one.
+fn replace_all(bytes: &mut [u8], old: &[u8], new: &[u8]) -> Result<()> {
+    anyhow::ensure!(old.len() == new.len(), "replacement of another length");
+    let mut found = 0;
+    let mut i = 0;
+    while i + old.len() <= bytes.len() {
+        if &bytes[i..i + old.len()] == old {
+            bytes[i..i + old.len()].copy_from_slice(new);
+            found += 1;
+            i += old.len();
+        } else {
+            i += 1;
+        }
+    }
+    anyhow::ensure!(found > 0, "{} not found", String::from_utf8_lossy(old));
+    Ok(())
+}
+
+/// Replace the path in a 64-bit little-endian ELF file's PT_INTERP segment, in place: `new`
+/// must not be longer than `old`; the rest is padded with NULs.
+fn set_interpreter(elf: &mut [u8], old: &[u8], new: &[u8]) -> Result<()> {
+    anyhow::ensure!(new.len() <= old.len(), "interpreter path too long");
+    anyhow::ensure!(
+        elf.len() > 64 && &elf[..4] == b"\x7fELF" && elf[4] == 2 && elf[5] == 1,
+        "not a 64-bit little-endian ELF file"
+    );
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap()) as usize;
+    let (phoff, phentsize, phnum) = (u64_at(elf, 0x20), u16_at(elf, 0x36), u16_at(elf, 0x38));
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        anyhow::ensure!(ph + 56 <= elf.len(), "program header outside the file");
+        if u32::from_le_bytes(elf[ph..ph + 4].try_into().unwrap()) != 3 {
+            continue;
+        }
+        let (off, size) = (u64_at(elf, ph + 8), u64_at(elf, ph + 32));
+        anyhow::ensure!(off + size <= elf.len(), "interpreter outside the file");
+        let interp = &mut elf[off..off + size];
+        anyhow::ensure!(
+            interp.starts_with(old) && interp[old.len()..].iter().all(|&b| b == 0),
+            "unexpected interpreter {}",
+            String::from_utf8_lossy(interp)
+        );
+        interp.fill(0);
+        interp[..new.len()].copy_from_slice(new);
+        return Ok(());
+    }
+    anyhow::bail!("no ELF interpreter (static program)")
+}
+
+struct ProgramList {
+    text: String,
+    count: usize,
+}
+
+/// `program path kind package source-version` lines for the programs the tools tree has.
+fn program_list(tree: &Path) -> Result<ProgramList> {
+    let owners = owners(tree)?;
+    let versions: BTreeMap<String, String> =
+        crate::debian::packages::installed(tree)?.into_iter().map(|p| (p.name, p.source_version)).collect();
+    let mut text = String::new();
+    let mut count = 0;
+    for (name, kind) in PROGRAMS {
+        let Some(path) =
+            ["usr/bin", "usr/sbin"].iter().map(|d| format!("{d}/{name}")).find(|p| is_program(&tree.join(p)))
+        else {
+            continue;
+        };
+        let Some(pkg) = [format!("/{path}"), format!("/{}", path.trim_start_matches("usr/"))]
+            .iter()
+            .find_map(|p| owners.get(p))
+            .cloned()
+        else {
+            continue;
+        };
+        let Some(version) = versions.get(&pkg) else { continue };
+        let kind = if *kind == Kind::Bind { "bind" } else { "path" };
+        text.push_str(&format!("{name} {path} {kind} {pkg} {version}\n"));
+        count += 1;
+    }
+    Ok(ProgramList { text, count })
+}
+
+/// A regular file, or a relative symbolic link (depmod → kmod); an absolute link would leave the
+/// tree (alternatives) and resolve to the root's own program.
+fn is_program(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_file() => true,
+        Ok(m) if m.is_symlink() => std::fs::read_link(path).is_ok_and(|t| t.is_relative()) && path.is_file(),
+        _ => false,
+    }
+}
+
+/// Installed path → package, from the tools tree's dpkg file lists.
+fn owners(tree: &Path) -> Result<BTreeMap<String, String>> {
+    let info = tree.join("var/lib/dpkg/info");
+    let mut map = BTreeMap::new();
+    for e in std::fs::read_dir(&info).with_context(|| format!("reading {}", info.display()))? {
+        let p = e?.path();
+        let Some(stem) = p.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".list")) else { continue };
+        let pkg = stem.split(':').next().unwrap_or(stem).to_string();
+        for line in std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?.lines() {
+            map.insert(line.to_string(), pkg.clone());
+        }
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_unique_and_never_architecture_revealing() {
+        let mut names: Vec<&str> = PROGRAMS.iter().map(|(n, _)| *n).collect();
+        names.sort();
+        let before = names.len();
+        names.dedup();
+        assert_eq!(before, names.len(), "a program is listed twice");
+        for banned in
+            ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"]
+        {
+            assert!(!names.contains(&banned), "{banned} must stay emulated");
+        }
+    }
+
+    #[test]
+    fn interpreter_is_renamed_in_place() {
+        // A real dynamic program of the host, renamed and checked by readelf.
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("true");
+        native_copy(Path::new("/usr/bin/true"), &to).unwrap();
+        let text = crate::host::cmd::Cmd::new("readelf").arg("-l").arg(&to).output().unwrap();
+        assert!(text.contains("[Requesting program interpreter: /.kiln-assist/ld.so]"), "{text}");
+        assert_eq!(std::fs::metadata(&to).unwrap().len(), std::fs::metadata("/usr/bin/true").unwrap().len());
+        let mut not_elf = b"#!/bin/sh\n".to_vec();
+        assert!(set_interpreter(&mut not_elf, HOST_INTERP, ASSIST_INTERP).is_err());
+    }
+
+    #[test]
+    fn program_list_names_owner_and_source_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = dir.path();
+        for d in ["usr/bin", "var/lib/dpkg/info"] {
+            std::fs::create_dir_all(t.join(d)).unwrap();
+        }
+        std::fs::write(t.join("usr/bin/sed"), "").unwrap();
+        std::fs::write(t.join("usr/bin/uname"), "").unwrap();
+        std::fs::write(t.join("var/lib/dpkg/info/sed.list"), "/.\n/bin\n/bin/sed\n").unwrap();
+        std::fs::write(t.join("var/lib/dpkg/info/coreutils.list"), "/usr/bin/uname\n").unwrap();
+        std::fs::write(
+            t.join("var/lib/dpkg/status"),
+            "Package: sed\nStatus: install ok installed\nArchitecture: amd64\nSource: sed (4.9-2)\nVersion: 4.9-2+b1\n\n\
+             Package: coreutils\nStatus: install ok installed\nArchitecture: amd64\nVersion: 9.7-3\n",
+        )
+        .unwrap();
+        let list = program_list(t).unwrap();
+        assert_eq!(list.text, "sed usr/bin/sed bind sed 4.9-2\n");
+        assert_eq!(list.count, 1);
+    }
+}

@@ -1,0 +1,166 @@
+//! The tools that write image bytes (mke2fs, mkfs.erofs) run from a pinned tools tree, not from
+//! the host, so that an image's bytes do not depend on the host's tool versions (Debian 12's
+//! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
+//! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
+//! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
+use crate::debian::debcache::DebCache;
+use crate::debian::source::Source;
+use crate::host::cmd::Cmd;
+use crate::host::work::WorkDir;
+use crate::recipe::arch::Arch;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Bump when the tools tree's recipe changes.
+const TOOLS_FORMAT: u32 = 3;
+pub const TOOLS_SUITE: &str = "trixie";
+/// e2fsprogs and erofs-utils write images; openssl, kmod, zstd and cpio (with the essential set)
+/// are the native programs of a foreign-architecture bootstrap (`assist.rs`).
+pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils", "openssl", "kmod", "zstd", "cpio"];
+
+/// Where image-writing tools come from.
+#[derive(Debug, Clone)]
+pub enum Tools {
+    /// The host's own programs (`--tools host`): faster to start, not host-independent.
+    Host,
+    /// A pinned tools tree.
+    Tree { root: PathBuf, arch: Arch },
+}
+
+#[derive(Serialize)]
+struct ToolsInputs<'a> {
+    format: u32,
+    suite: &'a str,
+    mirror: &'a str,
+    arch: &'a str,
+    packages: &'a [&'a str],
+    /// Hash of the locked package set, when pinned to a lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pins: Option<String>,
+}
+
+impl Tools {
+    /// Debian architecture of the tools tree on this host.
+    pub fn host_arch() -> Result<Arch> {
+        Arch::host().context("the tools tree needs an x86_64 or aarch64 host")
+    }
+
+    /// The source of a tools tree: this host's architecture, `mirror` (the image's), pinned to the
+    /// lock's tools packages when given.
+    pub fn source(mirror: &str, pins: Option<Vec<crate::lock::LockedPackage>>, offline: bool) -> Result<Source> {
+        let arch = Self::host_arch()?;
+        Ok(Source {
+            mirror: mirror.into(),
+            suite: TOOLS_SUITE.into(),
+            components: vec!["main".into()],
+            arch: arch.debian().into(),
+            pins,
+            exact: true,
+            offline,
+        })
+    }
+
+    /// Where the cache keeps the tools tree of `source`.
+    pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
+        let inputs = ToolsInputs {
+            format: TOOLS_FORMAT,
+            suite: TOOLS_SUITE,
+            mirror: &source.mirror,
+            arch: &source.arch,
+            packages: TOOLS_PACKAGES,
+            pins: source.pins_hash(),
+        };
+        Ok(cache.join("tools").join(crate::plan::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
+    }
+
+    pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
+        Ok(Self::cache_dir(cache, source)?.join("usr/sbin/mke2fs").is_file())
+    }
+
+    /// The tools tree for this host from `cache` (made and stored there when missing; with
+    /// `reuse` false made afresh in `work` and not stored). Offline, it is made from the .deb
+    /// cache, which needs the lock's tools packages.
+    pub fn tree(cache: &Path, source: &Source, work: &WorkDir, debs: &DebCache, reuse: bool) -> Result<Tools> {
+        let arch = Self::host_arch()?;
+        let root = Self::cache_dir(cache, source)?;
+        if reuse && root.join("usr/sbin/mke2fs").is_file() {
+            return Ok(Tools::Tree { root, arch });
+        }
+        if source.offline && source.pins.is_none() {
+            bail!("the tools tree (mke2fs) is not in the cache {} and cannot be made offline: the lock has no tools packages for {}; run `kiln fetch` on an {} host while online, or build with --host-tools", cache.display(), source.arch, source.arch);
+        }
+        let fresh = work.join("tools");
+        let src = source.mmdebstrap_args(debs, work, "tools")?;
+        Cmd::new("mmdebstrap")
+            .args(["--mode=root", "--variant=minbase", crate::bootstrap::root::KEEP])
+            .arg(format!("--architectures={}", source.arch))
+            .arg(format!("--include={}", TOOLS_PACKAGES.join(",")))
+            .args(&src.options)
+            .env("TMPDIR", work.path())
+            .arg(TOOLS_SUITE)
+            .arg(&fresh)
+            .arg(&src.mirror)
+            .run()
+            .with_context(|| {
+                format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
+            })?;
+        debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
+        source.verify(&crate::debian::packages::installed(&fresh)?).context("checking the tools tree")?;
+        if !reuse {
+            return Ok(Tools::Tree { root: fresh, arch });
+        }
+        crate::bootstrap::root::store(&fresh, &root).context("storing the tools tree in the cache")?;
+        Ok(Tools::Tree { root, arch })
+    }
+
+    /// The tree's directory (None for host tools).
+    pub fn root(&self) -> Option<&Path> {
+        match self {
+            Tools::Host => None,
+            Tools::Tree { root, .. } => Some(root),
+        }
+    }
+
+    /// A command running `program` (a path inside the tree, e.g. `usr/sbin/mke2fs`).
+    pub fn cmd(&self, program: &str) -> Result<Cmd> {
+        match self {
+            Tools::Host => {
+                let name = Path::new(program).file_name().context("program name")?;
+                Ok(Cmd::new(name))
+            }
+            Tools::Tree { root, arch } => {
+                let exe = root.join(program);
+                if !exe.is_file() {
+                    bail!("{} is missing from the tools tree {}", program, root.display());
+                }
+                let triplet = arch.multiarch_triplet();
+                let libs = [root.join("usr/lib").join(triplet), root.join("lib").join(triplet)];
+                let libs = std::env::join_paths(libs.iter()).context("library path")?;
+                Ok(Cmd::new(root.join(arch.dynamic_loader()))
+                    .arg("--library-path")
+                    .arg(libs)
+                    .arg(exe)
+                    .env("MKE2FS_CONFIG", root.join("etc/mke2fs.conf")))
+            }
+        }
+    }
+
+    /// "tree <path>" or "host", for logs and build records.
+    pub fn describe(&self) -> String {
+        match self {
+            Tools::Host => "host".into(),
+            Tools::Tree { root, .. } => format!("tree {}", root.display()),
+        }
+    }
+
+    /// Version of a Debian package in the tools tree (or on the host), for build records.
+    pub fn package_version(&self, package: &str) -> Option<String> {
+        let status = match self {
+            Tools::Host => Path::new("/").to_path_buf(),
+            Tools::Tree { root, .. } => root.clone(),
+        };
+        let pkgs = crate::debian::packages::installed(&status).ok()?;
+        pkgs.into_iter().find(|p| p.name == package).map(|p| p.version)
+    }
+}

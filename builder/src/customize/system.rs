@@ -1,0 +1,312 @@
+//! System settings applied to the unpacked root with host tools (no program of the target runs,
+//! so this works the same for foreign architectures): host name, time zone, locale, users,
+//! systemd units, kiln's test agent, and the clean-up that keeps images free of build leftovers.
+use crate::host::cmd::Cmd;
+use crate::plan::Plan;
+use crate::recipe::{Check, CheckKind, User};
+use anyhow::{bail, Context, Result};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+
+/// kiln's in-guest test agent, laid onto every image (it only runs on a `kiln.test` boot).
+const AGENT: &[(&str, &str, u32)] = &[
+    ("usr/lib/kiln/kiln-check", include_str!("../../../overlays/kiln-guest/usr/lib/kiln/kiln-check"), 0o755),
+    (
+        "usr/lib/systemd/system/kiln-check.service",
+        include_str!("../../../overlays/kiln-guest/usr/lib/systemd/system/kiln-check.service"),
+        0o644,
+    ),
+];
+
+/// Write a file below `root` (creating parent directories), with a mode.
+pub fn write_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
+    let path = root.join(rel.trim_start_matches('/'));
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("creating /{}", rel_parent(rel)))?;
+    }
+    if path.is_symlink() {
+        std::fs::remove_file(&path).with_context(|| format!("replacing /{rel}"))?;
+    }
+    std::fs::write(&path, data).with_context(|| format!("writing /{rel}"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode of /{rel}"))
+}
+
+fn rel_parent(rel: &str) -> &str {
+    rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
+}
+
+pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
+    let sys = &plan.recipe.system;
+    write_file(root, "etc/hostname", format!("{}\n", sys.hostname).as_bytes(), 0o644)?;
+    let short = sys.hostname.split('.').next().unwrap_or(&sys.hostname);
+    let alias = if short != sys.hostname { format!("{} {short}", sys.hostname) } else { short.to_string() };
+    let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{alias}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
+    write_file(root, "etc/hosts", hosts.as_bytes(), 0o644)?;
+    timezone(root, &sys.timezone)?;
+    let locale = format!("LANG={}\n", sys.locale);
+    write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
+    write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
+    apt_sources(root)?;
+    // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
+    write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
+    std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
+    for user in &plan.recipe.users {
+        add_user(root, user, plan.recipe.source_date_epoch).with_context(|| format!("adding user `{}`", user.name))?;
+    }
+    for (rel, text, mode) in AGENT {
+        write_file(root, rel, text.as_bytes(), *mode)?;
+    }
+    write_file(root, "usr/lib/kiln/checks.tsv", checks_tsv(&plan.recipe.checks).as_bytes(), 0o644)
+}
+
+/// Enable and disable units; runs after the overlays, which may ship units of their own.
+pub fn units(plan: &Plan, root: &Path) -> Result<()> {
+    let sys = &plan.recipe.system;
+    let mut enable = vec!["kiln-check.service".to_string()];
+    enable.extend(plan.recipe.first_boot.iter().map(crate::customize::firstboot::unit_name));
+    enable.extend(sys.enable.iter().cloned());
+    systemctl(root, "enable", &enable)?;
+    systemctl(root, "disable", &sys.disable)
+}
+
+/// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook
+/// in `rootfs`); a deb822 `debian.sources` that a newer mmdebstrap may add would duplicate it.
+fn apt_sources(root: &Path) -> Result<()> {
+    let rel = "etc/apt/sources.list.d/debian.sources";
+    let p = root.join(rel);
+    if p.is_file() || p.is_symlink() {
+        std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+    }
+    Ok(())
+}
+
+fn timezone(root: &Path, tz: &str) -> Result<()> {
+    let zone = root.join("usr/share/zoneinfo").join(tz);
+    let link = root.join("etc/localtime");
+    if tz.contains("..") {
+        bail!("time zone `{tz}` is not a zoneinfo name");
+    }
+    if !zone.is_file() {
+        if matches!(tz, "UTC" | "Etc/UTC") {
+            // Without tzdata the system runs in UTC anyway.
+            let _ = std::fs::remove_file(&link);
+            return write_file(root, "etc/timezone", b"Etc/UTC\n", 0o644);
+        }
+        bail!("time zone `{tz}` not found in the image: add `tzdata` to base.packages");
+    }
+    let _ = std::fs::remove_file(&link);
+    symlink(Path::new("../usr/share/zoneinfo").join(tz), &link).context("linking /etc/localtime")?;
+    write_file(root, "etc/timezone", format!("{tz}\n").as_bytes(), 0o644)
+}
+
+fn add_user(root: &Path, user: &User, epoch: i64) -> Result<()> {
+    if user.name != "root" {
+        // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
+        let mut cmd = in_root(root, "useradd")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .args(["--create-home", "--user-group", "--shell"])
+            .arg(&user.shell);
+        if !user.groups.is_empty() {
+            cmd = cmd.arg("--groups").arg(user.groups.join(","));
+        }
+        cmd.arg(&user.name).run()?;
+    }
+    if user.ssh_authorized_keys.is_empty() {
+        return Ok(());
+    }
+    let (uid, gid, home) = passwd_entry(root, &user.name)?;
+    let ssh = root.join(home.trim_start_matches('/')).join(".ssh");
+    std::fs::create_dir_all(&ssh).with_context(|| format!("creating {home}/.ssh"))?;
+    let keys = user.ssh_authorized_keys.join("\n") + "\n";
+    let file = ssh.join("authorized_keys");
+    std::fs::write(&file, keys).context("writing authorized_keys")?;
+    std::fs::set_permissions(&ssh, std::fs::Permissions::from_mode(0o700))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+    for p in [&ssh, &file] {
+        std::os::unix::fs::lchown(p, Some(uid), Some(gid)).with_context(|| format!("chown {}", p.display()))?;
+    }
+    Ok(())
+}
+
+/// uid, gid and home of a user from the image's /etc/passwd.
+fn passwd_entry(root: &Path, name: &str) -> Result<(u32, u32, String)> {
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).context("reading /etc/passwd of the image")?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 6 && f[0] == name {
+            return Ok((f[2].parse()?, f[3].parse()?, f[5].to_string()));
+        }
+    }
+    bail!("user `{name}` not found in the image's /etc/passwd")
+}
+
+fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<()> {
+    if units.is_empty() {
+        return Ok(());
+    }
+    in_root(root, "systemctl")
+        .arg(verb)
+        .args(units)
+        .run()
+        .with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+}
+
+/// A program of the image itself, run chrooted into it: its systemctl and useradd write what
+/// that Debian release writes (Debian 12's systemctl links units to /lib, Debian 13's to
+/// /usr/lib), whatever release the host runs. Offline operations only: nothing is mounted.
+fn in_root(root: &Path, program: &str) -> Cmd {
+    Cmd::new("chroot").arg(root).arg(program)
+}
+
+/// The checks as the guest agent reads them: one per line, `kind<TAB>timeout<TAB>name<TAB>argument`.
+pub fn checks_tsv(checks: &[Check]) -> String {
+    checks
+        .iter()
+        .map(|c| {
+            let (kind, arg) = match &c.kind {
+                CheckKind::Command(s) => ("command", s.clone()),
+                CheckKind::Unit(u) => ("unit", u.clone()),
+                CheckKind::Port(p) => ("port", p.to_string()),
+            };
+            format!("{kind}\t{}\t{}\t{arg}\n", c.timeout, c.name)
+        })
+        .collect()
+}
+
+/// Mark the image's /etc and /var as up to date with its /usr, so the first boot does not redo
+/// what the packages' maintainer scripts already did at build time (ldconfig, hwdb, journal
+/// catalog: `ConditionNeedsUpdate=`). /usr gets the recipe's timestamp, and .updated says so.
+pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
+    let stamp = format!(
+        "# written by kiln: /usr is as new as this image\nTIMESTAMP_NSEC={}\n",
+        i128::from(epoch) * 1_000_000_000
+    );
+    write_file(root, "etc/.updated", stamp.as_bytes(), 0o644)?;
+    write_file(root, "var/.updated", stamp.as_bytes(), 0o644)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(epoch).unwrap_or(0));
+    let usr = std::fs::File::open(root.join("usr")).context("opening /usr")?;
+    usr.set_times(std::fs::FileTimes::new().set_modified(t).set_accessed(t)).context("setting the time of /usr")
+}
+
+/// Remove what a build leaves behind and what must be unique per machine.
+pub fn clean(root: &Path) -> Result<()> {
+    // An empty machine-id makes systemd treat the first boot as such and generate one.
+    write_file(root, "etc/machine-id", b"", 0o444)?;
+    // ssl-cert's snakeoil certificate is made per box (debian-base's kiln-ssl-snakeoil.service).
+    for rel in ["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"] {
+        let p = root.join(rel);
+        if p.is_file() || p.is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+        }
+    }
+    // make-ssl-cert also linked the (random) snakeoil certificate by its hash: a dangling link
+    // with a per-build name once the certificate is gone.
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssl/certs")) {
+        for e in entries.flatten() {
+            if std::fs::read_link(e.path()).is_ok_and(|t| t.file_name().is_some_and(|n| n == "ssl-cert-snakeoil.pem")) {
+                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    // newaliases' Berkeley DB holds the build's time and a random file id; layers with a mail
+    // server rebuild it at first boot (`[[first_boot]]` `newaliases`, before postfix.service).
+    for rel in [
+        "var/lib/dbus/machine-id",
+        "etc/aliases.db",
+        "var/lib/systemd/random-seed",
+        "var/cache/ldconfig/aux-cache",
+        "etc/passwd-",
+        "etc/group-",
+        "etc/shadow-",
+        "etc/gshadow-",
+        "etc/subuid-",
+        "etc/subgid-",
+    ] {
+        let p = root.join(rel);
+        if p.is_file() || p.is_symlink() {
+            std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
+        }
+    }
+    // Host keys are per-box secrets: made at first boot (debian-base's kiln-ssh-host-keys.service).
+    if let Ok(entries) = std::fs::read_dir(root.join("etc/ssh")) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                std::fs::remove_file(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
+    for rel in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
+        empty_dir(root, rel)?;
+    }
+    // apt leaves its download directories to `_apt` only when its sandbox user could reach the
+    // build directory: set what an installed system has, whatever the build path's modes.
+    if let Ok((uid, _, _)) = passwd_entry(root, "_apt") {
+        for rel in APT_PARTIAL {
+            let p = root.join(rel);
+            if p.is_dir() {
+                std::os::unix::fs::lchown(&p, Some(uid), Some(0))
+                    .with_context(|| format!("setting the owner of /{rel}"))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("setting mode of /{rel}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// apt's download directories: emptied like the rest, then given a fixed owner and mode.
+const APT_PARTIAL: [&str; 2] = ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
+
+/// Remove the files below `root/rel`, keeping directories (their ownership matters to services).
+fn empty_dir(root: &Path, rel: &str) -> Result<()> {
+    let dir = root.join(rel);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(()) };
+    for e in entries {
+        let e = e?;
+        let path = e.path();
+        let ty = e.file_type()?;
+        if ty.is_dir() {
+            let sub = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            empty_dir(root, &sub)?;
+        } else if rel != "var/cache/debconf" || e.file_name().to_string_lossy().ends_with("-old") {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    /// Whatever apt left (here: root-owned, 0755, with a stale download), `clean` leaves the
+    /// partial directories empty, `_apt:root` and 0700, as on an installed system.
+    #[test]
+    fn clean_gives_apt_partial_directories_one_owner_and_mode() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("this test changes file owners: run it as root (scripts/test does)");
+        }
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("etc")).unwrap();
+        std::fs::write(
+            r.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n",
+        )
+        .unwrap();
+        for rel in super::APT_PARTIAL {
+            let d = r.join(rel);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::write(d.join("stale.deb"), "x").unwrap();
+        }
+        super::clean(r).unwrap();
+        for rel in super::APT_PARTIAL {
+            let m = std::fs::metadata(r.join(rel)).unwrap();
+            assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (42, 0, 0o700), "/{rel}");
+            assert_eq!(std::fs::read_dir(r.join(rel)).unwrap().count(), 0, "/{rel} not emptied");
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! The Debian packages installed in a root: what dpkg says is installed, joined with the sha256
+//! and pool path of each .deb from apt's package lists (kept through the bootstrap for this).
+//! Used by the SBOM and by lock files.
+use crate::debian::deb822;
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub architecture: String,
+    /// Source package name (the binary's name when dpkg records none).
+    pub source: String,
+    /// Source package version (the binary's version when dpkg records none).
+    pub source_version: String,
+    /// sha256 of the .deb, when apt's lists know it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Path of the .deb below the mirror (`pool/main/...`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+/// Installed packages of the root at `root`, sorted by name and architecture.
+pub fn installed(root: &Path) -> Result<Vec<Package>> {
+    let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).context("reading the root's dpkg status")?;
+    let known = list_index(root)?;
+    let mut pkgs: Vec<Package> = deb822::paragraphs(&status)
+        .filter(|p| p.get("Status").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")))
+        .map(|p| {
+            let get = |k: &str| p.get(k).unwrap_or_default().to_string();
+            let (name, version, architecture) = (get("Package"), get("Version"), get("Architecture"));
+            let (source, source_version) = match p.get("Source").map(|s| s.split_once(' ').unwrap_or((s, ""))) {
+                Some((n, v)) if !v.is_empty() => {
+                    (n.to_string(), v.trim().trim_start_matches('(').trim_end_matches(')').to_string())
+                }
+                Some((n, _)) => (n.to_string(), version.clone()),
+                None => (name.clone(), version.clone()),
+            };
+            let hit = known.get(&(name.clone(), version.clone(), architecture.clone()));
+            Package {
+                sha256: hit.map(|h| h.0.clone()),
+                filename: hit.map(|h| h.1.clone()),
+                name,
+                version,
+                architecture,
+                source,
+                source_version,
+            }
+        })
+        .collect();
+    pkgs.sort();
+    Ok(pkgs)
+}
+
+/// (name, version, arch) → (sha256, filename).
+type ListIndex = BTreeMap<(String, String, String), (String, String)>;
+
+/// The [`ListIndex`] of every `*_Packages` list in the root.
+fn list_index(root: &Path) -> Result<ListIndex> {
+    let mut index = BTreeMap::new();
+    for f in list_files(root, "_Packages")? {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for p in deb822::paragraphs(&text) {
+            if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) =
+                (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename"))
+            {
+                index
+                    .entry((n.to_string(), v.to_string(), a.to_string()))
+                    .or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string()));
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// The Packages stanzas of the root's apt lists whose .deb has one of the sha256s in `want`,
+/// by sha256: what a local repository needs to offer exactly those .debs as the mirror did.
+pub fn list_stanzas(root: &Path, want: &std::collections::HashSet<String>) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for f in list_files(root, "_Packages")? {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        for p in deb822::raw_paragraphs(&text) {
+            if let Some(sha) = deb822::field(p, "SHA256").filter(|s| want.contains(*s)) {
+                out.entry(sha.to_string()).or_insert_with(|| format!("{p}\n"));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `Date:` of the first suite Release file in the root's apt lists (when the lists were made).
+pub fn archive_date(root: &Path) -> Result<Option<String>> {
+    for f in list_files(root, "Release")? {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("Date:")) {
+            return Ok(Some(d.trim().to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Files of the root's apt lists whose names end in `suffix`, sorted.
+fn list_files(root: &Path, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
+    let dir = root.join("var/lib/apt/lists");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut files: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(suffix)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_status_with_lists() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("var/lib/dpkg")).unwrap();
+        std::fs::create_dir_all(r.join("var/lib/apt/lists")).unwrap();
+        std::fs::write(
+            r.join("var/lib/dpkg/status"),
+            "Package: zlib1g\nStatus: install ok installed\nArchitecture: amd64\nSource: zlib (1:1.3)\nVersion: 1:1.3-1\nDescription: x\n continued\n\nPackage: gone\nStatus: deinstall ok config-files\nVersion: 1\nArchitecture: amd64\n\nPackage: bash\nStatus: install ok installed\nVersion: 5.2-1\nArchitecture: amd64\n",
+        )
+        .unwrap();
+        std::fs::write(
+            r.join("var/lib/apt/lists/m_debian_dists_trixie_main_binary-amd64_Packages"),
+            "Package: bash\nVersion: 5.2-1\nArchitecture: amd64\nFilename: pool/main/b/bash/bash_5.2-1_amd64.deb\nSHA256: abc\n\nPackage: bash\nVersion: 5.1-1\nArchitecture: amd64\nFilename: old\nSHA256: old\n",
+        )
+        .unwrap();
+        let pkgs = installed(r).unwrap();
+        assert_eq!(pkgs.len(), 2);
+        assert_eq!(
+            (pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()),
+            ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb"))
+        );
+        assert_eq!(
+            (
+                pkgs[1].name.as_str(),
+                pkgs[1].source.as_str(),
+                pkgs[1].source_version.as_str(),
+                pkgs[1].sha256.as_deref()
+            ),
+            ("zlib1g", "zlib", "1:1.3", None)
+        );
+    }
+}

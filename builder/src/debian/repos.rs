@@ -1,0 +1,190 @@
+//! Extra apt repositories. Each is trusted through exactly one OpenPGP key kept in the recipe's
+//! tree and pinned by its fingerprint: kiln exports just that key (gpg, in a throwaway home),
+//! checks the repository's InRelease signature with it before bootstrapping, hands the
+//! repository to mmdebstrap with `signed-by=`, and writes the keyring, a deb822 source and
+//! pins into the image.
+use crate::customize::system::write_file;
+use crate::host::cmd::Cmd;
+use crate::plan::Plan;
+use crate::recipe::Repository;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// Where keys for mmdebstrap live in the work directory. Lines of the root's sources that name
+/// this directory are build-time only and are replaced by the image's own files.
+const KEY_DIR: &str = "kiln-keys";
+
+/// Primary-key fingerprints in a key file (armored or binary), via `gpg --show-keys`.
+pub fn fingerprints(key_file: &Path) -> Result<Vec<String>> {
+    let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
+    let out = gpg(home.path()).args(["--show-keys", "--with-colons"]).arg(key_file).output()?;
+    let mut fprs = Vec::new();
+    let mut last = "";
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        match fields[0] {
+            "fpr" if last == "pub" => fprs.push(fields.get(9).unwrap_or(&"").to_string()),
+            "pub" | "sub" => last = fields[0],
+            _ => {}
+        }
+    }
+    Ok(fprs)
+}
+
+fn gpg(home: &Path) -> Cmd {
+    Cmd::new("gpg").arg("--homedir").arg(home).args(["--batch", "--no-tty", "--quiet", "--no-autostart"])
+}
+
+/// The keys of one repository, exported from its key file: only the expected key.
+pub struct Keyring {
+    pub name: String,
+    /// ASCII-armored, for apt (`.asc`), in the work directory.
+    pub armored: PathBuf,
+    /// Binary, for gpgv.
+    pub binary: PathBuf,
+}
+
+/// Export each repository's expected key into the work directory.
+pub fn keyrings(plan: &Plan, work: &Path) -> Result<Vec<Keyring>> {
+    let dir = work.join(KEY_DIR);
+    let mut out = Vec::new();
+    for r in &plan.recipe.repositories {
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
+        gpg(home.path())
+            .arg("--import")
+            .arg(&r.key_path)
+            .run()
+            .with_context(|| format!("repository `{}`: importing key file {}", r.name, r.key.display()))?;
+        let armored = dir.join(format!("{}.asc", r.name));
+        let binary = dir.join(format!("{}.gpg", r.name));
+        gpg(home.path())
+            .args(["--armor", "--output"])
+            .arg(&armored)
+            .args(["--export", &r.fingerprint])
+            .run()
+            .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
+        gpg(home.path())
+            .arg("--output")
+            .arg(&binary)
+            .args(["--export", &r.fingerprint])
+            .run()
+            .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
+        out.push(Keyring { name: r.name.clone(), armored, binary });
+    }
+    Ok(out)
+}
+
+/// The URL whose answer shows that the repository's server is there.
+pub fn release_url(r: &Repository) -> String {
+    format!("{}/dists/{}/InRelease", r.url, r.suite)
+}
+
+/// Fetch each repository's InRelease and check its signature with the repository's key alone.
+pub fn verify_releases(plan: &Plan, keys: &[Keyring], work: &Path) -> Result<()> {
+    for (r, k) in plan.recipe.repositories.iter().zip(keys) {
+        let url = release_url(r);
+        let file = work.join(KEY_DIR).join(format!("{}.InRelease", r.name));
+        crate::host::net::download(&url, &file).with_context(|| format!("repository `{}`", r.name))?;
+        if let Err(e) = Cmd::new("gpgv").arg("--keyring").arg(&k.binary).arg(&file).run() {
+            let detail = format!("{e:#}");
+            let why = detail.lines().map(str::trim).filter(|l| l.starts_with("gpgv:")).collect::<Vec<_>>().join("; ");
+            bail!(
+                "repository `{}`: {url} is not signed by its key {} ({}): refusing to use it",
+                r.name,
+                r.fingerprint,
+                if why.is_empty() { detail } else { why }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// mmdebstrap source lines (after the Debian mirror) for the extra repositories.
+pub fn mmdebstrap_sources(plan: &Plan, keys: &[Keyring]) -> Vec<String> {
+    plan.recipe
+        .repositories
+        .iter()
+        .zip(keys)
+        .map(|(r, k)| {
+            format!("deb [signed-by={}] {} {} {}", k.armored.display(), r.url, r.suite, r.components.join(" "))
+        })
+        .collect()
+}
+
+/// The apt pin file of a repository, if it has a pin priority.
+pub fn pin_file(r: &Repository) -> Option<String> {
+    let pin = r.pin.as_ref()?;
+    Some(format!(
+        "# kiln: repository `{}`\nPackage: {}\nPin: origin \"{}\"\nPin-Priority: {}\n",
+        r.name,
+        pin.packages.join(" "),
+        host_name(&r.url),
+        pin.priority
+    ))
+}
+
+fn host_name(url: &str) -> &str {
+    let host = crate::host::net::host_of(url);
+    host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host)
+}
+
+/// Shell hooks that put the pins in place before mmdebstrap installs anything.
+pub fn setup_hooks(plan: &Plan, work: &Path) -> Result<Vec<String>> {
+    let mut hooks = Vec::new();
+    for r in &plan.recipe.repositories {
+        if let Some(text) = pin_file(r) {
+            let host = work.join(KEY_DIR).join(format!("{}.pref", r.name));
+            std::fs::write(&host, text).with_context(|| format!("writing {}", host.display()))?;
+            let src = crate::host::cmd::shell_quote(&host.to_string_lossy());
+            hooks.push(format!(
+                "mkdir -p \"$1/etc/apt/preferences.d\" && cp {src} \"$1/etc/apt/preferences.d/{}.pref\"",
+                r.name
+            ));
+        }
+    }
+    Ok(hooks)
+}
+
+/// Write keyrings, deb822 sources and pins into the root, and drop the build-time source lines.
+pub fn install(plan: &Plan, keys: &[Keyring], root: &Path) -> Result<()> {
+    if plan.recipe.repositories.is_empty() {
+        return Ok(());
+    }
+    drop_build_sources(root)?;
+    for (r, k) in plan.recipe.repositories.iter().zip(keys) {
+        let key = std::fs::read(&k.armored).with_context(|| format!("reading {}", k.armored.display()))?;
+        write_file(root, &format!("etc/apt/keyrings/{}.asc", r.name), &key, 0o644)?;
+        let sources = format!(
+            "# kiln: repository `{}`, key {}\nTypes: deb\nURIs: {}\nSuites: {}\nComponents: {}\nSigned-By: /etc/apt/keyrings/{}.asc\n",
+            r.name,
+            r.fingerprint,
+            r.url,
+            r.suite,
+            r.components.join(" "),
+            r.name
+        );
+        write_file(root, &format!("etc/apt/sources.list.d/{}.sources", r.name), sources.as_bytes(), 0o644)?;
+        if let Some(pin) = pin_file(r) {
+            write_file(root, &format!("etc/apt/preferences.d/{}.pref", r.name), pin.as_bytes(), 0o644)?;
+        }
+    }
+    Ok(())
+}
+
+/// mmdebstrap records every source it was given; the extra ones point at work-directory keys.
+fn drop_build_sources(root: &Path) -> Result<()> {
+    let mut files = vec![root.join("etc/apt/sources.list")];
+    if let Ok(dir) = std::fs::read_dir(root.join("etc/apt/sources.list.d")) {
+        files.extend(dir.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "list")));
+    }
+    let marker = format!("/{KEY_DIR}/");
+    for f in files {
+        let Ok(text) = std::fs::read_to_string(&f) else { continue };
+        if text.contains(&marker) {
+            let kept: String = text.lines().filter(|l| !l.contains(&marker)).map(|l| format!("{l}\n")).collect();
+            std::fs::write(&f, kept).with_context(|| format!("rewriting {}", f.display()))?;
+        }
+    }
+    Ok(())
+}

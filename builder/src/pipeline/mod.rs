@@ -1,0 +1,259 @@
+//! `kiln build`: the whole flow from recipe to image, top to bottom.
+pub mod lock;
+pub mod vendor;
+use crate::bootstrap::root;
+use crate::bootstrap::tools::Tools;
+use crate::customize::artifacts;
+use crate::customize::firstboot;
+use crate::customize::overlay;
+use crate::customize::system;
+use crate::debian::debcache::DebCache;
+use crate::debian::repos::{self, Keyring};
+use crate::disk::{self, esp::EspOptions, ImageDigest};
+use crate::host::cmd;
+use crate::host::net::{self, Need};
+use crate::host::progress::Progress;
+use crate::host::work::WorkDir;
+use crate::image::boot::{self, BootInfo};
+use crate::image::filesystem;
+use crate::lock::{Lock, LockChoice};
+use crate::plan::{Plan, PlanLock};
+use crate::release;
+use crate::release::export::{OutputFormat, Staging};
+use crate::release::sbom;
+use crate::release::sign::Signer;
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Directory the image is written to.
+    pub out_dir: PathBuf,
+    /// kiln's cache: bootstrapped roots, the tools tree.
+    pub cache: PathBuf,
+    /// Reuse (and store) the bootstrapped root in the cache; false bootstraps afresh.
+    pub reuse_root: bool,
+    /// Run image-writing tools from the host instead of the pinned tools tree.
+    pub host_tools: bool,
+    /// Run every program of a foreign-architecture bootstrap under emulation (no `assist`).
+    pub full_emulation: bool,
+    /// Where the work directory is made (system temp dir when None).
+    pub work_parent: Option<PathBuf>,
+    pub keep_work: bool,
+    /// Use only the .deb cache: no network (needs a lock whose .debs are all cached).
+    pub offline: bool,
+    /// Output formats instead of the recipe's (`img` is always written).
+    pub formats: Option<Vec<OutputFormat>>,
+    /// Sign `SHA256SUMS` with this key (already decrypted, held only in memory).
+    pub signer: Option<Signer>,
+    /// Directory with artifacts supplied offline (named by sha256 or by their URL's file name).
+    pub artifacts: Option<PathBuf>,
+}
+
+/// What a build produced: the image and the record written beside it.
+#[derive(Debug, Serialize)]
+pub struct BuildReport {
+    pub image: PathBuf,
+    pub plan: Plan,
+    pub boot: BootInfo,
+    pub digest: ImageDigest,
+    pub root_from_cache: bool,
+    /// Where mke2fs and friends came from, and the e2fsprogs version.
+    pub tools: String,
+    /// Every file written to the output directory, the image first.
+    pub outputs: Vec<PathBuf>,
+    /// Seconds per stage.
+    pub stages: Vec<(String, f64)>,
+}
+
+/// `kiln check`: load the recipe and its layers, plan it, and render its templates.
+pub fn check(recipe: &Path, arch: Option<crate::recipe::arch::Arch>) -> Result<Plan> {
+    let plan = Plan::with_arch(crate::recipe::load(recipe)?, arch)?;
+    overlay::render(&plan.recipe)?;
+    Ok(plan)
+}
+
+/// `check`, then the lock `choice` names for the recipe (if any) joined to the plan.
+pub fn plan(recipe: &Path, arch: Option<crate::recipe::arch::Arch>, choice: &LockChoice) -> Result<Plan> {
+    let plan = check(recipe, arch)?;
+    let Some(path) = choice.path(recipe)? else { return Ok(plan) };
+    let lock = PlanLock { lock: Lock::read(&path)?, path };
+    Plan::with_lock(plan.recipe, arch, Some(lock))
+}
+
+const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "chroot", "cp"];
+
+/// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
+pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
+    preflight(&plan)?;
+    // A foreign architecture's maintainer scripts run under qemu-user.
+    crate::bootstrap::emulation::ensure(plan.arch())?;
+    // Render templates first: a bad template fails the build before any slow work.
+    let overlays = overlay::render(&plan.recipe)?;
+    std::fs::create_dir_all(&opts.out_dir)
+        .with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
+    let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
+    let debs = DebCache::new(&opts.cache);
+    let (root_src, tools_src) = crate::pipeline::lock::sources(&plan, opts.offline)?;
+    // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
+    let mut needed = Vec::new();
+    if !opts.host_tools && !Tools::is_cached(&opts.cache, &tools_src)? {
+        needed.push(&tools_src);
+    }
+    if !opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache) {
+        needed.push(&root_src);
+    }
+    crate::pipeline::lock::check_available(&needed, &debs, &work, &plan)?;
+    let mut p = Progress::new(12);
+
+    // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
+    let (keys, extra, fetched) =
+        p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    let tools = p.stage("tools tree (mke2fs)", || {
+        if opts.host_tools {
+            Ok(Tools::Host)
+        } else {
+            Tools::tree(&opts.cache, &tools_src, &work, &debs, true)
+        }
+    })?;
+    let native = (!opts.full_emulation).then_some(&tools);
+    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || {
+        root::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, native)
+    })?;
+    let tree = root.dir.clone();
+    p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
+    p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
+        overlay::apply(&overlays, &tree)?;
+        repos::install(&plan, &keys, &tree)?;
+        artifacts::install(&fetched, &tree)?;
+        firstboot::install(&plan, &tree)?;
+        system::units(&plan, &tree)
+    })?;
+    // Before `system::clean`, which removes apt's lists (the .debs' checksums).
+    let inventory = p.stage("list installed packages (SBOM)", || sbom::inventory(&tree))?;
+    let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
+    let esp_img = work.join("esp.img");
+    p.stage("write ESP (fatfs)", || {
+        let opts = EspOptions {
+            size: plan.layout.partitions[0].size,
+            volume_id: plan.esp_volume_id,
+            label: "ESP".into(),
+            timestamp: plan.recipe.source_date_epoch,
+        };
+        disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
+    })?;
+    let root_img = p.stage("make root filesystem", || {
+        system::clean(&tree)?;
+        system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
+        let img = filesystem::make_root(&plan, &tools, &tree, work.path())?;
+        root::release(&root)?;
+        Ok(img)
+    })?;
+    cmd::check_interrupted()?;
+    // Every output appears at once at the end, or not at all.
+    let mut staging = Staging::new(&opts.out_dir);
+    let digest = p.stage("assemble GPT disk image", || {
+        staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()]))
+    })?;
+    let formats = crate::release::export::with_img(opts.formats.as_deref().unwrap_or(&plan.formats));
+    let inputs = release::Inputs {
+        plan: &plan,
+        boot: &boot,
+        digest: &digest,
+        inventory: &inventory,
+        formats: &formats,
+        signer: opts.signer.as_ref(),
+    };
+    p.stage("write formats, manifest, SBOM, checksums, signature", || release::write_outputs(&mut staging, &inputs))?;
+    let outputs = staging.commit()?;
+    let image = opts.out_dir.join(&plan.image_name);
+    let tools = format!(
+        "{} (e2fsprogs {})",
+        tools.describe(),
+        tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into())
+    );
+    Ok(BuildReport {
+        image,
+        plan,
+        boot,
+        digest,
+        root_from_cache: root.from_cache,
+        tools,
+        outputs,
+        stages: p.timings().to_vec(),
+    })
+}
+
+/// Write `dest` through a temporary file in the same directory, renamed into place only when
+/// `write` succeeded and no signal arrived; otherwise the temporary file is removed.
+pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dest.file_name().context("output path has no file name")?.to_string_lossy();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let value = write(tmp.path())?;
+    cmd::check_interrupted()?;
+    tmp.persist(dest).with_context(|| format!("moving the image into place at {}", dest.display()))?;
+    Ok(value)
+}
+
+/// Keys and mmdebstrap sources of the recipe's extra repositories: keys checked by fingerprint,
+/// hosts reachable, Release files signed by their keys. Used by `kiln build` and `kiln lock`.
+pub(crate) fn repo_sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, root::ExtraSources)> {
+    let keys = repos::keyrings(plan, work)?;
+    let needs: Vec<Need> = plan
+        .recipe
+        .repositories
+        .iter()
+        .map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) })
+        .collect();
+    net::preflight(&needs)?;
+    repos::verify_releases(plan, &keys, work)?;
+    let extra = root::ExtraSources {
+        lines: repos::mmdebstrap_sources(plan, &keys),
+        setup_hooks: repos::setup_hooks(plan, work)?,
+    };
+    Ok((keys, extra))
+}
+
+/// Keys and sources of the extra repositories, and every artifact as a verified local file.
+/// Fails early: unreachable hosts (all named at once), a repository not signed by its key, a
+/// wrong digest.
+fn outside_inputs<'p>(
+    plan: &'p Plan,
+    work: &Path,
+    opts: &BuildOptions,
+) -> Result<(Vec<Keyring>, root::ExtraSources, artifacts::Located<'p>)> {
+    let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
+    let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
+    net::preflight(&artifacts::needs(&missing))?;
+    let (keys, extra) = repo_sources(plan, work)?;
+    for a in missing {
+        tracing::info!("downloading artifact `{}` from {}", a.name, a.url);
+        local.push((a, store.fetch(a)?));
+    }
+    Ok((keys, extra, local))
+}
+
+pub(crate) fn preflight(plan: &Plan) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
+    }
+    let mut tools = HOST_TOOLS.to_vec();
+    if !plan.recipe.repositories.is_empty() {
+        tools.extend(["gpg", "gpgv", "curl"]);
+    }
+    if !plan.recipe.artifacts.is_empty() {
+        tools.push("curl");
+    }
+    let missing: Vec<&str> = tools.into_iter().filter(|t| !cmd::have(t)).collect();
+    if !missing.is_empty() {
+        bail!("missing host tools: {}; install them with `scripts/setup-host` (as root)", missing.join(", "));
+    }
+    Ok(())
+}

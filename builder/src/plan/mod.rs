@@ -1,0 +1,200 @@
+//! The build plan: everything derived from a recipe before any work starts (package set,
+//! partition layout, identifiers, kernel command line). `kiln check --print` shows it.
+pub mod ids;
+use crate::disk::gpt::{plan_layout, Layout, PartitionSpec};
+use crate::lock::Lock;
+use crate::recipe::arch::{Arch, ESP_TYPE};
+use crate::recipe::{InitramfsModules, Recipe, RecipeError};
+use anyhow::Result;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Packages every image gets, whatever the recipe says: the pieces kiln's boot path relies on.
+pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd-boot-efi", "initramfs-tools", "zstd"];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub recipe: Recipe,
+    /// sha256 of the resolved recipe: the seed of every identifier in the image.
+    pub recipe_hash: String,
+    pub mirror: String,
+    /// The packages passed to mmdebstrap: kiln's base set, the kernel, then the recipe's (and its
+    /// packages for this architecture).
+    pub packages: Vec<String>,
+    /// Drivers in the initrd: the recipe's choice or the architecture's default.
+    pub initramfs_modules: InitramfsModules,
+    pub layout: Layout,
+    pub root_fs_uuid: uuid::Uuid,
+    pub esp_volume_id: u32,
+    /// Kernel command line of the boot entry.
+    pub kernel_cmdline: String,
+    /// File name of the image in the output directory.
+    pub image_name: String,
+    /// Files written beside it: `img` always, then the recipe's `[output] formats`.
+    pub formats: Vec<crate::recipe::OutputFormat>,
+    /// sha256 of the lock the build installs from (joined into `recipe_hash`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_hash: Option<String>,
+    #[serde(skip)]
+    pub lock: Option<PlanLock>,
+}
+
+/// The lock a plan builds from, and where it was read.
+#[derive(Debug, Clone)]
+pub struct PlanLock {
+    pub lock: Lock,
+    pub path: PathBuf,
+}
+
+impl Plan {
+    pub fn new(recipe: Recipe) -> Result<Plan> {
+        Self::with_arch(recipe, None)
+    }
+
+    /// Plan for `arch` instead of the recipe's own architecture (`kiln build --arch`).
+    pub fn with_arch(recipe: Recipe, arch: Option<Arch>) -> Result<Plan> {
+        Self::with_lock(recipe, arch, None)
+    }
+
+    /// Plan building from a lock: its hash joins the seed of every identifier, so the image's
+    /// identity follows the lock. Fails when the lock was made for other inputs.
+    pub fn with_lock(mut recipe: Recipe, arch: Option<Arch>, lock: Option<PlanLock>) -> Result<Plan> {
+        if let Some(a) = arch {
+            recipe.architecture = a;
+        }
+        let arch = recipe.architecture;
+        let mut recipe_hash = identity(&recipe)?;
+        let lock_hash = lock.as_ref().map(|l| l.lock.hash());
+        if let Some(h) = &lock_hash {
+            recipe_hash = ids::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
+        }
+        let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
+        let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
+        packages.push(recipe.base.kernel.clone().unwrap_or_else(|| arch.kernel_package().into()));
+        if !matches!(recipe.system.locale.as_str(), "C" | "C.UTF-8" | "POSIX") {
+            packages.push("locales".into());
+        }
+        let for_arch = recipe.base.arch_packages.get(&arch).into_iter().flatten();
+        for p in recipe.base.packages.iter().chain(for_arch) {
+            if !packages.contains(p) {
+                packages.push(p.clone());
+            }
+        }
+        let specs = [
+            PartitionSpec {
+                label: "esp".into(),
+                type_guid: ESP_TYPE,
+                part_guid: ids::uuid(&recipe_hash, "partition:esp"),
+                size: Some(recipe.disk.esp_size),
+            },
+            PartitionSpec {
+                label: "root".into(),
+                type_guid: arch.root_partition_type(),
+                part_guid: ids::uuid(&recipe_hash, "partition:root"),
+                size: None,
+            },
+        ];
+        let layout = plan_layout(recipe.disk.size, ids::uuid(&recipe_hash, "disk"), &specs).map_err(|e| {
+            let file = recipe.sources.first().map(|p| p.as_path()).unwrap_or(Path::new("recipe"));
+            RecipeError::file(file, Some("disk.size".into()), format!("{e:#}"))
+        })?;
+        let root_guid = layout.partitions[1].part_guid;
+        let console = arch.serial_console();
+        let mut cmdline = vec![
+            format!("root=PARTUUID={root_guid}"),
+            "rw".into(),
+            "console=tty0".into(),
+            format!("console={console},115200"),
+        ];
+        cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
+        let plan = Plan {
+            image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
+            formats: recipe.output.formats.clone(),
+            root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
+            esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
+            kernel_cmdline: cmdline.join(" "),
+            initramfs_modules: recipe
+                .base
+                .initramfs_modules
+                .clone()
+                .unwrap_or_else(|| arch.default_initramfs_modules()),
+            recipe_hash,
+            mirror,
+            packages,
+            layout,
+            recipe,
+            lock_hash,
+            lock,
+        };
+        if let Some(l) = &plan.lock {
+            l.lock.check_matches(&plan, &l.path)?;
+        }
+        Ok(plan)
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.recipe.architecture
+    }
+}
+
+/// sha256 of a recipe's resolved content, without where its files were read from (`sources`,
+/// paths as given on the command line): the same recipe built from another directory (another
+/// checkout, a `kiln vendor` bundle) gets the same identifiers.
+fn identity(recipe: &Recipe) -> Result<String> {
+    let mut v = serde_json::to_value(recipe)?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("sources");
+    }
+    Ok(ids::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
+}
+
+/// The Debian mirror this host's apt uses (`KILN_MIRROR` overrides), else deb.debian.org.
+pub fn host_mirror() -> String {
+    if let Ok(m) = std::env::var("KILN_MIRROR") {
+        if !m.is_empty() {
+            return m;
+        }
+    }
+    let mut texts = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
+        let mut files: Vec<_> = dir
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
+            .collect();
+        files.sort();
+        texts.extend(files.iter().filter_map(|p| std::fs::read_to_string(p).ok()));
+    }
+    texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
+    texts.iter().find_map(|t| mirror_in(t)).unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+/// First Debian archive URI (ending in `/debian`) in a sources.list or deb822 text.
+fn mirror_in(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .flat_map(|l| {
+            let words: Vec<&str> = if let Some(rest) = l.strip_prefix("URIs:") {
+                rest.split_whitespace().collect()
+            } else if l.starts_with("deb ") {
+                l.split_whitespace().filter(|w| w.contains("://")).collect()
+            } else {
+                vec![]
+            };
+            words.into_iter().map(|w| w.trim_end_matches('/').to_string())
+        })
+        .find(|u| u.ends_with("/debian"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_mirror_in_deb822_and_one_line_formats() {
+        let deb822 = "Types: deb\nURIs: http://ftp.example.org/debian-security\n\nTypes: deb\nURIs: http://ftp.example.org/debian/\nSuites: bookworm\n";
+        assert_eq!(super::mirror_in(deb822).as_deref(), Some("http://ftp.example.org/debian"));
+        let list = "# deb http://old/debian x main\ndeb [arch=amd64] http://m.example/debian bookworm main\n";
+        assert_eq!(super::mirror_in(list).as_deref(), Some("http://m.example/debian"));
+        assert_eq!(super::mirror_in("deb https://packages.cloud.google.com/apt x main"), None);
+    }
+}
