@@ -15,7 +15,7 @@ use std::time::Instant;
 const DEBIAN_BASE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/layers/debian-base.toml");
 
 fn sha256(data: &[u8]) -> String {
-    kiln::plan::ids::sha256_hex(data)
+    kiln::host::files::sha256_hex(data)
 }
 
 fn stderr(out: &Output) -> String {

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 fn pkg(name: &str, version: &str, arch: &str) -> LockedPackage {
-    let sha256 = kiln::plan::ids::sha256_hex(format!("{name} {version} {arch}").as_bytes());
+    let sha256 = kiln::host::files::sha256_hex(format!("{name} {version} {arch}").as_bytes());
     LockedPackage {
         name: name.into(),
         version: version.into(),
@@ -181,7 +181,7 @@ fn offline_without_a_lock_is_refused() {
     let plan =
         kiln::pipeline::plan(Path::new("tests/recipes/good/defaults.toml"), None, &kiln::lock::LockChoice::Ignore)
             .unwrap();
-    let err = kiln::pipeline::lock::sources(&plan, true).unwrap_err().to_string();
+    let err = kiln::debian::pinning::sources(&plan, true).unwrap_err().to_string();
     assert!(err.contains("--offline needs a lock file") && err.contains("kiln fetch"), "{err}");
 }
 
@@ -242,7 +242,7 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
     for p in lock.packages.iter().chain(&tools.packages) {
         assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/main/"), "{p:?}");
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
-        assert_eq!(kiln::plan::ids::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
+        assert_eq!(kiln::host::files::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
     let plan: serde_json::Value =
         serde_json::from_slice(&kiln(&["check", "--print", "--no-lock", fx.recipe.to_str().unwrap()]).stdout).unwrap();
@@ -349,7 +349,7 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
 
     // Online from the same lock (its root is the one `kiln lock` resolved): the same bytes.
     let online = build(fx.recipe.to_str().unwrap(), &fx.dir.join("out-online"), &fx.cache);
-    let sha = |p: &Path| kiln::plan::ids::sha256_file(p).unwrap();
+    let sha = |p: &Path| kiln::host::files::sha256_file(p).unwrap();
     assert_eq!(sha(&offline), sha(&online), "offline and online builds from one lock differ");
 
     // The image names the real mirror and carries exactly the locked packages.

@@ -4,3 +4,25 @@ pub mod assist;
 pub mod emulation;
 pub mod root;
 pub mod tools;
+
+use crate::plan::Plan;
+use anyhow::{bail, Result};
+
+/// Programs every bootstrap needs on the host.
+const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "chroot", "cp"];
+
+/// Before any work: kiln runs as root and the host has the programs the plan needs.
+pub fn preflight(plan: &Plan) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
+    }
+    let mut tools = HOST_TOOLS.to_vec();
+    if !plan.recipe.repositories.is_empty() {
+        tools.extend(["gpg", "gpgv", "curl"]);
+    }
+    if !plan.recipe.artifacts.is_empty() {
+        tools.push("curl");
+    }
+    crate::host::cmd::require(&tools)
+}

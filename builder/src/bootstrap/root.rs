@@ -45,14 +45,6 @@ struct RepoInputs<'a> {
     pin: Option<String>,
 }
 
-/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and setup hooks
-/// (pins) run before anything is installed. See `repos.rs`.
-#[derive(Debug, Default)]
-pub struct ExtraSources {
-    pub lines: Vec<String>,
-    pub setup_hooks: Vec<String>,
-}
-
 fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
     let r = &plan.recipe;
     BootstrapInputs {
@@ -83,7 +75,7 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
 
 /// Cache key of the plan's bootstrapped root (online and offline bootstraps of one lock share it).
 pub fn cache_key(plan: &Plan, source: &Source) -> String {
-    crate::plan::ids::sha256_hex(serde_json::to_string(&inputs(plan, source)).unwrap_or_default().as_bytes())
+    crate::host::files::sha256_hex(serde_json::to_string(&inputs(plan, source)).unwrap_or_default().as_bytes())
 }
 
 /// Where the cache keeps the root `prepare` bootstraps for `plan` from `source`.
@@ -142,7 +134,7 @@ pub fn prepare(
     cache: Option<&Path>,
     source: &Source,
     debs: &DebCache,
-    extra: &ExtraSources,
+    extra: &crate::debian::repos::ExtraSources,
     native: Option<&Tools>,
 ) -> Result<Root> {
     let dir = work.join("root");
@@ -227,7 +219,7 @@ fn bootstrap(
     out: &Path,
     source: &Source,
     debs: &DebCache,
-    extra: &ExtraSources,
+    extra: &crate::debian::repos::ExtraSources,
     native: Option<&Tools>,
 ) -> Result<()> {
     let assist = match native {
@@ -274,7 +266,7 @@ fn mmdebstrap(
     out: &Path,
     source: &Source,
     debs: &DebCache,
-    extra: &ExtraSources,
+    extra: &crate::debian::repos::ExtraSources,
     assist: Option<&Assist>,
 ) -> Result<()> {
     let r = &plan.recipe;
@@ -376,7 +368,7 @@ mod extra_tests {
     #[test]
     fn extra_repositories_change_the_cache_key() {
         let plan = Plan::new(crate::recipe::load(Path::new("tests/recipes/good/extras.toml")).unwrap()).unwrap();
-        let key = |p: &Plan| super::cache_key(p, &crate::pipeline::lock::sources(p, false).unwrap().0);
+        let key = |p: &Plan| super::cache_key(p, &crate::debian::pinning::sources(p, false).unwrap().0);
         let mut without = plan.clone();
         without.recipe.repositories.clear();
         let mut other_key = plan.clone();

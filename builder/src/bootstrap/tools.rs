@@ -12,12 +12,10 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
+use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
+
 /// Bump when the tools tree's recipe changes.
 const TOOLS_FORMAT: u32 = 3;
-pub const TOOLS_SUITE: &str = "trixie";
-/// e2fsprogs and erofs-utils write images; openssl, kmod, zstd and cpio (with the essential set)
-/// are the native programs of a foreign-architecture bootstrap (`assist.rs`).
-pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils", "openssl", "kmod", "zstd", "cpio"];
 
 /// Where image-writing tools come from.
 #[derive(Debug, Clone)]
@@ -41,26 +39,6 @@ struct ToolsInputs<'a> {
 }
 
 impl Tools {
-    /// Debian architecture of the tools tree on this host.
-    pub fn host_arch() -> Result<Arch> {
-        Arch::host().context("the tools tree needs an x86_64 or aarch64 host")
-    }
-
-    /// The source of a tools tree: this host's architecture, `mirror` (the image's), pinned to the
-    /// lock's tools packages when given.
-    pub fn source(mirror: &str, pins: Option<Vec<crate::lock::LockedPackage>>, offline: bool) -> Result<Source> {
-        let arch = Self::host_arch()?;
-        Ok(Source {
-            mirror: mirror.into(),
-            suite: TOOLS_SUITE.into(),
-            components: vec!["main".into()],
-            arch: arch.debian().into(),
-            pins,
-            exact: true,
-            offline,
-        })
-    }
-
     /// Where the cache keeps the tools tree of `source`.
     pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
         let inputs = ToolsInputs {
@@ -71,7 +49,7 @@ impl Tools {
             packages: TOOLS_PACKAGES,
             pins: source.pins_hash(),
         };
-        Ok(cache.join("tools").join(crate::plan::ids::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
+        Ok(cache.join("tools").join(crate::host::files::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
     }
 
     pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
@@ -82,7 +60,7 @@ impl Tools {
     /// `reuse` false made afresh in `work` and not stored). Offline, it is made from the .deb
     /// cache, which needs the lock's tools packages.
     pub fn tree(cache: &Path, source: &Source, work: &WorkDir, debs: &DebCache, reuse: bool) -> Result<Tools> {
-        let arch = Self::host_arch()?;
+        let arch = crate::debian::pinning::host_arch()?;
         let root = Self::cache_dir(cache, source)?;
         if reuse && root.join("usr/sbin/mke2fs").is_file() {
             return Ok(Tools::Tree { root, arch });

@@ -346,7 +346,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Lock { recipe, update, arch, cache } => {
             let cache = cache.dir()?;
             let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
-            let out = locking::lock(&recipe, arch.map(ArchArg::arch), &opts)?;
+            let plan = pipeline::check(&recipe, arch.map(ArchArg::arch))?;
+            let out = locking::lock(&recipe, plan, &opts)?;
             let tools = out
                 .lock
                 .tools

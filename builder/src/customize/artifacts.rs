@@ -30,7 +30,7 @@ impl Store {
     pub fn local(&self, a: &Artifact) -> Result<Option<PathBuf>> {
         let stored = self.dir.join(&a.sha256);
         if stored.is_file() {
-            if crate::plan::ids::sha256_file(&stored)? == a.sha256 {
+            if crate::host::files::sha256_file(&stored)? == a.sha256 {
                 return Ok(Some(stored));
             }
             tracing::warn!("removing corrupt store entry {}", stored.display());
@@ -40,7 +40,7 @@ impl Store {
             for name in [a.sha256.as_str(), file_name(&a.url)] {
                 let candidate = dir.join(name);
                 if !name.is_empty() && candidate.is_file() {
-                    let actual = crate::plan::ids::sha256_file(&candidate)?;
+                    let actual = crate::host::files::sha256_file(&candidate)?;
                     if actual != a.sha256 {
                         bail!(
                             "artifact `{}` ({}): {} has sha256 {actual}, expected {}",
@@ -67,7 +67,7 @@ impl Store {
             .tempfile_in(&self.dir)
             .context("creating a temporary file in the artifact store")?;
         net::download(&a.url, tmp.path()).with_context(|| format!("artifact `{}`", a.name))?;
-        let actual = crate::plan::ids::sha256_file(tmp.path())?;
+        let actual = crate::host::files::sha256_file(tmp.path())?;
         if actual != a.sha256 {
             bail!(
                 "artifact `{}`: {} has sha256 {actual}, expected {}; the download was discarded",

@@ -2,7 +2,7 @@
 //! box's first boot and marks itself done (`/var/lib/kiln/first-boot/NAME.done`), so later
 //! boots skip it. A failed action leaves no mark and runs again on the next boot. This is where
 //! per-box secrets (passwords, TLS keys) are made: never at build time, never in the image.
-use crate::customize::system::write_file;
+use crate::host::files::write_file;
 use crate::plan::Plan;
 use crate::recipe::{FirstBoot, FirstBootRun};
 use anyhow::{bail, Result};

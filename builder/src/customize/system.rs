@@ -2,6 +2,7 @@
 //! so this works the same for foreign architectures): host name, time zone, locale, users,
 //! systemd units, kiln's test agent, and the clean-up that keeps images free of build leftovers.
 use crate::host::cmd::Cmd;
+use crate::host::files::write_file;
 use crate::plan::Plan;
 use crate::recipe::{Check, CheckKind, User};
 use anyhow::{bail, Context, Result};
@@ -17,24 +18,6 @@ const AGENT: &[(&str, &str, u32)] = &[
         0o644,
     ),
 ];
-
-/// Write a file below `root` (creating parent directories), with a mode.
-pub fn write_file(root: &Path, rel: &str, data: &[u8], mode: u32) -> Result<()> {
-    let path = root.join(rel.trim_start_matches('/'));
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating /{}", rel_parent(rel)))?;
-    }
-    if path.is_symlink() {
-        std::fs::remove_file(&path).with_context(|| format!("replacing /{rel}"))?;
-    }
-    std::fs::write(&path, data).with_context(|| format!("writing /{rel}"))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting mode of /{rel}"))
-}
-
-fn rel_parent(rel: &str) -> &str {
-    rel.rsplit_once('/').map(|(p, _)| p).unwrap_or("")
-}
 
 pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;

@@ -55,7 +55,7 @@ impl DebCache {
     /// Store `file` (moved when on the same file system, else copied) as the .deb of `pkg`, with
     /// its Packages stanza. Fails, storing nothing, when the file's sha256 is not `pkg.sha256`.
     pub fn put(&self, file: &Path, pkg: &LockedPackage, stanza: &str) -> Result<()> {
-        let got = crate::plan::ids::sha256_file(file)?;
+        let got = crate::host::files::sha256_file(file)?;
         if got != pkg.sha256 {
             bail!("{} has sha256 {got}, the lock says {}: refusing it", pkg.describe(), pkg.sha256);
         }
@@ -106,7 +106,7 @@ impl DebCache {
         for e in entries.flatten() {
             let path = e.path();
             if path.extension().is_some_and(|x| x == "deb") && e.file_type().is_ok_and(|t| t.is_file()) {
-                debs.push((crate::plan::ids::sha256_file(&path)?, path));
+                debs.push((crate::host::files::sha256_file(&path)?, path));
             }
         }
         if debs.is_empty() {
@@ -193,7 +193,7 @@ mod tests {
             name: "hello".into(),
             version: "1:2.10-3".into(),
             architecture: "amd64".into(),
-            sha256: crate::plan::ids::sha256_hex(data),
+            sha256: crate::host::files::sha256_hex(data),
             filename: "pool/main/h/hello/hello_2.10-3_amd64.deb".into(),
         }
     }

@@ -4,7 +4,7 @@
 use crate::debian::debcache::DebCache;
 use crate::host::cmd::Cmd;
 use crate::lock::LockedPackage;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
@@ -197,12 +197,7 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 
 /// Fail unless curl and xz are installed (before any slow work).
 pub fn require_tools() -> Result<()> {
-    for t in ["curl", "xz"] {
-        if !crate::host::cmd::have(t) {
-            bail!("`{t}` not found: install the host tools with `scripts/setup-host` (as root)");
-        }
-    }
-    Ok(())
+    crate::host::cmd::require(&["curl", "xz"])
 }
 
 #[cfg(test)]

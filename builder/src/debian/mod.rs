@@ -4,5 +4,6 @@ pub mod deb822;
 pub mod debcache;
 pub mod mirror;
 pub mod packages;
+pub mod pinning;
 pub mod repos;
 pub mod source;

@@ -2,7 +2,8 @@
 //! and pool path of each .deb from apt's package lists (kept through the bootstrap for this).
 //! Used by the SBOM and by lock files.
 use crate::debian::deb822;
-use anyhow::{Context, Result};
+use crate::lock::LockedPackage;
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -114,6 +115,35 @@ fn list_files(root: &Path, suffix: &str) -> Result<Vec<std::path::PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+impl Package {
+    /// The lock's record of an installed package; fails when apt's lists did not know its .deb.
+    pub fn locked(&self) -> Result<LockedPackage> {
+        let p = self;
+        let (Some(sha256), Some(filename)) = (&p.sha256, &p.filename) else {
+            bail!(
+                "no .deb checksum known for the installed package {} {} ({}): it is not in the root's apt lists",
+                p.name,
+                p.version,
+                p.architecture
+            );
+        };
+        Ok(LockedPackage {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            architecture: p.architecture.clone(),
+            sha256: sha256.clone(),
+            filename: filename.clone(),
+        })
+    }
+}
+
+/// Turn installed packages into locked ones, sorted.
+pub fn locked_set(installed: &[Package]) -> Result<Vec<LockedPackage>> {
+    let mut out = installed.iter().map(Package::locked).collect::<Result<Vec<_>>>()?;
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! checks the repository's InRelease signature with it before bootstrapping, hands the
 //! repository to mmdebstrap with `signed-by=`, and writes the keyring, a deb822 source and
 //! pins into the image.
-use crate::customize::system::write_file;
 use crate::host::cmd::Cmd;
+use crate::host::files::write_file;
+use crate::host::gpg::gpg;
+use crate::host::net::Need;
 use crate::plan::Plan;
 use crate::recipe::Repository;
 use anyhow::{bail, Context, Result};
@@ -14,25 +16,28 @@ use std::path::{Path, PathBuf};
 /// this directory are build-time only and are replaced by the image's own files.
 const KEY_DIR: &str = "kiln-keys";
 
-/// Primary-key fingerprints in a key file (armored or binary), via `gpg --show-keys`.
-pub fn fingerprints(key_file: &Path) -> Result<Vec<String>> {
-    let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
-    let out = gpg(home.path()).args(["--show-keys", "--with-colons"]).arg(key_file).output()?;
-    let mut fprs = Vec::new();
-    let mut last = "";
-    for line in out.lines() {
-        let fields: Vec<&str> = line.split(':').collect();
-        match fields[0] {
-            "fpr" if last == "pub" => fprs.push(fields.get(9).unwrap_or(&"").to_string()),
-            "pub" | "sub" => last = fields[0],
-            _ => {}
-        }
-    }
-    Ok(fprs)
+/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and setup hooks
+/// (pins) run before anything is installed. See [`sources`].
+#[derive(Debug, Default)]
+pub struct ExtraSources {
+    pub lines: Vec<String>,
+    pub setup_hooks: Vec<String>,
 }
 
-fn gpg(home: &Path) -> Cmd {
-    Cmd::new("gpg").arg("--homedir").arg(home).args(["--batch", "--no-tty", "--quiet", "--no-autostart"])
+/// Keys and mmdebstrap sources of the recipe's extra repositories: keys checked by fingerprint,
+/// hosts reachable, Release files signed by their keys. Used by `kiln build` and `kiln lock`.
+pub fn sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, ExtraSources)> {
+    let keys = keyrings(plan, work)?;
+    let needs: Vec<Need> = plan
+        .recipe
+        .repositories
+        .iter()
+        .map(|r| Need { what: format!("repository `{}`", r.name), url: release_url(r) })
+        .collect();
+    crate::host::net::preflight(&needs)?;
+    verify_releases(plan, &keys, work)?;
+    let extra = ExtraSources { lines: mmdebstrap_sources(plan, &keys), setup_hooks: setup_hooks(plan, work)? };
+    Ok((keys, extra))
 }
 
 /// The keys of one repository, exported from its key file: only the expected key.

@@ -55,7 +55,7 @@ impl Source {
         let pins = self.pins.as_ref()?;
         let text: String =
             pins.iter().map(|p| format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256)).collect();
-        Some(crate::plan::ids::sha256_hex(text.as_bytes()))
+        Some(crate::host::files::sha256_hex(text.as_bytes()))
     }
 
     /// The line of the image's /etc/apt/sources.list.
@@ -169,7 +169,7 @@ pub fn local_repo(dir: &Path, suite: &str, arch: &str, pins: &[LockedPackage], d
     std::fs::write(&index, &packages).with_context(|| format!("writing {}", index.display()))?;
     let release = format!(
         "Origin: kiln\nLabel: kiln offline cache\nSuite: {suite}\nCodename: {suite}\nArchitectures: {arch}\nComponents: main\nDescription: locked packages from kiln's .deb cache\nSHA256:\n {} {} {rel}\n",
-        crate::plan::ids::sha256_hex(packages.as_bytes()),
+        crate::host::files::sha256_hex(packages.as_bytes()),
         packages.len()
     );
     std::fs::write(dir.join("dists").join(suite).join("Release"), release)
@@ -217,7 +217,7 @@ mod tests {
             name: name.into(),
             version: "1.0-1".into(),
             architecture: "amd64".into(),
-            sha256: crate::plan::ids::sha256_hex(data),
+            sha256: crate::host::files::sha256_hex(data),
             filename: format!("pool/main/{name}/{name}_1.0-1_amd64.deb"),
         }
     }
@@ -248,7 +248,7 @@ mod tests {
         assert!(
             release.contains(&format!(
                 " {} {} main/binary-amd64/Packages\n",
-                crate::plan::ids::sha256_hex(packages.as_bytes()),
+                crate::host::files::sha256_hex(packages.as_bytes()),
                 packages.len()
             )),
             "{release}"

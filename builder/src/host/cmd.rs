@@ -198,10 +198,7 @@ impl Running {
     fn spawn(mut cmd: Command, program: &OsStr, own_group: bool) -> Result<Running> {
         let child = cmd.spawn().map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!(
-                    "`{}` not found: install the host tools with `scripts/setup-host` (as root)",
-                    program.to_string_lossy()
-                )
+                anyhow::anyhow!("{}", missing_tools(&[&program.to_string_lossy()]))
             } else {
                 anyhow::anyhow!("starting `{}`: {e}", program.to_string_lossy())
             }
@@ -289,6 +286,20 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 /// Whether a program is on PATH.
+/// Fail, naming every missing one, unless all `programs` are on PATH (before any slow work).
+pub fn require(programs: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !have(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    bail!("{}", missing_tools(&missing))
+}
+
+/// The one message for host programs that are not installed.
+fn missing_tools(names: &[&str]) -> String {
+    format!("missing host tools: {}; install them with `scripts/setup-host` (as root)", names.join(", "))
+}
+
 pub fn have(program: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }

@@ -1,6 +1,8 @@
 //! The ground floor: mechanisms every stage uses to talk to the build host (programs, files,
 //! the network, the work directory, progress). Nothing here imports a stage.
 pub mod cmd;
+pub mod files;
+pub mod gpg;
 pub mod net;
 pub mod progress;
 pub mod work;

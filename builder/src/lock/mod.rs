@@ -3,8 +3,6 @@
 //! architecture, sha256 of the .deb, its path on the mirror) and of the tools tree that writes
 //! the image's bytes. Builds with a lock install exactly those packages, and the lock's hash
 //! joins the seed of the image's identifiers. See docs/reproducibility.md.
-use crate::debian::packages::Package;
-use crate::plan::Plan;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -72,32 +70,20 @@ impl LockedPackage {
     pub fn describe(&self) -> String {
         format!("{} {} ({})", self.name, self.version, self.architecture)
     }
-
-    /// A locked package from an installed one; fails when apt's lists did not know its .deb.
-    pub fn from_installed(p: &Package) -> Result<LockedPackage> {
-        let (Some(sha256), Some(filename)) = (&p.sha256, &p.filename) else {
-            bail!(
-                "no .deb checksum known for the installed package {} {} ({}): it is not in the root's apt lists",
-                p.name,
-                p.version,
-                p.architecture
-            );
-        };
-        Ok(LockedPackage {
-            name: p.name.clone(),
-            version: p.version.clone(),
-            architecture: p.architecture.clone(),
-            sha256: sha256.clone(),
-            filename: filename.clone(),
-        })
-    }
 }
 
-/// Turn installed packages into locked ones, sorted.
-pub fn locked_set(installed: &[Package]) -> Result<Vec<LockedPackage>> {
-    let mut out = installed.iter().map(LockedPackage::from_installed).collect::<Result<Vec<_>>>()?;
-    out.sort();
-    Ok(out)
+/// What a lock is checked against: the values of today's plan that a lock records.
+pub struct Subject<'a> {
+    /// The recipe's path, for the hint to re-lock.
+    pub recipe: String,
+    pub requested: &'a [String],
+    pub architecture: &'a str,
+    pub suite: &'a str,
+    pub components: &'a [String],
+    pub source_date_epoch: i64,
+    pub mirror: &'a str,
+    /// The packages of this kiln's tools tree.
+    pub tools_packages: &'a [&'a str],
 }
 
 /// Where a recipe's lock file lives: beside it, `NAME.lock` for `NAME.toml`.
@@ -168,7 +154,7 @@ impl Lock {
     /// Write the lock atomically (temporary file, then rename).
     pub fn write(&self, path: &Path) -> Result<()> {
         let text = self.to_toml()?;
-        crate::pipeline::write_atomically(path, |tmp| {
+        crate::host::files::write_atomically(path, |tmp| {
             std::fs::write(tmp, &text).with_context(|| format!("writing {}", tmp.display()))
         })
     }
@@ -176,14 +162,13 @@ impl Lock {
     /// sha256 of the lock's content (independent of comments and formatting): joins the image's
     /// identifiers and the bootstrap cache key.
     pub fn hash(&self) -> String {
-        crate::plan::ids::sha256_hex(self.to_toml().unwrap_or_default().as_bytes())
+        crate::host::files::sha256_hex(self.to_toml().unwrap_or_default().as_bytes())
     }
 
-    /// Fail when the lock was made for other inputs than `plan`'s (a package added, another suite
+    /// Fail when the lock was made for other inputs than `now` (a package added, another suite
     /// or architecture...), saying how to refresh it.
-    pub fn check_matches(&self, plan: &Plan, path: &Path) -> Result<()> {
-        let r = &plan.recipe;
-        let mut requested = plan.packages.clone();
+    pub fn check_matches(&self, now: &Subject, path: &Path) -> Result<()> {
+        let mut requested = now.requested.to_vec();
         requested.sort();
         requested.dedup();
         let mut diffs = Vec::new();
@@ -196,21 +181,18 @@ impl Lock {
             diffs.push(format!("packages removed from the recipe: {}", removed.join(", ")));
         }
         for (what, locked, now) in [
-            ("architecture", self.architecture.as_str(), plan.arch().debian()),
-            ("suite", self.suite.as_str(), r.base.suite.as_str()),
-            ("components", &self.components.join(","), &r.base.components.join(",")),
-            ("source_date_epoch", &self.source_date_epoch.to_string(), &r.source_date_epoch.to_string()),
+            ("architecture", self.architecture.as_str(), now.architecture),
+            ("suite", self.suite.as_str(), now.suite),
+            ("components", &self.components.join(","), &now.components.join(",")),
+            ("source_date_epoch", &self.source_date_epoch.to_string(), &now.source_date_epoch.to_string()),
         ] {
             if locked != now {
                 diffs.push(format!("{what} is {now}, the lock has {locked}"));
             }
         }
         if let Some(tools) = &self.tools {
-            let missing: Vec<&str> = crate::bootstrap::tools::TOOLS_PACKAGES
-                .iter()
-                .copied()
-                .filter(|t| !tools.packages.iter().any(|p| p.name == *t))
-                .collect();
+            let missing: Vec<&str> =
+                now.tools_packages.iter().copied().filter(|t| !tools.packages.iter().any(|p| p.name == *t)).collect();
             if !missing.is_empty() {
                 diffs
                     .push(format!("this kiln's tools tree also has {}, which the lock's does not", missing.join(", ")));
@@ -221,14 +203,14 @@ impl Lock {
                 "lock file {} is out of date with the recipe ({}): run `kiln lock {}` (or build with --no-lock)",
                 path.display(),
                 diffs.join("; "),
-                r.sources.first().map(|p| p.display().to_string()).unwrap_or_default()
+                now.recipe
             );
         }
-        if self.mirror != plan.mirror {
+        if self.mirror != now.mirror {
             tracing::info!(
                 "the lock was resolved from {}; packages come from {} (checked by sha256)",
                 self.mirror,
-                plan.mirror
+                now.mirror
             );
         }
         Ok(())

@@ -1,62 +1,18 @@
-//! `kiln lock` (resolve a recipe into its lock file), `kiln fetch` (fill the .deb cache with
-//! a lock's packages), and what a build needs from its lock: the pinned package sources and the
-//! check, before anything is bootstrapped, that every locked version can still be had.
+//! `kiln lock` (resolve a recipe into its lock file) and `kiln fetch` (fill the .deb cache with
+//! a lock's packages).
 use crate::bootstrap::root;
-use crate::bootstrap::tools::{Tools, TOOLS_SUITE};
+use crate::bootstrap::tools::Tools;
 use crate::debian::debcache::DebCache;
-use crate::debian::mirror::{self, Help};
+use crate::debian::mirror;
 use crate::debian::packages;
+use crate::debian::pinning;
 use crate::debian::source::Source;
 use crate::host::work::WorkDir;
 use crate::lock::{self, Lock, ToolsLock, LOCK_FORMAT};
+use crate::plan::TOOLS_SUITE;
 use crate::plan::{Plan, PlanLock};
-use crate::recipe::arch::Arch;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
-
-/// The package sources of a build: (root, tools tree), pinned to the plan's lock if it has one.
-pub fn sources(plan: &Plan, offline: bool) -> Result<(Source, Source)> {
-    let lock = plan.lock.as_ref().map(|l| &l.lock);
-    if offline && lock.is_none() {
-        bail!("--offline needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` and `kiln fetch RECIPE` while online");
-    }
-    let r = &plan.recipe;
-    let root = Source {
-        mirror: plan.mirror.clone(),
-        suite: r.base.suite.clone(),
-        components: r.base.components.clone(),
-        arch: plan.arch().debian().into(),
-        pins: lock.map(|l| l.packages.clone()),
-        exact: true,
-        offline,
-    };
-    let host = Tools::host_arch()?.debian();
-    let tool_pins = lock.and_then(|l| l.tools_for(host)).map(|t| t.packages.clone());
-    if lock.is_some() && tool_pins.is_none() {
-        tracing::warn!(
-            "the lock has no tools packages for this host's architecture ({host}): the tools tree is not pinned"
-        );
-    }
-    Ok((root, Tools::source(&plan.mirror, tool_pins, offline)?))
-}
-
-fn help<'a>(l: &'a PlanLock, plan: &'a Plan) -> Help<'a> {
-    Help {
-        recipe: plan.recipe.sources.first().map(PathBuf::as_path).unwrap_or(Path::new("RECIPE")),
-        lock_path: &l.path,
-        archive_date: l.lock.archive_date.as_deref(),
-    }
-}
-
-/// Fail, naming package and version, unless every package the `needed` sources pin is on the
-/// mirror (online) or in the .deb cache (offline).
-pub fn check_available(needed: &[&Source], debs: &DebCache, work: &WorkDir, plan: &Plan) -> Result<()> {
-    let Some(l) = &plan.lock else { return Ok(()) };
-    if needed.iter().any(|s| !s.offline && s.pins.is_some()) {
-        mirror::require_tools()?;
-    }
-    crate::debian::source::check_available(needed, debs, work.path(), &help(l, plan))
-}
 
 pub struct LockOptions {
     pub cache: PathBuf,
@@ -76,10 +32,9 @@ pub struct LockOutcome {
 /// `kiln lock`: bootstrap the recipe's root and the tools tree (cached ones are reused) and
 /// record what they hold in `NAME.lock` beside the recipe. Versions of an existing lock are kept
 /// (the bootstrap pins them) unless `update`; packages new to the recipe resolve to the mirror's
-/// current versions.
-pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<LockOutcome> {
-    let plan = crate::pipeline::check(recipe, arch)?;
-    crate::pipeline::preflight(&plan)?;
+/// current versions. `plan` is the recipe's, checked (`pipeline::check`), without a lock.
+pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome> {
+    crate::bootstrap::preflight(&plan)?;
     crate::bootstrap::emulation::ensure(plan.arch())?;
     let path = lock::path_for(recipe);
     // With --update the existing lock is not read at all (it may be of an older format).
@@ -87,7 +42,7 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let old = previous.as_ref();
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let debs = DebCache::new(&opts.cache);
-    let host = Tools::host_arch()?;
+    let host = crate::debian::pinning::host_arch()?;
     let r = &plan.recipe;
     let root_src = Source {
         mirror: plan.mirror.clone(),
@@ -98,8 +53,11 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
         exact: false,
         offline: false,
     };
-    let mut tools_src =
-        Tools::source(&plan.mirror, old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()), false)?;
+    let mut tools_src = pinning::tools_source(
+        &plan.mirror,
+        old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()),
+        false,
+    )?;
     tools_src.exact = false;
     if let Some(old) = old {
         // The kept versions must still be on the mirror, or the bootstrap would fail late.
@@ -112,7 +70,7 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
             needed.push(&root_src);
         }
         mirror::require_tools()?;
-        crate::debian::source::check_available(&needed, &debs, work.path(), &help(&l, &plan))?;
+        crate::debian::source::check_available(&needed, &debs, work.path(), &pinning::help(&l, &plan))?;
     }
     let reuse = !opts.update;
     let mut p = crate::host::progress::Progress::new(2);
@@ -120,14 +78,14 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
     let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || {
         Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse)
     })?;
-    let (_keys, extra) = crate::pipeline::repo_sources(&plan, work.path())?;
+    let (_keys, extra) = crate::debian::repos::sources(&plan, work.path())?;
     let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || {
         root::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, Some(&tools))
     })?;
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);
     root::release(&root)?;
-    let tool_pkgs = lock::locked_set(&packages::installed(tools.root().context("tools tree")?)?)?;
+    let tool_pkgs = packages::locked_set(&packages::installed(tools.root().context("tools tree")?)?)?;
     let e2fsprogs = tool_pkgs
         .iter()
         .find(|p| p.name == "e2fsprogs")
@@ -146,7 +104,7 @@ pub fn lock(recipe: &Path, arch: Option<Arch>, opts: &LockOptions) -> Result<Loc
         source_date_epoch: r.source_date_epoch,
         archive_date: archive_date?,
         requested,
-        packages: lock::locked_set(&installed?)?,
+        packages: packages::locked_set(&installed?)?,
         tools: Some(ToolsLock {
             suite: TOOLS_SUITE.into(),
             architecture: host.debian().into(),
@@ -204,12 +162,12 @@ pub fn fetch(plan: &Plan, cache: &Path, work_parent: Option<&Path>) -> Result<Fe
     mirror::require_tools()?;
     let work = WorkDir::new(work_parent, false)?;
     let debs = DebCache::new(cache);
-    let (root, tools) = sources(plan, false)?;
+    let (root, tools) = pinning::sources(plan, false)?;
     let mut out = FetchOutcome { downloaded: 0, locked: 0 };
     for s in [&root, &tools] {
         let Some(pins) = &s.pins else { continue };
         out.locked += pins.len();
-        out.downloaded += mirror::fetch(&s.index_id(), pins, &debs, work.path(), &help(l, plan))?;
+        out.downloaded += mirror::fetch(&s.index_id(), pins, &debs, work.path(), &pinning::help(l, plan))?;
     }
     // TODO(#4, artifacts): fetch the lock's artifacts into the cache too.
     Ok(out)

@@ -11,7 +11,7 @@ use crate::debian::debcache::DebCache;
 use crate::debian::repos::{self, Keyring};
 use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::host::cmd;
-use crate::host::net::{self, Need};
+use crate::host::net;
 use crate::host::progress::Progress;
 use crate::host::work::WorkDir;
 use crate::image::boot::{self, BootInfo};
@@ -22,7 +22,7 @@ use crate::release;
 use crate::release::export::{OutputFormat, Staging};
 use crate::release::sbom;
 use crate::release::sign::Signer;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
@@ -82,11 +82,9 @@ pub fn plan(recipe: &Path, arch: Option<crate::recipe::arch::Arch>, choice: &Loc
     Plan::with_lock(plan.recipe, arch, Some(lock))
 }
 
-const HOST_TOOLS: &[&str] = &["mmdebstrap", "mount", "chroot", "cp"];
-
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
-    preflight(&plan)?;
+    crate::bootstrap::preflight(&plan)?;
     // A foreign architecture's maintainer scripts run under qemu-user.
     crate::bootstrap::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
@@ -95,7 +93,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         .with_context(|| format!("creating output directory {}", opts.out_dir.display()))?;
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let debs = DebCache::new(&opts.cache);
-    let (root_src, tools_src) = crate::pipeline::lock::sources(&plan, opts.offline)?;
+    let (root_src, tools_src) = crate::debian::pinning::sources(&plan, opts.offline)?;
     // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
     let mut needed = Vec::new();
     if !opts.host_tools && !Tools::is_cached(&opts.cache, &tools_src)? {
@@ -104,7 +102,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     if !opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache) {
         needed.push(&root_src);
     }
-    crate::pipeline::lock::check_available(&needed, &debs, &work, &plan)?;
+    crate::debian::pinning::check_available(&needed, &debs, &work, &plan)?;
     let mut p = Progress::new(12);
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
@@ -185,41 +183,6 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     })
 }
 
-/// Write `dest` through a temporary file in the same directory, renamed into place only when
-/// `write` succeeded and no signal arrived; otherwise the temporary file is removed.
-pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().context("output path has no file name")?.to_string_lossy();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let value = write(tmp.path())?;
-    cmd::check_interrupted()?;
-    tmp.persist(dest).with_context(|| format!("moving the image into place at {}", dest.display()))?;
-    Ok(value)
-}
-
-/// Keys and mmdebstrap sources of the recipe's extra repositories: keys checked by fingerprint,
-/// hosts reachable, Release files signed by their keys. Used by `kiln build` and `kiln lock`.
-pub(crate) fn repo_sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, root::ExtraSources)> {
-    let keys = repos::keyrings(plan, work)?;
-    let needs: Vec<Need> = plan
-        .recipe
-        .repositories
-        .iter()
-        .map(|r| Need { what: format!("repository `{}`", r.name), url: repos::release_url(r) })
-        .collect();
-    net::preflight(&needs)?;
-    repos::verify_releases(plan, &keys, work)?;
-    let extra = root::ExtraSources {
-        lines: repos::mmdebstrap_sources(plan, &keys),
-        setup_hooks: repos::setup_hooks(plan, work)?,
-    };
-    Ok((keys, extra))
-}
-
 /// Keys and sources of the extra repositories, and every artifact as a verified local file.
 /// Fails early: unreachable hosts (all named at once), a repository not signed by its key, a
 /// wrong digest.
@@ -227,33 +190,14 @@ fn outside_inputs<'p>(
     plan: &'p Plan,
     work: &Path,
     opts: &BuildOptions,
-) -> Result<(Vec<Keyring>, root::ExtraSources, artifacts::Located<'p>)> {
+) -> Result<(Vec<Keyring>, repos::ExtraSources, artifacts::Located<'p>)> {
     let store = artifacts::Store::new(Some(opts.cache.as_path()), work, opts.artifacts.as_deref());
     let (mut local, missing) = artifacts::missing(&plan.recipe.artifacts, &store)?;
     net::preflight(&artifacts::needs(&missing))?;
-    let (keys, extra) = repo_sources(plan, work)?;
+    let (keys, extra) = repos::sources(plan, work)?;
     for a in missing {
         tracing::info!("downloading artifact `{}` from {}", a.name, a.url);
         local.push((a, store.fetch(a)?));
     }
     Ok((keys, extra, local))
-}
-
-pub(crate) fn preflight(plan: &Plan) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("kiln build must run as root: mmdebstrap bootstraps in root mode and the root's files must keep their owners");
-    }
-    let mut tools = HOST_TOOLS.to_vec();
-    if !plan.recipe.repositories.is_empty() {
-        tools.extend(["gpg", "gpgv", "curl"]);
-    }
-    if !plan.recipe.artifacts.is_empty() {
-        tools.push("curl");
-    }
-    let missing: Vec<&str> = tools.into_iter().filter(|t| !cmd::have(t)).collect();
-    if !missing.is_empty() {
-        bail!("missing host tools: {}; install them with `scripts/setup-host` (as root)", missing.join(", "));
-    }
-    Ok(())
 }

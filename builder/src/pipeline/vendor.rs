@@ -26,7 +26,7 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
     }
     // Every locked .deb in the cache first (downloading what it lacks).
     crate::pipeline::lock::fetch(plan, cache, work_parent)?;
-    let (root, tools) = crate::pipeline::lock::sources(plan, false)?;
+    let (root, tools) = crate::debian::pinning::sources(plan, false)?;
 
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;

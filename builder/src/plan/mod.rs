@@ -12,6 +12,13 @@ use std::path::{Path, PathBuf};
 /// Packages every image gets, whatever the recipe says: the pieces kiln's boot path relies on.
 pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd-boot-efi", "initramfs-tools", "zstd"];
 
+/// The Debian suite of the pinned tools tree (`bootstrap::tools`).
+pub const TOOLS_SUITE: &str = "trixie";
+/// The tools tree's packages: e2fsprogs and erofs-utils write images; openssl, kmod, zstd and
+/// cpio (with the essential set) are the native programs of a foreign-architecture bootstrap
+/// (`bootstrap::assist`).
+pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils", "openssl", "kmod", "zstd", "cpio"];
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub recipe: Recipe,
@@ -66,7 +73,7 @@ impl Plan {
         let mut recipe_hash = identity(&recipe)?;
         let lock_hash = lock.as_ref().map(|l| l.lock.hash());
         if let Some(h) = &lock_hash {
-            recipe_hash = ids::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
+            recipe_hash = crate::host::files::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
         }
         let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
@@ -127,13 +134,28 @@ impl Plan {
             lock,
         };
         if let Some(l) = &plan.lock {
-            l.lock.check_matches(&plan, &l.path)?;
+            l.lock.check_matches(&plan.lock_subject(), &l.path)?;
         }
         Ok(plan)
     }
 
     pub fn arch(&self) -> Arch {
         self.recipe.architecture
+    }
+
+    /// The values of this plan a lock file records, to check a lock against.
+    pub fn lock_subject(&self) -> crate::lock::Subject<'_> {
+        let r = &self.recipe;
+        crate::lock::Subject {
+            recipe: r.sources.first().map(|p| p.display().to_string()).unwrap_or_default(),
+            requested: &self.packages,
+            architecture: self.arch().debian(),
+            suite: &r.base.suite,
+            components: &r.base.components,
+            source_date_epoch: r.source_date_epoch,
+            mirror: &self.mirror,
+            tools_packages: TOOLS_PACKAGES,
+        }
     }
 }
 
@@ -145,7 +167,7 @@ fn identity(recipe: &Recipe) -> Result<String> {
     if let Some(o) = v.as_object_mut() {
         o.remove("sources");
     }
-    Ok(ids::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
+    Ok(crate::host::files::sha256_hex(serde_json::to_string(&v)?.as_bytes()))
 }
 
 /// The Debian mirror this host's apt uses (`KILN_MIRROR` overrides), else deb.debian.org.

@@ -59,7 +59,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
                 ),
             ));
         }
-        let found = crate::debian::repos::fingerprints(&path).map_err(|e| {
+        let found = crate::host::gpg::fingerprints(&path).map_err(|e| {
             err(
                 repo.key.span().start,
                 key("key"),

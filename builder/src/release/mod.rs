@@ -87,7 +87,7 @@ pub fn write_outputs(staging: &mut Staging, i: &Inputs) -> Result<Vec<Entry>> {
 
 fn stage_text(staging: &mut Staging, name: &str, text: &str) -> Result<Entry> {
     staging.write_bytes(name, text.as_bytes())?;
-    Ok(Entry { sha256: crate::plan::ids::sha256_hex(text.as_bytes()), file: name.to_string() })
+    Ok(Entry { sha256: crate::host::files::sha256_hex(text.as_bytes()), file: name.to_string() })
 }
 
 /// The signed comment: deterministic facts only (minisign's default is the current time).

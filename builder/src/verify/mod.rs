@@ -182,7 +182,7 @@ fn check_manifest(r: &mut Report, dir: &Path, entries: &[Entry], name: &str) -> 
             return None;
         }
     };
-    let sha = crate::plan::ids::sha256_hex(&text);
+    let sha = crate::host::files::sha256_hex(&text);
     check_sum(r, entry, &sha);
     if sha != entry.sha256 {
         return None;
