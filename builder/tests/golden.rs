@@ -4,7 +4,9 @@
 use std::path::Path;
 
 fn compare(expected_path: &Path, actual: &str) {
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+    // Only `UPDATE_GOLDEN=1` rewrites; `0`, empty or anything else compares (and CI never sets it).
+    if std::env::var("UPDATE_GOLDEN").as_deref() == Ok("1") {
+        assert!(std::env::var_os("CI").is_none(), "UPDATE_GOLDEN=1 must not be set in CI");
         std::fs::write(expected_path, actual).unwrap();
         return;
     }
