@@ -1,18 +1,17 @@
-//! Command-line interface: clap types and the dispatch to the library. No logic of its own.
+//! Command-line interface: the clap types (flags, defaults, environment variables and the
+//! `--help` texts). Dispatch is in `run.rs`, the printing of results in `report.rs`.
+mod report;
+mod run;
+
 use crate::lock::LockChoice;
-use crate::pipeline::lock::{self as locking, LockOptions};
-use crate::pipeline::{self, BuildOptions};
 use crate::recipe::arch::Arch;
 use crate::release::export::OutputFormat;
-use crate::release::sign::{self, KeyPaths, Signer};
-use crate::verify::{self, Status};
-use crate::vm::{self, Accel, VmOptions};
+use crate::vm::{Accel, VmOptions};
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
-use std::time::Duration;
+
+pub use run::run;
 
 /// kiln bakes turnkey appliance disk images: a TOML recipe becomes a bootable GPT image
 /// (systemd-boot, Debian root) for x86_64 or aarch64, which kiln can then boot and test under QEMU.
@@ -289,169 +288,4 @@ fn default_cache() -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("kiln"))
-}
-
-pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Check { recipe, print, lock } => {
-            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
-            if print {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                eprintln!(
-                    "kiln: {} is valid ({} {} for {}, {} files)",
-                    recipe.display(),
-                    plan.recipe.name,
-                    plan.recipe.version,
-                    plan.arch(),
-                    plan.recipe.sources.len()
-                );
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Build(args) => {
-            let plan = pipeline::plan(&args.recipe, args.arch.map(ArchArg::arch), &args.lock.choice())?;
-            let cache =
-                args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
-            // Decrypt the key first: a wrong passphrase fails before any slow work.
-            let signer = args.sign.as_deref().map(Signer::load).transpose()?;
-            let opts = BuildOptions {
-                out_dir: args.out,
-                reuse_root: !args.no_cache,
-                host_tools: args.host_tools,
-                full_emulation: args.full_emulation,
-                // Work next to the cache, so a fresh bootstrap moves into it by rename.
-                work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
-                cache,
-                keep_work: args.keep_work,
-                offline: args.offline,
-                formats: (!args.formats.is_empty()).then(|| args.formats.iter().map(|&f| f.into()).collect()),
-                signer,
-                artifacts: args.artifacts,
-            };
-            let report = pipeline::build(plan, &opts)?;
-            let total: f64 = report.stages.iter().map(|s| s.1).sum();
-            for f in &report.outputs {
-                eprintln!("kiln: wrote {}", f.display());
-            }
-            eprintln!(
-                "kiln: built {} ({} MiB, sha256 {}) in {total:.1}s",
-                report.image.display(),
-                report.digest.size >> 20,
-                report.digest.sha256
-            );
-            println!("{}", report.image.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Lock { recipe, update, arch, cache } => {
-            let cache = cache.dir()?;
-            let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
-            let plan = pipeline::check(&recipe, arch.map(ArchArg::arch))?;
-            let out = locking::lock(&recipe, plan, &opts)?;
-            let tools = out
-                .lock
-                .tools
-                .as_ref()
-                .map(|t| format!(", tools tree: {} packages, e2fsprogs {}", t.packages.len(), t.e2fsprogs))
-                .unwrap_or_default();
-            eprintln!(
-                "kiln: {} {} ({} packages{tools})",
-                out.path.display(),
-                if out.changed { "written" } else { "is up to date" },
-                out.lock.packages.len()
-            );
-            println!("{}", out.path.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Fetch { recipe, lock, cache } => {
-            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
-            let cache = cache.dir()?;
-            let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
-            eprintln!(
-                "kiln: {} locked .debs in {} ({} downloaded)",
-                out.locked,
-                crate::debian::debcache::DebCache::new(&cache).dir().display(),
-                out.downloaded
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Vendor { recipe, dir, lock, cache } => {
-            let plan = pipeline::plan(&recipe, None, &lock.choice())?;
-            let cache = cache.dir()?;
-            let out = crate::pipeline::vendor::vendor(&plan, &cache, &dir, Some(&cache.join("tmp")))?;
-            eprintln!("kiln: bundle with {} .debs written to {}; build it with: sudo bin/kiln build --offline --cache cache {}", out.debs, out.dir.display(), out.recipe.display());
-            println!("{}", out.dir.display());
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Boot { image, persist, vm } => {
-            vm::boot(&image, &vm.options(), persist)?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Test { image, timeout, serial_log, persist, vm } => {
-            let log = serial_log.unwrap_or_else(|| vm::default_log(&image));
-            let report = vm::test(&image, &vm.options(), Duration::from_secs(timeout), &log, persist)
-                .with_context(|| format!("testing {}", image.display()))?;
-            for c in &report.checks {
-                let detail = if c.detail.is_empty() { String::new() } else { format!(" ({})", c.detail) };
-                println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);
-            }
-            println!("boot-to-ready: {:.1}s ({}, system {})", report.ready_after, report.accel, report.system_state);
-            if report.passed {
-                println!("result: pass ({} checks)", report.checks.len());
-                Ok(ExitCode::SUCCESS)
-            } else {
-                let failed: Vec<&str> = report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect();
-                println!(
-                    "result: FAIL ({} of {} checks failed: {}); serial log: {}",
-                    failed.len(),
-                    report.checks.len(),
-                    failed.join(", "),
-                    log.display()
-                );
-                Ok(ExitCode::from(1))
-            }
-        }
-        Command::Keygen { out, prefix, unencrypted, force } => {
-            let paths = prefix.as_deref().map(KeyPaths::with_prefix).unwrap_or_else(|| KeyPaths::in_dir(&out));
-            let passphrase = if unencrypted { None } else { Some(sign::passphrase("the new secret key", true)?) };
-            let id = sign::keygen(&paths, passphrase, force)?;
-            eprintln!(
-                "kiln: wrote secret key {} ({}) and public key {}",
-                paths.secret.display(),
-                if unencrypted { "unencrypted" } else { "encrypted" },
-                paths.public.display()
-            );
-            println!("key id {id}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Verify { image, key } => {
-            let report = verify::verify(&image, key.as_deref())?;
-            let mut lines: Vec<String> = report
-                .findings
-                .iter()
-                .map(|f| {
-                    let tag = match f.status {
-                        Status::Ok => "ok  ",
-                        Status::Fail => "FAIL",
-                        Status::Note => "note",
-                    };
-                    format!("{tag} {}: {}", f.subject, f.detail)
-                })
-                .collect();
-            let how = if report.signature_checked {
-                "signature, checksums and manifest"
-            } else {
-                "checksums and manifest; signature NOT checked"
-            };
-            lines.push(if report.passed() {
-                format!("result: ok ({how})")
-            } else {
-                format!("result: FAIL: {}", report.failed().join("; "))
-            });
-            // A closed pipe (`| head`) is not an error of the verification.
-            let mut out = std::io::stdout().lock();
-            let _ = lines.iter().try_for_each(|l| writeln!(out, "{l}"));
-            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
-        }
-    }
 }

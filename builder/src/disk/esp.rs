@@ -142,31 +142,8 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
     ensure!(opts.size % 512 == 0, "ESP size {} bytes is not a multiple of 512", opts.size);
     ensure!(opts.size / 512 <= u64::from(u32::MAX), "ESP size {} bytes is too large for FAT", opts.size);
     let label = volume_label(&opts.label)?;
-    let mut sorted: Vec<&EspFile> = files.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut seen = HashSet::new();
-    let mut sizes = Vec::with_capacity(sorted.len());
-    for f in &sorted {
-        check_path(&f.path)?;
-        // FAT names are case-insensitive: "a" and "A" would be the same file.
-        ensure!(seen.insert(f.path.to_ascii_uppercase()), "ESP path {:?} given twice (FAT ignores case)", f.path);
-        sizes.push(source_len(f)?);
-    }
-
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    file.set_len(opts.size).with_context(|| format!("sizing {} to {} bytes", path.display(), opts.size))?;
-    let mut format = FormatVolumeOptions::new().volume_id(opts.volume_id).volume_label(label);
-    if opts.size >= FAT32_MIN_SIZE {
-        format = format.fat_type(FatType::Fat32).bytes_per_cluster(fat32_cluster_size(opts.size));
-    }
-    fatfs::format_volume(&mut file, format)
-        .with_context(|| format!("formatting {} ({} bytes) as FAT", path.display(), opts.size))?;
+    let (sorted, sizes) = sorted_files(files)?;
+    let mut file = create_volume(path, opts, label)?;
 
     let fs_opts = FsOptions::new().update_accessed_date(false).time_provider(time_provider(opts.timestamp));
     let fs = FileSystem::new(&mut file, fs_opts).with_context(|| format!("opening FAT on {}", path.display()))?;
@@ -209,6 +186,41 @@ pub fn write_esp(path: &Path, opts: &EspOptions, files: &[EspFile]) -> Result<()
         .with_context(|| format!("fixing directories of {}", path.display()))?;
     file.flush().with_context(|| format!("flushing {}", path.display()))?;
     Ok(())
+}
+
+/// `files` in sorted path order, with their sizes; every path valid and given once.
+fn sorted_files(files: &[EspFile]) -> Result<(Vec<&EspFile>, Vec<u64>)> {
+    let mut sorted: Vec<&EspFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut seen = HashSet::new();
+    let mut sizes = Vec::with_capacity(sorted.len());
+    for f in &sorted {
+        check_path(&f.path)?;
+        // FAT names are case-insensitive: "a" and "A" would be the same file.
+        ensure!(seen.insert(f.path.to_ascii_uppercase()), "ESP path {:?} given twice (FAT ignores case)", f.path);
+        sizes.push(source_len(f)?);
+    }
+    Ok((sorted, sizes))
+}
+
+/// Create `path` as a sparse file of `opts.size` bytes and format it FAT (FAT32 from
+/// [`FAT32_MIN_SIZE`] up, FAT16/FAT12 below).
+fn create_volume(path: &Path, opts: &EspOptions, label: [u8; 11]) -> Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.set_len(opts.size).with_context(|| format!("sizing {} to {} bytes", path.display(), opts.size))?;
+    let mut format = FormatVolumeOptions::new().volume_id(opts.volume_id).volume_label(label);
+    if opts.size >= FAT32_MIN_SIZE {
+        format = format.fat_type(FatType::Fat32).bytes_per_cluster(fat32_cluster_size(opts.size));
+    }
+    fatfs::format_volume(&mut file, format)
+        .with_context(|| format!("formatting {} ({} bytes) as FAT", path.display(), opts.size))?;
+    Ok(file)
 }
 
 /// Fail early, with sizes, when the files cannot fit in the freshly formatted volume.

@@ -4,13 +4,14 @@ use crate::bootstrap::root;
 use crate::bootstrap::tools::Tools;
 use crate::debian::debcache::DebCache;
 use crate::debian::mirror;
-use crate::debian::packages;
+use crate::debian::packages::{self, Package};
 use crate::debian::pinning;
 use crate::debian::source::Source;
 use crate::host::work::WorkDir;
 use crate::lock::{self, Lock, ToolsLock, LOCK_FORMAT};
 use crate::plan::TOOLS_SUITE;
 use crate::plan::{Plan, PlanLock};
+use crate::recipe::arch::Arch;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -43,32 +44,11 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
     let work = WorkDir::new(opts.work_parent.as_deref(), opts.keep_work)?;
     let debs = DebCache::new(&opts.cache);
     let host = crate::debian::pinning::host_arch()?;
-    let r = &plan.recipe;
-    let root_src = Source {
-        mirror: plan.mirror.clone(),
-        suite: r.base.suite.clone(),
-        components: r.base.components.clone(),
-        arch: plan.arch().debian().into(),
-        pins: old.map(|l| l.packages.clone()),
-        exact: false,
-        offline: false,
-    };
-    let mut tools_src = pinning::tools_source(
-        &plan.mirror,
-        old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()),
-        false,
-    )?;
-    tools_src.exact = false;
+    let (root_src, tools_src) = sources(&plan, old, host)?;
     if let Some(old) = old {
         // The kept versions must still be on the mirror, or the bootstrap would fail late.
         let l = PlanLock { lock: old.clone(), path: path.clone() };
-        let mut needed = Vec::new();
-        if !Tools::is_cached(&opts.cache, &tools_src)? {
-            needed.push(&tools_src);
-        }
-        if !root::is_cached(&plan, &root_src, &opts.cache) {
-            needed.push(&root_src);
-        }
+        let needed = uncached(&plan, &root_src, &tools_src, &opts.cache)?;
         mirror::require_tools()?;
         crate::debian::source::check_available(&needed, &debs, work.path(), &pinning::help(&l, &plan))?;
     }
@@ -85,6 +65,59 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);
     root::release(&root)?;
+    let new = resolved_lock(&plan, host, &tools, installed, archive_date, old)?;
+    // A build from the new lock finds the trees it was resolved from in the cache.
+    cache_resolved(&plan, opts, &root_src, &tools_src, &new, &root.dir, &tools)?;
+    let changed = std::fs::read_to_string(&path).ok() != Some(new.to_toml()?);
+    if changed {
+        new.write(&path)?;
+    }
+    Ok(LockOutcome { path, lock: new, changed })
+}
+
+/// The sources of the root and of the tools tree: the mirror, with the versions of `old` if given.
+fn sources(plan: &Plan, old: Option<&Lock>, host: Arch) -> Result<(Source, Source)> {
+    let r = &plan.recipe;
+    let root_src = Source {
+        mirror: plan.mirror.clone(),
+        suite: r.base.suite.clone(),
+        components: r.base.components.clone(),
+        arch: plan.arch().debian().into(),
+        pins: old.map(|l| l.packages.clone()),
+        exact: false,
+        offline: false,
+    };
+    let mut tools_src = pinning::tools_source(
+        &plan.mirror,
+        old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()),
+        false,
+    )?;
+    tools_src.exact = false;
+    Ok((root_src, tools_src))
+}
+
+/// The sources whose trees are not in the cache (they will be bootstrapped).
+fn uncached<'a>(plan: &Plan, root_src: &'a Source, tools_src: &'a Source, cache: &Path) -> Result<Vec<&'a Source>> {
+    let mut needed = Vec::new();
+    if !Tools::is_cached(cache, tools_src)? {
+        needed.push(tools_src);
+    }
+    if !root::is_cached(plan, root_src, cache) {
+        needed.push(root_src);
+    }
+    Ok(needed)
+}
+
+/// The lock of what the bootstrapped root (`installed`, `archive_date`) and the tools tree hold.
+fn resolved_lock(
+    plan: &Plan,
+    host: Arch,
+    tools: &Tools,
+    installed: Result<Vec<Package>>,
+    archive_date: Result<Option<String>>,
+    old: Option<&Lock>,
+) -> Result<Lock> {
+    let r = &plan.recipe;
     let tool_pkgs = packages::locked_set(&packages::installed(tools.root().context("tools tree")?)?)?;
     let e2fsprogs = tool_pkgs
         .iter()
@@ -117,33 +150,42 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
         // Same packages: keep the date they were first resolved at.
         new.archive_date = old.archive_date.clone();
     }
-    // A build from the new lock finds the trees it was resolved from in the cache.
+    Ok(new)
+}
+
+/// Put the root and the tools tree in the cache under the new lock's pins.
+fn cache_resolved(
+    plan: &Plan,
+    opts: &LockOptions,
+    root_src: &Source,
+    tools_src: &Source,
+    new: &Lock,
+    root_dir: &Path,
+    tools: &Tools,
+) -> Result<()> {
+    let reuse = !opts.update;
     let pinned = |s: &Source, pins: &[crate::lock::LockedPackage]| Source {
         pins: Some(pins.to_vec()),
         exact: true,
         ..s.clone()
     };
     let (pinned_root, pinned_tools) =
-        (pinned(&root_src, &new.packages), pinned(&tools_src, &new.tools.as_ref().context("tools")?.packages));
+        (pinned(root_src, &new.packages), pinned(tools_src, &new.tools.as_ref().context("tools")?.packages));
     let (root_to, tools_to) =
-        (root::cache_dir(&plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
+        (root::cache_dir(plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
     let tools_dir = tools.root().context("tools tree")?;
     if reuse {
-        root::alias(&root::cache_dir(&plan, &root_src, &opts.cache), &root_to)?;
+        root::alias(&root::cache_dir(plan, root_src, &opts.cache), &root_to)?;
         root::alias(tools_dir, &tools_to)?;
     } else {
         if !root_to.exists() {
-            root::store(&root.dir, &root_to).context("storing the resolved root in the cache")?;
+            root::store(root_dir, &root_to).context("storing the resolved root in the cache")?;
         }
         if !tools_to.exists() {
             root::store(tools_dir, &tools_to).context("storing the resolved tools tree in the cache")?;
         }
     }
-    let changed = std::fs::read_to_string(&path).ok() != Some(new.to_toml()?);
-    if changed {
-        new.write(&path)?;
-    }
-    Ok(LockOutcome { path, lock: new, changed })
+    Ok(())
 }
 
 /// What `kiln fetch` did.

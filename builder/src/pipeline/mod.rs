@@ -9,6 +9,7 @@ use crate::customize::overlay;
 use crate::customize::system;
 use crate::debian::debcache::DebCache;
 use crate::debian::repos::{self, Keyring};
+use crate::debian::source::Source;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::host::cmd;
 use crate::host::net;
@@ -95,14 +96,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let debs = DebCache::new(&opts.cache);
     let (root_src, tools_src) = crate::debian::pinning::sources(&plan, opts.offline)?;
     // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
-    let mut needed = Vec::new();
-    if !opts.host_tools && !Tools::is_cached(&opts.cache, &tools_src)? {
-        needed.push(&tools_src);
-    }
-    if !opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache) {
-        needed.push(&root_src);
-    }
-    crate::debian::pinning::check_available(&needed, &debs, &work, &plan)?;
+    check_locked_available(&plan, opts, &root_src, &tools_src, &debs, &work)?;
     let mut p = Progress::new(12);
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
@@ -133,13 +127,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
     let esp_img = work.join("esp.img");
     p.stage("write ESP (fatfs)", || {
-        let opts = EspOptions {
-            size: plan.layout.partitions[0].size,
-            volume_id: plan.esp_volume_id,
-            label: "ESP".into(),
-            timestamp: plan.recipe.source_date_epoch,
-        };
-        disk::esp::write_esp(&esp_img, &opts, &esp_files).context("writing ESP")
+        disk::esp::write_esp(&esp_img, &esp_options(&plan), &esp_files).context("writing ESP")
     })?;
     let root_img = p.stage("make root filesystem", || {
         system::clean(&tree)?;
@@ -166,11 +154,7 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     p.stage("write formats, manifest, SBOM, checksums, signature", || release::write_outputs(&mut staging, &inputs))?;
     let outputs = staging.commit()?;
     let image = opts.out_dir.join(&plan.image_name);
-    let tools = format!(
-        "{} (e2fsprogs {})",
-        tools.describe(),
-        tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into())
-    );
+    let tools = describe_tools(&tools);
     Ok(BuildReport {
         image,
         plan,
@@ -181,6 +165,42 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         outputs,
         stages: p.timings().to_vec(),
     })
+}
+
+/// Before any bootstrap: the locked versions of the trees to bootstrap must be on the mirror
+/// (or, offline, in the cache).
+fn check_locked_available(
+    plan: &Plan,
+    opts: &BuildOptions,
+    root_src: &Source,
+    tools_src: &Source,
+    debs: &DebCache,
+    work: &WorkDir,
+) -> Result<()> {
+    let mut needed = Vec::new();
+    if !opts.host_tools && !Tools::is_cached(&opts.cache, tools_src)? {
+        needed.push(tools_src);
+    }
+    if !opts.reuse_root || !root::is_cached(plan, root_src, &opts.cache) {
+        needed.push(root_src);
+    }
+    crate::debian::pinning::check_available(&needed, debs, work, plan)?;
+    Ok(())
+}
+
+/// The ESP's size, volume id, label and timestamp.
+fn esp_options(plan: &Plan) -> EspOptions {
+    EspOptions {
+        size: plan.layout.partitions[0].size,
+        volume_id: plan.esp_volume_id,
+        label: "ESP".into(),
+        timestamp: plan.recipe.source_date_epoch,
+    }
+}
+
+/// The tools tree for the build report: where it came from and its e2fsprogs version.
+fn describe_tools(tools: &Tools) -> String {
+    format!("{} (e2fsprogs {})", tools.describe(), tools.package_version("e2fsprogs").unwrap_or_else(|| "?".into()))
 }
 
 /// Keys and sources of the extra repositories, and every artifact as a verified local file.

@@ -14,140 +14,186 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     let err = |offset: usize, key: String, msg: String| RecipeError::at(file, text, offset, Some(key), msg);
     let dir = file.parent().unwrap_or(Path::new(""));
     for (i, r) in layer.repositories.iter_mut().flatten().enumerate() {
-        let at = r.span().start;
-        let repo = r.get_mut();
-        let key = |k: &str| format!("repositories[{i}].{k}");
-        if !is_name(&repo.name) {
-            return Err(err(
-                at,
-                key("name"),
-                format!("`{}` is not a valid repository name: use lower-case letters, digits and `-`", repo.name),
-            ));
-        }
-        check_url(repo.url.get_ref()).map_err(|m| err(repo.url.span().start, key("url"), m))?;
-        if repo.suite.is_empty()
-            || repo.suite.contains(char::is_whitespace)
-            || repo.components.is_empty()
-            || repo.components.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace))
-        {
-            return Err(err(
-                at,
-                key("suite"),
-                "a repository needs a suite and at least one component, without spaces".into(),
-            ));
-        }
-        let fpr = normalize_fingerprint(repo.fingerprint.get_ref()).ok_or_else(|| {
-            err(
-                repo.fingerprint.span().start,
-                key("fingerprint"),
-                format!(
-                    "`{}` is not a full OpenPGP fingerprint (40 hex digits, e.g. from `gpg --show-keys KEYFILE`)",
-                    repo.fingerprint.get_ref()
-                ),
-            )
-        })?;
-        let path = normalize(&dir.join(repo.key.get_ref()));
-        if !path.is_file() {
-            return Err(err(
-                repo.key.span().start,
-                key("key"),
-                format!(
-                    "repository `{}`: key file `{}` not found (looked in {})",
-                    repo.name,
-                    repo.key.get_ref(),
-                    path.display()
-                ),
-            ));
-        }
-        let found = crate::host::gpg::fingerprints(&path).map_err(|e| {
-            err(
-                repo.key.span().start,
-                key("key"),
-                format!("repository `{}`: cannot read key file `{}`: {e:#}", repo.name, repo.key.get_ref()),
-            )
-        })?;
-        if !found.contains(&fpr) {
-            return Err(err(
-                repo.fingerprint.span().start,
-                key("fingerprint"),
-                format!(
-                    "repository `{}`: key file `{}` holds {}, not the expected key {fpr}",
-                    repo.name,
-                    repo.key.get_ref(),
-                    if found.is_empty() { "no public key".into() } else { format!("key {}", found.join(", ")) }
-                ),
-            ));
-        }
-        if let Some(p) = &repo.pin_packages {
-            if repo.pin_priority.is_none() || p.is_empty() {
-                return Err(err(
-                    at,
-                    key("pin_packages"),
-                    "pin_packages needs pin_priority (and at least one package pattern)".into(),
-                ));
-            }
-        }
-        *repo.key.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
-        *repo.fingerprint.get_mut() = fpr;
+        check_repository(r, i, dir, top_dir, &err)?;
     }
     for (i, a) in layer.artifacts.iter().flatten().enumerate() {
-        let at = a.span().start;
-        let a = a.get_ref();
-        let key = |k: &str| format!("artifacts[{i}].{k}");
-        if !is_name(&a.name) {
-            return Err(err(
-                at,
-                key("name"),
-                format!("`{}` is not a valid artifact name: use lower-case letters, digits and `-`", a.name),
-            ));
-        }
-        check_url(a.url.get_ref()).map_err(|m| err(a.url.span().start, key("url"), m))?;
-        if !is_sha256(a.sha256.get_ref()) {
-            return Err(err(
-                a.sha256.span().start,
-                key("sha256"),
-                format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256.get_ref()),
-            ));
-        }
-        check_image_path(a.dest.get_ref()).map_err(|m| err(a.dest.span().start, key("dest"), m))?;
-        if let Some(mode) = &a.mode {
-            parse_mode(mode.get_ref()).map_err(|m| err(mode.span().start, key("mode"), m))?;
-            if a.extract.is_some() {
-                return Err(err(
-                    mode.span().start,
-                    key("mode"),
-                    "mode applies to a single file; an extracted archive keeps the modes of its members".into(),
-                ));
-            }
-        }
-        if let Some(owner) = &a.owner {
-            if owner.split(':').count() > 2 || owner.split(':').any(|p| p.is_empty()) {
-                return Err(err(at, key("owner"), format!("`{owner}` is not `user` or `user:group`")));
-            }
-        }
+        check_artifact(a, i, &err)?;
     }
     for (i, f) in layer.first_boot.iter().flatten().enumerate() {
-        let at = f.span().start;
-        run_of(f.get_ref()).map_err(|m| err(at, format!("first_boot[{i}]"), m))?;
-        if !is_name(&f.get_ref().name) {
+        check_first_boot(f, i, &err)?;
+    }
+    Ok(())
+}
+
+/// One `[[repositories]]` entry; its key path becomes relative to the recipe directory.
+fn check_repository(
+    r: &mut Spanned<RepositoryLayer>,
+    i: usize,
+    dir: &Path,
+    top_dir: &Path,
+    err: &impl Fn(usize, String, String) -> RecipeError,
+) -> Result<(), RecipeError> {
+    let at = r.span().start;
+    let repo = r.get_mut();
+    let key = |k: &str| format!("repositories[{i}].{k}");
+    if !is_name(&repo.name) {
+        return Err(err(
+            at,
+            key("name"),
+            format!("`{}` is not a valid repository name: use lower-case letters, digits and `-`", repo.name),
+        ));
+    }
+    check_url(repo.url.get_ref()).map_err(|m| err(repo.url.span().start, key("url"), m))?;
+    if repo.suite.is_empty()
+        || repo.suite.contains(char::is_whitespace)
+        || repo.components.is_empty()
+        || repo.components.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace))
+    {
+        return Err(err(
+            at,
+            key("suite"),
+            "a repository needs a suite and at least one component, without spaces".into(),
+        ));
+    }
+    let fpr = normalize_fingerprint(repo.fingerprint.get_ref()).ok_or_else(|| {
+        err(
+            repo.fingerprint.span().start,
+            key("fingerprint"),
+            format!(
+                "`{}` is not a full OpenPGP fingerprint (40 hex digits, e.g. from `gpg --show-keys KEYFILE`)",
+                repo.fingerprint.get_ref()
+            ),
+        )
+    })?;
+    let path = normalize(&dir.join(repo.key.get_ref()));
+    check_key_file(repo, &path, &fpr, &key, err)?;
+    if let Some(p) = &repo.pin_packages {
+        if repo.pin_priority.is_none() || p.is_empty() {
             return Err(err(
                 at,
-                format!("first_boot[{i}].name"),
-                format!("`{}` is not a valid action name: use lower-case letters, digits and `-`", f.get_ref().name),
+                key("pin_packages"),
+                "pin_packages needs pin_priority (and at least one package pattern)".into(),
             ));
         }
-        if let Some(u) = f.get_ref().before.iter().chain(&f.get_ref().after).find(|u| !is_unit_name(u)) {
+    }
+    *repo.key.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
+    *repo.fingerprint.get_mut() = fpr;
+    Ok(())
+}
+
+/// The key file exists and holds the key with the fingerprint `fpr`.
+fn check_key_file(
+    repo: &RepositoryLayer,
+    path: &Path,
+    fpr: &str,
+    key: &impl Fn(&str) -> String,
+    err: &impl Fn(usize, String, String) -> RecipeError,
+) -> Result<(), RecipeError> {
+    if !path.is_file() {
+        return Err(err(
+            repo.key.span().start,
+            key("key"),
+            format!(
+                "repository `{}`: key file `{}` not found (looked in {})",
+                repo.name,
+                repo.key.get_ref(),
+                path.display()
+            ),
+        ));
+    }
+    let found = crate::host::gpg::fingerprints(path).map_err(|e| {
+        err(
+            repo.key.span().start,
+            key("key"),
+            format!("repository `{}`: cannot read key file `{}`: {e:#}", repo.name, repo.key.get_ref()),
+        )
+    })?;
+    if !found.iter().any(|f| f == fpr) {
+        return Err(err(
+            repo.fingerprint.span().start,
+            key("fingerprint"),
+            format!(
+                "repository `{}`: key file `{}` holds {}, not the expected key {fpr}",
+                repo.name,
+                repo.key.get_ref(),
+                if found.is_empty() { "no public key".into() } else { format!("key {}", found.join(", ")) }
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One `[[artifacts]]` entry.
+fn check_artifact(
+    a: &Spanned<ArtifactLayer>,
+    i: usize,
+    err: &impl Fn(usize, String, String) -> RecipeError,
+) -> Result<(), RecipeError> {
+    let at = a.span().start;
+    let a = a.get_ref();
+    let key = |k: &str| format!("artifacts[{i}].{k}");
+    if !is_name(&a.name) {
+        return Err(err(
+            at,
+            key("name"),
+            format!("`{}` is not a valid artifact name: use lower-case letters, digits and `-`", a.name),
+        ));
+    }
+    check_url(a.url.get_ref()).map_err(|m| err(a.url.span().start, key("url"), m))?;
+    if !is_sha256(a.sha256.get_ref()) {
+        return Err(err(
+            a.sha256.span().start,
+            key("sha256"),
+            format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256.get_ref()),
+        ));
+    }
+    check_image_path(a.dest.get_ref()).map_err(|m| err(a.dest.span().start, key("dest"), m))?;
+    if let Some(mode) = &a.mode {
+        parse_mode(mode.get_ref()).map_err(|m| err(mode.span().start, key("mode"), m))?;
+        if a.extract.is_some() {
             return Err(err(
-                at,
-                format!("first_boot[{i}]"),
-                format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)"),
+                mode.span().start,
+                key("mode"),
+                "mode applies to a single file; an extracted archive keeps the modes of its members".into(),
             ));
         }
-        if let Some(u) = f.get_ref().before.iter().find(|u| {
+    }
+    if let Some(owner) = &a.owner {
+        if owner.split(':').count() > 2 || owner.split(':').any(|p| p.is_empty()) {
+            return Err(err(at, key("owner"), format!("`{owner}` is not `user` or `user:group`")));
+        }
+    }
+    Ok(())
+}
+
+/// One `[[first_boot]]` entry.
+fn check_first_boot(
+    f: &Spanned<FirstBootLayer>,
+    i: usize,
+    err: &impl Fn(usize, String, String) -> RecipeError,
+) -> Result<(), RecipeError> {
+    let at = f.span().start;
+    run_of(f.get_ref()).map_err(|m| err(at, format!("first_boot[{i}]"), m))?;
+    if !is_name(&f.get_ref().name) {
+        return Err(err(
+            at,
+            format!("first_boot[{i}].name"),
+            format!("`{}` is not a valid action name: use lower-case letters, digits and `-`", f.get_ref().name),
+        ));
+    }
+    if let Some(u) = f.get_ref().before.iter().chain(&f.get_ref().after).find(|u| !is_unit_name(u)) {
+        return Err(err(
+            at,
+            format!("first_boot[{i}]"),
+            format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)"),
+        ));
+    }
+    if let Some(u) =
+        f.get_ref().before.iter().find(|u| {
             u.ends_with(".socket") || matches!(u.as_str(), "sysinit.target" | "basic.target" | "sockets.target")
-        }) {
-            return Err(err(at, format!("first_boot[{i}].before"), format!("first-boot actions start after basic.target, so they cannot come before `{u}` (an ordering cycle); order them before the service instead")));
-        }
+        })
+    {
+        return Err(err(at, format!("first_boot[{i}].before"), format!("first-boot actions start after basic.target, so they cannot come before `{u}` (an ordering cycle); order them before the service instead")));
     }
     Ok(())
 }

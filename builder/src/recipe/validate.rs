@@ -1,6 +1,6 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::RecipeError;
-use super::layer::{CheckLayer, InitramfsModules, Layer};
+use super::layer::{BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, SystemLayer, UserLayer};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
     Recipe, System, User,
@@ -8,6 +8,7 @@ use super::{
 use crate::recipe::arch::Arch;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use toml::Spanned;
 
 /// Checks that need the file's text for positions; resolves overlay paths against the file's directory.
 pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> Result<(), RecipeError> {
@@ -34,6 +35,31 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
             return Err(err(host.span().start, "system.hostname", format!("`{}` is not a valid host name (RFC 1123: labels of letters, digits and `-`, at most 63 characters each)", host.get_ref())));
         }
     }
+    check_users(layer, &err)?;
+    for (i, c) in layer.checks.iter().flatten().enumerate() {
+        check_kind(c.get_ref()).map_err(|m| err(c.span().start, &format!("checks[{i}]"), m))?;
+    }
+    if let Some(epoch) = &layer.source_date_epoch {
+        if !(315_532_800..=4_102_444_800).contains(epoch.get_ref()) {
+            return Err(err(
+                epoch.span().start,
+                "source_date_epoch",
+                "must lie between 1980-01-01 and 2100-01-01 (FAT and ext4 cannot store every time)".into(),
+            ));
+        }
+    }
+    check_disk(layer, &err)?;
+    super::external::per_file(layer, file, text, top_dir)?;
+    if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
+        if !matches!(p.as_str(), "most" | "netboot" | "dep") {
+            return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
+        }
+    }
+    Ok(())
+}
+
+/// Users' names and SSH keys.
+fn check_users(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError) -> Result<(), RecipeError> {
     for (i, u) in layer.users.iter().flatten().enumerate() {
         let key = format!("users[{i}]");
         let user = u.get_ref();
@@ -55,18 +81,11 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
             ));
         }
     }
-    for (i, c) in layer.checks.iter().flatten().enumerate() {
-        check_kind(c.get_ref()).map_err(|m| err(c.span().start, &format!("checks[{i}]"), m))?;
-    }
-    if let Some(epoch) = &layer.source_date_epoch {
-        if !(315_532_800..=4_102_444_800).contains(epoch.get_ref()) {
-            return Err(err(
-                epoch.span().start,
-                "source_date_epoch",
-                "must lie between 1980-01-01 and 2100-01-01 (FAT and ext4 cannot store every time)".into(),
-            ));
-        }
-    }
+    Ok(())
+}
+
+/// Disk and ESP sizes.
+fn check_disk(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError) -> Result<(), RecipeError> {
     if let Some(disk) = &layer.disk {
         if let Some(size) = &disk.size {
             let esp = disk.esp_size.as_ref().map(|e| e.get_ref().0).unwrap_or(defaults::ESP_SIZE);
@@ -82,12 +101,6 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
                     format!("{} is too small: the ESP needs at least 64MiB for a kernel and initrd", esp.get_ref()),
                 ));
             }
-        }
-    }
-    super::external::per_file(layer, file, text, top_dir)?;
-    if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
-        if !matches!(p.as_str(), "most" | "netboot" | "dep") {
-            return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
         }
     }
     Ok(())
@@ -127,91 +140,21 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let version = layer.version.ok_or_else(|| missing("version"))?;
     let top_dir = file.parent().unwrap_or(Path::new(""));
 
-    let base = layer.base.unwrap_or_default();
-    let mut components = dedup(base.components.unwrap_or_else(|| vec!["main".into()]));
-    components.retain(|c| !c.is_empty());
-    let base = Base {
-        suite: base.suite.unwrap_or_else(|| defaults::SUITE.into()),
-        mirror: base.mirror,
-        components,
-        packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules,
-        kernel: base.kernel,
-        arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
-    };
-
-    let sys = layer.system.unwrap_or_default();
-    let system = System {
-        hostname: sys.hostname.map(|h| h.into_inner()).unwrap_or_else(|| name.clone()),
-        timezone: sys.timezone.unwrap_or_else(|| defaults::TIMEZONE.into()),
-        locale: sys.locale.unwrap_or_else(|| defaults::LOCALE.into()),
-        enable: dedup(sys.enable.unwrap_or_default()),
-        disable: dedup(sys.disable.unwrap_or_default()),
-    };
-    if !is_hostname(&system.hostname) {
-        return Err(RecipeError::file(
-            file,
-            Some("system.hostname".into()),
-            format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname"),
-        ));
-    }
-
-    let mut users = Vec::new();
-    let mut seen = BTreeSet::new();
-    for u in layer.users.unwrap_or_default() {
-        let u = u.into_inner();
-        if !seen.insert(u.name.clone()) {
-            return Err(RecipeError::file(
-                file,
-                Some("users".into()),
-                format!("user `{}` is defined twice (in the recipe or its layers)", u.name),
-            ));
-        }
-        users.push(User {
-            name: u.name,
-            groups: dedup(u.groups),
-            ssh_authorized_keys: u.ssh_authorized_keys,
-            shell: u.shell.unwrap_or_else(|| "/bin/bash".into()),
-        });
-    }
+    let base = resolve_base(layer.base.unwrap_or_default());
+    let system = resolve_system(layer.system.unwrap_or_default(), &name, file)?;
+    let users = resolve_users(layer.users.unwrap_or_default(), file)?;
 
     let overlays = dedup(layer.overlays.unwrap_or_default().into_iter().map(|o| o.into_inner()).collect())
         .into_iter()
         .map(|name| Overlay { path: normalize(&top_dir.join(&name)), name: PathBuf::from(name) })
         .collect();
 
-    let disk = layer.disk.unwrap_or_default();
-    let disk = Disk {
-        size: disk.size.map(|s| s.into_inner().0).unwrap_or(defaults::DISK_SIZE),
-        esp_size: disk.esp_size.map(|s| s.into_inner().0).unwrap_or(defaults::ESP_SIZE),
-        filesystem: disk.filesystem.unwrap_or(Filesystem::Ext4),
-    };
-    if let Some(msg) = too_small(disk.size, disk.esp_size) {
-        return Err(RecipeError::file(file, Some("disk.size".into()), msg));
-    }
-
+    let disk = resolve_disk(layer.disk.unwrap_or_default(), file)?;
     let boot = layer.boot.unwrap_or_default();
     let boot =
         Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
 
-    let mut checks: Vec<Check> = Vec::new();
-    for c in layer.checks.unwrap_or_default() {
-        let c = c.into_inner();
-        let kind = check_kind(&c).map_err(|m| RecipeError::file(file, Some("checks".into()), m))?;
-        let name = c.name.clone().unwrap_or_else(|| match &kind {
-            CheckKind::Command(cmd) => format!("command: {}", truncate(cmd, 48)),
-            CheckKind::Unit(u) => format!("unit: {u}"),
-            CheckKind::Port(p) => format!("port: {p}"),
-        });
-        if checks.iter().any(|x| x.name == name) {
-            return Err(RecipeError::file(
-                file,
-                Some("checks".into()),
-                format!("two checks are named `{name}`; give one a `name`"),
-            ));
-        }
-        checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
-    }
+    let checks = resolve_checks(layer.checks.unwrap_or_default(), file)?;
 
     let mut formats = vec![OutputFormat::Img];
     formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
@@ -242,6 +185,97 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         first_boot,
         sources,
     })
+}
+
+fn resolve_base(base: BaseLayer) -> Base {
+    let mut components = dedup(base.components.unwrap_or_else(|| vec!["main".into()]));
+    components.retain(|c| !c.is_empty());
+    Base {
+        suite: base.suite.unwrap_or_else(|| defaults::SUITE.into()),
+        mirror: base.mirror,
+        components,
+        packages: dedup(base.packages.unwrap_or_default()),
+        initramfs_modules: base.initramfs_modules,
+        kernel: base.kernel,
+        arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
+    }
+}
+
+/// The system settings; the host name defaults to the recipe name, which must then be a valid one.
+fn resolve_system(sys: SystemLayer, name: &str, file: &Path) -> Result<System, RecipeError> {
+    let system = System {
+        hostname: sys.hostname.map(|h| h.into_inner()).unwrap_or_else(|| name.to_string()),
+        timezone: sys.timezone.unwrap_or_else(|| defaults::TIMEZONE.into()),
+        locale: sys.locale.unwrap_or_else(|| defaults::LOCALE.into()),
+        enable: dedup(sys.enable.unwrap_or_default()),
+        disable: dedup(sys.disable.unwrap_or_default()),
+    };
+    if !is_hostname(&system.hostname) {
+        return Err(RecipeError::file(
+            file,
+            Some("system.hostname".into()),
+            format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname"),
+        ));
+    }
+    Ok(system)
+}
+
+/// Users, each defined once across the recipe and its layers.
+fn resolve_users(users_in: Vec<Spanned<UserLayer>>, file: &Path) -> Result<Vec<User>, RecipeError> {
+    let mut users = Vec::new();
+    let mut seen = BTreeSet::new();
+    for u in users_in {
+        let u = u.into_inner();
+        if !seen.insert(u.name.clone()) {
+            return Err(RecipeError::file(
+                file,
+                Some("users".into()),
+                format!("user `{}` is defined twice (in the recipe or its layers)", u.name),
+            ));
+        }
+        users.push(User {
+            name: u.name,
+            groups: dedup(u.groups),
+            ssh_authorized_keys: u.ssh_authorized_keys,
+            shell: u.shell.unwrap_or_else(|| "/bin/bash".into()),
+        });
+    }
+    Ok(users)
+}
+
+fn resolve_disk(disk: DiskLayer, file: &Path) -> Result<Disk, RecipeError> {
+    let disk = Disk {
+        size: disk.size.map(|s| s.into_inner().0).unwrap_or(defaults::DISK_SIZE),
+        esp_size: disk.esp_size.map(|s| s.into_inner().0).unwrap_or(defaults::ESP_SIZE),
+        filesystem: disk.filesystem.unwrap_or(Filesystem::Ext4),
+    };
+    if let Some(msg) = too_small(disk.size, disk.esp_size) {
+        return Err(RecipeError::file(file, Some("disk.size".into()), msg));
+    }
+    Ok(disk)
+}
+
+/// Checks with their default names, each name used once.
+fn resolve_checks(checks_in: Vec<Spanned<CheckLayer>>, file: &Path) -> Result<Vec<Check>, RecipeError> {
+    let mut checks: Vec<Check> = Vec::new();
+    for c in checks_in {
+        let c = c.into_inner();
+        let kind = check_kind(&c).map_err(|m| RecipeError::file(file, Some("checks".into()), m))?;
+        let name = c.name.clone().unwrap_or_else(|| match &kind {
+            CheckKind::Command(cmd) => format!("command: {}", truncate(cmd, 48)),
+            CheckKind::Unit(u) => format!("unit: {u}"),
+            CheckKind::Port(p) => format!("port: {p}"),
+        });
+        if checks.iter().any(|x| x.name == name) {
+            return Err(RecipeError::file(
+                file,
+                Some("checks".into()),
+                format!("two checks are named `{name}`; give one a `name`"),
+            ));
+        }
+        checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
+    }
+    Ok(checks)
 }
 
 /// Why a disk of `size` is too small for an ESP of `esp` plus a root of at least 512MiB, if it is.

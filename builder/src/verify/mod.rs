@@ -3,11 +3,13 @@
 //! `.img.zst` (decompressed as a stream, never to a temporary file). Every problem is reported
 //! with the file it concerns (and, inside the image, the partition).
 pub mod scan;
+use crate::disk::Layout;
 use crate::release::checksums::{self, Entry, HashingReader, SUMS_FILE};
 use crate::release::export;
 use crate::release::manifest::Manifest;
 use crate::release::sign;
 use anyhow::{bail, Context, Result};
+use minisign::PublicKey;
 use scan::Range;
 use std::fs::File;
 use std::io::{BufReader, Read};
@@ -88,15 +90,38 @@ pub fn verify(image: &Path, key: Option<&Path>) -> Result<Report> {
             return Ok(r);
         }
     };
+    check_signature(&mut r, pk.as_ref(), &dir, &sums_text);
+    let entries = match std::str::from_utf8(&sums_text).map_err(anyhow::Error::from).and_then(checksums::parse) {
+        Ok(e) => e,
+        Err(e) => {
+            r.push(Status::Fail, SUMS_FILE, format!("unreadable: {e:#}"));
+            return Ok(r);
+        }
+    };
+
+    let stem = export::stem(&name).to_string();
+    let manifest_name = export::manifest_name(&stem);
+    let manifest = check_manifest(&mut r, &dir, &entries, &manifest_name);
+    let image_entry = entries.iter().find(|e| e.file == name).cloned();
+    if image_entry.is_none() {
+        r.push(Status::Fail, &name, format!("not listed in {SUMS_FILE}"));
+    }
+    check_listed(&mut r, &dir, &entries, &[&name, &manifest_name]);
+    check_image(&mut r, image, &name, compressed, image_entry.as_ref(), manifest.as_ref());
+    Ok(r)
+}
+
+/// The signature of `SHA256SUMS` with the public key `pk`, or a note that it was not checked.
+fn check_signature(r: &mut Report, pk: Option<&PublicKey>, dir: &Path, sums_text: &[u8]) {
     let sig_name = format!("{SUMS_FILE}{}", sign::SIG_SUFFIX);
-    match &pk {
+    match pk {
         Some(pk) => {
             r.signature_checked = true;
             match std::fs::read(dir.join(&sig_name)) {
                 Err(e) => {
                     r.push(Status::Fail, &sig_name, format!("cannot be read ({e}): the checksums are not signed"))
                 }
-                Ok(sig) => match sign::verify(pk, &String::from_utf8_lossy(&sig), &sums_text) {
+                Ok(sig) => match sign::verify(pk, &String::from_utf8_lossy(&sig), sums_text) {
                     Ok(comment) => r.push(
                         Status::Ok,
                         &sig_name,
@@ -127,34 +152,21 @@ pub fn verify(image: &Path, key: Option<&Path>) -> Result<Report> {
             "signature NOT checked (no --key given): the checksums prove the files are intact, not who made them",
         ),
     }
-    let entries = match std::str::from_utf8(&sums_text).map_err(anyhow::Error::from).and_then(checksums::parse) {
-        Ok(e) => e,
-        Err(e) => {
-            r.push(Status::Fail, SUMS_FILE, format!("unreadable: {e:#}"));
-            return Ok(r);
-        }
-    };
+}
 
-    let stem = export::stem(&name).to_string();
-    let manifest_name = export::manifest_name(&stem);
-    let manifest = check_manifest(&mut r, &dir, &entries, &manifest_name);
-    let image_entry = entries.iter().find(|e| e.file == name).cloned();
-    if image_entry.is_none() {
-        r.push(Status::Fail, &name, format!("not listed in {SUMS_FILE}"));
-    }
-    for e in entries.iter().filter(|e| e.file != name && e.file != manifest_name) {
+/// The checksums of the files listed in `SHA256SUMS` other than those in `skip` (checked on their own).
+fn check_listed(r: &mut Report, dir: &Path, entries: &[Entry], skip: &[&str]) {
+    for e in entries.iter().filter(|e| !skip.contains(&e.file.as_str())) {
         let path = dir.join(&e.file);
         if !path.exists() {
             r.push(Status::Note, &e.file, "listed but not present: skipped");
             continue;
         }
         match checksums::hash_file(&path) {
-            Ok((sha, _)) => check_sum(&mut r, e, &sha),
+            Ok((sha, _)) => check_sum(r, e, &sha),
             Err(err) => r.push(Status::Fail, &e.file, format!("{err:#}")),
         }
     }
-    check_image(&mut r, image, &name, compressed, image_entry.as_ref(), manifest.as_ref());
-    Ok(r)
 }
 
 fn check_sum(r: &mut Report, e: &Entry, actual: &str) {
@@ -231,7 +243,37 @@ fn check_image(
     if scan.size != m.image.size {
         fail(r, name.to_string(), format!("image is {} bytes, the manifest says {}", scan.size, m.image.size));
     }
-    match &scan.layout {
+    check_gpt(r, name, &scan.layout, m);
+    for (want, got) in m.partitions.iter().zip(&scan.ranges) {
+        let subject = format!("{name}: partition {} ({})", want.placed.number, want.placed.label);
+        match got {
+            None => fail(r, subject, "the image ends inside this partition".into()),
+            Some(sha) if *sha != want.sha256 => {
+                fail(r, subject, format!("contents differ from the manifest (sha256 {sha}, expected {})", want.sha256))
+            }
+            Some(_) => r.push(Status::Ok, subject, "sha256 matches the manifest"),
+        }
+    }
+    let found_cause = r.fail_count() > fails_before;
+    if scan.sha256 != m.image.sha256 && !found_cause {
+        fail(
+            r,
+            name.to_string(),
+            "image differs from the manifest outside the partitions (GPT or the gaps between partitions)".into(),
+        );
+    } else if scan.sha256 == m.image.sha256 {
+        r.push(
+            Status::Ok,
+            name,
+            format!("image ({} bytes) matches the manifest: GPT and {} partitions", scan.size, m.partitions.len()),
+        );
+    }
+}
+
+/// The partition table (GPT) against the manifest: disk GUID, partition count and entries.
+fn check_gpt(r: &mut Report, name: &str, layout: &std::result::Result<Layout, String>, m: &Manifest) {
+    let fail = |r: &mut Report, subject: String, detail: String| r.push(Status::Fail, subject, detail);
+    match layout {
         Err(e) => fail(r, name.to_string(), format!("partition table (GPT) unreadable: {e}")),
         Ok(layout) => {
             if layout.disk_guid != m.image.disk_guid {
@@ -266,30 +308,6 @@ fn check_image(
                 }
             }
         }
-    }
-    for (want, got) in m.partitions.iter().zip(&scan.ranges) {
-        let subject = format!("{name}: partition {} ({})", want.placed.number, want.placed.label);
-        match got {
-            None => fail(r, subject, "the image ends inside this partition".into()),
-            Some(sha) if *sha != want.sha256 => {
-                fail(r, subject, format!("contents differ from the manifest (sha256 {sha}, expected {})", want.sha256))
-            }
-            Some(_) => r.push(Status::Ok, subject, "sha256 matches the manifest"),
-        }
-    }
-    let found_cause = r.fail_count() > fails_before;
-    if scan.sha256 != m.image.sha256 && !found_cause {
-        fail(
-            r,
-            name.to_string(),
-            "image differs from the manifest outside the partitions (GPT or the gaps between partitions)".into(),
-        );
-    } else if scan.sha256 == m.image.sha256 {
-        r.push(
-            Status::Ok,
-            name,
-            format!("image ({} bytes) matches the manifest: GPT and {} partitions", scan.size, m.partitions.len()),
-        );
     }
 }
 

@@ -9,6 +9,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 const SERIAL_TAIL: usize = 40;
@@ -44,62 +45,8 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.child.stdout.take().context("qemu stdout")?;
-    let stderr = child.child.stderr.take().context("qemu stderr")?;
-    std::thread::spawn(move || {
-        let mut reader = BufReader::new(stdout);
-        let mut buf = Vec::new();
-        while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
-            let _ = tx.send(Event::Line(clean_line(&buf)));
-            buf.clear();
-        }
-        let _ = tx.send(Event::Closed);
-    });
-    let err_thread = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-
-    let mut tail: Vec<String> = Vec::new();
-    let mut ready: Option<(f64, String)> = None;
-    let mut checks = Vec::new();
-    let mut verdict: Option<bool> = None;
-    let deadline = start + timeout;
-    loop {
-        cmd::check_interrupted()?;
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let what =
-                if ready.is_none() { "the guest did not report ready" } else { "the guest did not finish its checks" };
-            bail!(
-                "{what} within {}s ({}); serial log: {}\n  last serial lines:\n    {}",
-                timeout.as_secs(),
-                m.accel,
-                log.display(),
-                tail.join("\n    ")
-            );
-        }
-        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
-            Ok(Event::Line(line)) => {
-                let _ = writeln!(log_file, "{line}");
-                if let Some(rest) = marker(&line, "KILN-READY ") {
-                    let state =
-                        rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
-                    ready = Some((start.elapsed().as_secs_f64(), state));
-                } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
-                    checks.push(parse_check(rest));
-                } else if let Some(rest) = marker(&line, "KILN-RESULT ") {
-                    verdict = Some(rest.trim() == "pass");
-                    break;
-                }
-                if tail.len() == SERIAL_TAIL {
-                    tail.remove(0);
-                }
-                tail.push(line);
-            }
-            Ok(Event::Closed) => break,
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-    }
+    let (rx, err_thread) = read_output(&mut child)?;
+    let (tail, ready, checks, verdict) = read_serial(&rx, &mut log_file, start, timeout, m.accel, log)?;
     // The agent powers the guest off after its verdict; give it a moment, then stop QEMU.
     let off_deadline = Instant::now() + Duration::from_secs(60);
     while verdict.is_some() && child.try_wait()?.is_none() && Instant::now() < off_deadline {
@@ -127,6 +74,83 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         passed: passed && checks.iter().all(|c| c.passed),
         checks,
     })
+}
+
+/// Threads that read QEMU's output: stdout (the serial console) line by line into a channel,
+/// stderr whole (for the error message).
+fn read_output(child: &mut cmd::Running) -> Result<(mpsc::Receiver<Event>, JoinHandle<String>)> {
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.child.stdout.take().context("qemu stdout")?;
+    let stderr = child.child.stderr.take().context("qemu stderr")?;
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut buf), Ok(n) if n > 0) {
+            let _ = tx.send(Event::Line(clean_line(&buf)));
+            buf.clear();
+        }
+        let _ = tx.send(Event::Closed);
+    });
+    let err_thread = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    Ok((rx, err_thread))
+}
+
+/// Lines seen until the agent's verdict, the console closing, or the deadline (an error then):
+/// the last lines, the ready time and state, the checks, the verdict.
+type Serial = (Vec<String>, Option<(f64, String)>, Vec<CheckResult>, Option<bool>);
+
+/// Follow the serial console until the agent's verdict (see [`Serial`]); every line goes to `log_file`.
+fn read_serial(
+    rx: &mpsc::Receiver<Event>,
+    log_file: &mut std::fs::File,
+    start: Instant,
+    timeout: Duration,
+    accel: &str,
+    log: &Path,
+) -> Result<Serial> {
+    let mut tail: Vec<String> = Vec::new();
+    let mut ready: Option<(f64, String)> = None;
+    let mut checks = Vec::new();
+    let mut verdict: Option<bool> = None;
+    let deadline = start + timeout;
+    loop {
+        cmd::check_interrupted()?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let what =
+                if ready.is_none() { "the guest did not report ready" } else { "the guest did not finish its checks" };
+            bail!(
+                "{what} within {}s ({}); serial log: {}\n  last serial lines:\n    {}",
+                timeout.as_secs(),
+                accel,
+                log.display(),
+                tail.join("\n    ")
+            );
+        }
+        match rx.recv_timeout(left.min(Duration::from_millis(500))) {
+            Ok(Event::Line(line)) => {
+                let _ = writeln!(log_file, "{line}");
+                if let Some(rest) = marker(&line, "KILN-READY ") {
+                    let state =
+                        rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
+                    ready = Some((start.elapsed().as_secs_f64(), state));
+                } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
+                    checks.push(parse_check(rest));
+                } else if let Some(rest) = marker(&line, "KILN-RESULT ") {
+                    verdict = Some(rest.trim() == "pass");
+                    break;
+                }
+                if tail.len() == SERIAL_TAIL {
+                    tail.remove(0);
+                }
+                tail.push(line);
+            }
+            Ok(Event::Closed) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Ok((tail, ready, checks, verdict))
 }
 
 /// The text after `tag` when the line carries it (kernel messages may precede it on the line).

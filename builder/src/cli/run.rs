@@ -1,0 +1,107 @@
+//! Dispatch: one function per subcommand, which calls the library and hands the result to
+//! `report`. No logic of its own.
+use super::report;
+use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, VmArgs};
+use crate::pipeline::lock::{self as locking, LockOptions};
+use crate::pipeline::{self, BuildOptions};
+use crate::release::sign::{self, KeyPaths, Signer};
+use crate::verify;
+use crate::vm;
+use anyhow::{Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Check { recipe, print, lock } => check(&recipe, print, &lock),
+        Command::Build(args) => build(args),
+        Command::Lock { recipe, update, arch, cache } => lock(&recipe, update, arch, &cache),
+        Command::Fetch { recipe, lock, cache } => fetch(&recipe, &lock, &cache),
+        Command::Vendor { recipe, dir, lock, cache } => vendor(&recipe, &dir, &lock, &cache),
+        Command::Boot { image, persist, vm } => boot(&image, persist, &vm),
+        Command::Test { image, timeout, serial_log, persist, vm } => test(&image, timeout, serial_log, persist, &vm),
+        Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
+        Command::Verify { image, key } => verify(&image, key.as_deref()),
+    }
+}
+
+fn check(recipe: &Path, print: bool, lock: &LockArgs) -> Result<ExitCode> {
+    let plan = pipeline::plan(recipe, None, &lock.choice())?;
+    report::check(recipe, &plan, print)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn build(args: BuildArgs) -> Result<ExitCode> {
+    let plan = pipeline::plan(&args.recipe, args.arch.map(ArchArg::arch), &args.lock.choice())?;
+    let cache = args.cache.or_else(default_cache).context("no cache directory: set --cache, KILN_CACHE or HOME")?;
+    // Decrypt the key first: a wrong passphrase fails before any slow work.
+    let signer = args.sign.as_deref().map(Signer::load).transpose()?;
+    let opts = BuildOptions {
+        out_dir: args.out,
+        reuse_root: !args.no_cache,
+        host_tools: args.host_tools,
+        full_emulation: args.full_emulation,
+        // Work next to the cache, so a fresh bootstrap moves into it by rename.
+        work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
+        cache,
+        keep_work: args.keep_work,
+        offline: args.offline,
+        formats: (!args.formats.is_empty()).then(|| args.formats.iter().map(|&f| f.into()).collect()),
+        signer,
+        artifacts: args.artifacts,
+    };
+    let report = pipeline::build(plan, &opts)?;
+    report::build(&report);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn lock(recipe: &Path, update: bool, arch: Option<ArchArg>, cache: &CacheArgs) -> Result<ExitCode> {
+    let cache = cache.dir()?;
+    let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
+    let plan = pipeline::check(recipe, arch.map(ArchArg::arch))?;
+    let out = locking::lock(recipe, plan, &opts)?;
+    report::lock(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fetch(recipe: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
+    let plan = pipeline::plan(recipe, None, &lock.choice())?;
+    let cache = cache.dir()?;
+    let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
+    report::fetch(&out, &cache);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vendor(recipe: &Path, dir: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
+    let plan = pipeline::plan(recipe, None, &lock.choice())?;
+    let cache = cache.dir()?;
+    let out = crate::pipeline::vendor::vendor(&plan, &cache, dir, Some(&cache.join("tmp")))?;
+    report::vendor(&out);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn boot(image: &Path, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
+    vm::boot(image, &vm.options(), persist)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(image: &Path, timeout: u64, serial_log: Option<PathBuf>, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
+    let log = serial_log.unwrap_or_else(|| vm::default_log(image));
+    let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist)
+        .with_context(|| format!("testing {}", image.display()))?;
+    Ok(report::test(&report, &log))
+}
+
+fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> Result<ExitCode> {
+    let paths = prefix.map(KeyPaths::with_prefix).unwrap_or_else(|| KeyPaths::in_dir(out));
+    let passphrase = if unencrypted { None } else { Some(sign::passphrase("the new secret key", true)?) };
+    let id = sign::keygen(&paths, passphrase, force)?;
+    report::keygen(&paths, unencrypted, &id);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify(image: &Path, key: Option<&Path>) -> Result<ExitCode> {
+    let report = verify::verify(image, key)?;
+    Ok(report::verify(&report))
+}
