@@ -1,4 +1,4 @@
-//! The tools that write image bytes (mke2fs, mkfs.erofs) run from a pinned tools tree, not from
+//! The tool that writes image bytes (mke2fs) runs from a pinned tools tree, not from
 //! the host, so that an image's bytes do not depend on the host's tool versions (Debian 12's
 //! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
 //! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 3;
+const TOOLS_FORMAT: u32 = 4;
 
 /// Where image-writing tools come from.
 #[derive(Debug, Clone)]
