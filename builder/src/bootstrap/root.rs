@@ -7,7 +7,7 @@ use crate::debian::source::Source;
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use crate::plan::Plan;
-use crate::recipe::InitramfsModules;
+use crate::recipe::{InitramfsModules, ModulePolicy};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -341,8 +341,10 @@ const NO_HOST_KEYS: &str =
 fn setup_hooks(modules: &InitramfsModules) -> Vec<String> {
     let conf = "mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\"";
     match modules {
-        InitramfsModules::Policy(p) if p == "most" => vec![],
-        InitramfsModules::Policy(p) => vec![format!("{conf} && echo MODULES={p} > \"$1/etc/initramfs-tools/conf.d/kiln\"")],
+        InitramfsModules::Policy(ModulePolicy::Most) => vec![],
+        InitramfsModules::Policy(p) => {
+            vec![format!("{conf} && echo MODULES={} > \"$1/etc/initramfs-tools/conf.d/kiln\"", p.name())]
+        }
         InitramfsModules::List(list) => vec![format!(
             "{conf} && echo MODULES=list > \"$1/etc/initramfs-tools/conf.d/kiln\" && printf '%s\\n' {} > \"$1/usr/share/initramfs-tools/modules.d/kiln\"",
             list.iter().map(|m| crate::host::cmd::shell_quote(m)).collect::<Vec<_>>().join(" ")

@@ -1,6 +1,6 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::RecipeError;
-use super::layer::{CheckLayer, InitramfsModules, Layer};
+use super::layer::{CheckLayer, InitramfsModules, Layer, ModulesSetting};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
     Recipe, System, User,
@@ -85,12 +85,26 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         }
     }
     super::external::per_file(layer, file, text, top_dir)?;
-    if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
-        if !matches!(p.as_str(), "most" | "netboot" | "dep") {
-            return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
-        }
+    if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
+        initramfs_modules(m, file)?;
     }
     Ok(())
+}
+
+fn initramfs_modules(m: &ModulesSetting, file: &Path) -> Result<InitramfsModules, RecipeError> {
+    m.typed().ok_or_else(|| {
+        let p = match m {
+            ModulesSetting::Policy(p) => p.as_str(),
+            ModulesSetting::List(_) => "",
+        };
+        RecipeError::file(
+            file,
+            Some("base.initramfs_modules".into()),
+            format!(
+                "`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names"
+            ),
+        )
+    })
 }
 
 fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
@@ -135,7 +149,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         mirror: base.mirror,
         components,
         packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules,
+        initramfs_modules: base.initramfs_modules.as_ref().map(|m| initramfs_modules(m, file)).transpose()?,
         kernel: base.kernel,
         arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
     };
