@@ -18,9 +18,11 @@
 //!
 //! A program is used only when apt's candidate for its package has the same source version as
 //! the tools tree's; otherwise it stays emulated. The last customize hook removes every trace
-//! (mounts, loader links, the apt setting); `tests/aarch64.rs` and `scripts/repro-check
-//! --assist` check that the image is byte-identical to one built with `--full-emulation`. The
-//! hooks run in a private mount namespace, so an interrupted bootstrap leaves nothing mounted.
+//! (mounts, loader links, the apt setting); `scripts/repro-check --arch aarch64
+//! --full-emulation-b` (in CI) checks that the image is byte-identical to one whose bootstrap
+//! ran fully emulated. The hooks run in a private mount namespace, so an interrupted bootstrap
+//! leaves nothing mounted.
+use crate::bootstrap::hooks::{self, Hook, Phase};
 use crate::bootstrap::tools::Tools;
 use crate::host::work::WorkDir;
 use crate::recipe::arch::Arch;
@@ -28,10 +30,32 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const SCRIPT: &str = include_str!("assist.sh");
+/// dpkg's wrapper in the assist's `bin/`: dpkg on the root from outside it, or the root's own.
+const DPKG_WRAPPER: &str = include_str!("assist-dpkg.sh");
 
 /// Where the native programs appear inside the root while it is bootstrapped.
 pub const PATH_DIR: &str = "/.kiln-assist/bin";
+
+/// What a hook running `assist.sh` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Extract hook: choose the programs, mount the assist, put it first in dpkg's PATH.
+    Setup,
+    /// Essential hook and first customize hook: bind native programs over the root's copies.
+    Bind,
+    /// Last customize hook: undo everything.
+    Teardown,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Setup => "setup",
+            Action::Bind => "bind",
+            Action::Teardown => "teardown",
+        }
+    }
+}
 
 /// How a native program is used.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -171,28 +195,19 @@ impl Assist {
             }
         }
         native_copy(&tree.join("usr/bin/dash"), &dir.join("libexec/dash"))?;
-        // dpkg on the root from outside it (`--root`; maintainer scripts are still chrooted and
-        // emulated). Inside that chroot the root is not mounted again: there, the root's dpkg.
-        let wrapper = "#!/.kiln-assist/libexec/dash\n\
-                       if [ -d /.kiln-assist/root/var/lib/dpkg ]; then exec /.kiln-assist/libexec/dpkg --root=/.kiln-assist/root \"$@\"; fi\n\
-                       exec /usr/bin/dpkg \"$@\"\n";
-        write_executable(&dir.join("bin/dpkg"), wrapper.as_bytes())?;
+        write_executable(&dir.join("bin/dpkg"), DPKG_WRAPPER.as_bytes())?;
         std::fs::write(dir.join("list"), &list.text).context("writing the assist's program list")?;
-        let script = dir.join("assist.sh");
-        std::fs::write(&script, SCRIPT).with_context(|| format!("writing {}", script.display()))?;
         Ok(Some(Assist { dir, tree: tree.to_path_buf(), arch: target.debian(), offered: list.count }))
     }
 
-    /// The mmdebstrap hook running `assist.sh ACTION` (setup: extract hook; bind: essential hook
-    /// and first customize hook; teardown: last customize hook).
-    pub fn hook(&self, action: &str) -> String {
-        let q = |p: &Path| crate::host::cmd::shell_quote(&p.to_string_lossy());
-        format!(
-            "sh {} {action} \"$1\" {} {} {}",
-            q(&self.dir.join("assist.sh")),
-            q(&self.dir),
-            q(&self.tree),
-            self.arch
+    /// The mmdebstrap hook running `assist.sh ACTION` at `phase` (setup: extract hook; bind:
+    /// essential hook and first customize hook; teardown: last customize hook).
+    pub fn hook(&self, phase: Phase, action: Action) -> Hook {
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        Hook::new(
+            phase,
+            hooks::ASSIST,
+            [action.name().to_string(), path(&self.dir), path(&self.tree), self.arch.to_string()],
         )
     }
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # kiln: native help for a foreign-architecture bootstrap (see assist.rs for the why).
 # mmdebstrap runs this on the host, in kiln's private mount namespace:
-#   assist.sh setup|bind|teardown ROOT DIR TREE ARCH
+#   assist.sh ROOT setup|bind|teardown DIR TREE ARCH
 # DIR (made by kiln) holds bin/ (native programs whose ELF interpreter is /.kiln-assist/ld.so),
 # libexec/ (dpkg and the dash its wrapper runs), ld.so (finding libraries in tree/), list
 # (`program path kind package source-version`) and the mount points tree/ and root/. Nothing of
@@ -16,7 +16,7 @@
 #          mkinitramfs, which sets its own PATH, finds native tools
 # teardown (last customize hook) undo all of it
 set -eu
-action=$1 root=$2 dir=$3 tree=$4 arch=$5
+root=$1 action=$2 dir=$3 tree=$4 arch=$5
 m=/.kiln-assist
 a=$root$m
 
@@ -70,7 +70,7 @@ setup)
 bind)
     [ -f "$dir/state" ] || exit 0
     while read -r prog path kind pkg version; do
-        [ "$kind" = bind ] && [ -f "$dir/bin/$prog" ] || continue
+        if [ "$kind" != bind ] || [ ! -f "$dir/bin/$prog" ]; then continue; fi
         grep -qxF "$path" "$dir/bound" && continue
         if [ -f "$root/$path" ] && [ ! -L "$root/$path" ]; then
             mount --bind "$dir/bin/$prog" "$root/$path"

@@ -2,6 +2,8 @@
 //! overlay) and the pinned tools tree; emulation and native help for foreign architectures.
 pub mod assist;
 pub mod emulation;
+pub mod hooks;
+pub mod mmdebstrap;
 pub mod root;
 pub mod tools;
 

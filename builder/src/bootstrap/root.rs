@@ -1,24 +1,25 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
-use crate::bootstrap::assist::Assist;
+use crate::bootstrap::assist::{Action, Assist};
+use crate::bootstrap::hooks::{self, Hook, Phase};
+use crate::bootstrap::mmdebstrap::{pin_hook, CacheKey, Kind, Mmdebstrap};
 use crate::bootstrap::tools::Tools;
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use crate::plan::Plan;
-use crate::recipe::InitramfsModules;
+use crate::recipe::{InitramfsModules, ModulePolicy};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 6;
+const BOOTSTRAP_FORMAT: u32 = 7;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
 struct BootstrapInputs<'a> {
-    format: u32,
     arch: &'a str,
     suite: &'a str,
     mirror: &'a str,
@@ -48,7 +49,6 @@ struct RepoInputs<'a> {
 fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
     let r = &plan.recipe;
     BootstrapInputs {
-        format: BOOTSTRAP_FORMAT,
         arch: plan.arch().debian(),
         suite: &r.base.suite,
         mirror: &plan.mirror,
@@ -74,13 +74,13 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
 }
 
 /// Cache key of the plan's bootstrapped root (online and offline bootstraps of one lock share it).
-pub fn cache_key(plan: &Plan, source: &Source) -> String {
-    crate::host::files::sha256_hex(serde_json::to_string(&inputs(plan, source)).unwrap_or_default().as_bytes())
+pub fn cache_key(plan: &Plan, source: &Source) -> CacheKey {
+    CacheKey::new(Kind::Roots, BOOTSTRAP_FORMAT, &inputs(plan, source))
 }
 
 /// Where the cache keeps the root `prepare` bootstraps for `plan` from `source`.
 pub fn cache_dir(plan: &Plan, source: &Source, cache: &Path) -> PathBuf {
-    cache.join("roots").join(cache_key(plan, source))
+    cache_key(plan, source).dir(cache)
 }
 
 /// Whether the cache holds the root `prepare` would bootstrap.
@@ -255,11 +255,6 @@ fn bootstrap(
     Ok(())
 }
 
-/// mmdebstrap's options that keep what kiln reads after a bootstrap: apt's package lists (the
-/// sha256 of every installed .deb, for the SBOM and lock files) and the downloaded .debs (for
-/// the .deb cache). system::clean removes what is left of them before the image is made.
-pub const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
-
 fn mmdebstrap(
     plan: &Plan,
     work: &WorkDir,
@@ -271,49 +266,25 @@ fn mmdebstrap(
 ) -> Result<()> {
     let r = &plan.recipe;
     let src = source.mmdebstrap_args(debs, work, "root")?;
-    // The assist's mounts live in a private mount namespace: gone with mmdebstrap, however it ends.
-    let mut cmd = match assist {
-        Some(_) => Cmd::new("unshare").args(["--mount", "--propagation", "private", "mmdebstrap"]),
-        None => Cmd::new("mmdebstrap"),
+    let foreign = Some(plan.arch()) != crate::recipe::arch::Arch::host();
+    let run = Mmdebstrap {
+        arch: plan.arch().debian(),
+        include: &plan.packages,
+        aptopts: &["Acquire::Retries \"3\""],
+        source: &src,
+        hooks: root_hooks(plan, extra, assist),
+        source_date_epoch: Some(r.source_date_epoch),
+        qemu_cpu: foreign.then(|| plan.arch().qemu_user_cpu()),
+        // The assist's mounts live in a private mount namespace: gone with mmdebstrap, however it ends.
+        private_path: assist.map(|_| crate::bootstrap::assist::PATH_DIR),
+        suite: &r.base.suite,
+        target: out,
+        extra_lines: &extra.lines,
     };
-    if let Some(a) = assist {
-        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        cmd = cmd
-            .env("PATH", format!("{}:{path}", crate::bootstrap::assist::PATH_DIR))
-            .arg(format!("--extract-hook={}", a.hook("setup")));
-    }
-    cmd = cmd
-        .arg("--mode=root")
-        .arg("--variant=minbase")
-        .arg(format!("--architectures={}", plan.arch().debian()))
-        .arg(format!("--include={}", plan.packages.join(",")))
-        .arg("--aptopt=Acquire::Retries \"3\"")
-        .arg(KEEP)
-        .args(&src.options)
-        .env("SOURCE_DATE_EPOCH", r.source_date_epoch.to_string())
-        .env("TMPDIR", work.path());
-    for hook in setup_hooks(&plan.initramfs_modules).iter().chain(&extra.setup_hooks) {
-        cmd = cmd.arg(format!("--setup-hook={hook}"));
-    }
-    if Some(plan.arch()) != crate::recipe::arch::Arch::host() {
-        cmd = cmd.env("QEMU_CPU", plan.arch().qemu_user_cpu());
-    }
-    cmd = cmd.arg(format!("--essential-hook={DEFER_INITRAMFS}")).arg(format!("--essential-hook={NO_HOST_KEYS}"));
-    if let Some(a) = assist {
-        cmd =
-            cmd.arg(format!("--essential-hook={}", a.hook("bind"))).arg(format!("--customize-hook={}", a.hook("bind")));
-    }
-    if let Some(hook) = locale_hook(&r.system.locale) {
-        cmd = cmd.arg(format!("--customize-hook={hook}"));
-    }
-    cmd = cmd.arg(format!("--customize-hook={BUILD_INITRAMFS}"));
-    if let Some(a) = assist {
-        cmd = cmd.arg(format!("--customize-hook={}", a.hook("teardown")));
-    }
     let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
     let extra_names =
         r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
-    cmd.arg(&r.base.suite).arg(out).arg(&src.mirror).args(&extra.lines).run().with_context(|| {
+    run.command(work)?.run().with_context(|| {
         format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian())
     })?;
     match assist.map(|a| a.summary()) {
@@ -324,40 +295,50 @@ fn mmdebstrap(
     Ok(())
 }
 
-/// mkinitramfs would run once when the kernel is installed and again for every trigger; under
-/// emulation each run costs minutes. Divert update-initramfs to a no-op while packages install
-/// (the kernel hook then skips, triggers do nothing) ...
-const DEFER_INITRAMFS: &str = "chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/sbin/update-initramfs && ln -s /bin/true \"$1/usr/sbin/update-initramfs\"";
-/// ... and build the initrd exactly once, when everything is installed.
-const BUILD_INITRAMFS: &str = "rm \"$1/usr/sbin/update-initramfs\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/sbin/update-initramfs && chroot \"$1\" update-initramfs -c -k all";
-
-/// openssh-server's postinst makes host keys (RSA: seconds of prime search, far more under
-/// emulation) unless files are there; `system::clean` removes every `ssh_host_*` file anyway and
-/// each box makes its own at first boot. Empty placeholders skip the work.
-const NO_HOST_KEYS: &str =
-    "mkdir -p \"$1/etc/ssh\" && for t in rsa ecdsa ed25519; do : > \"$1/etc/ssh/ssh_host_${t}_key\"; done";
-
-/// Hooks run before any package is installed: the initramfs driver policy.
-fn setup_hooks(modules: &InitramfsModules) -> Vec<String> {
-    let conf = "mkdir -p \"$1/etc/initramfs-tools/conf.d\" \"$1/usr/share/initramfs-tools/modules.d\"";
-    match modules {
-        InitramfsModules::Policy(p) if p == "most" => vec![],
-        InitramfsModules::Policy(p) => vec![format!("{conf} && echo MODULES={p} > \"$1/etc/initramfs-tools/conf.d/kiln\"")],
-        InitramfsModules::List(list) => vec![format!(
-            "{conf} && echo MODULES=list > \"$1/etc/initramfs-tools/conf.d/kiln\" && printf '%s\\n' {} > \"$1/usr/share/initramfs-tools/modules.d/kiln\"",
-            list.iter().map(|m| crate::host::cmd::shell_quote(m)).collect::<Vec<_>>().join(" ")
-        )],
+/// The root's hooks (after the source's), in the order they run within each phase:
+/// setup: the initramfs driver policy, the extra repositories' pins; extract: native help;
+/// essential: initramfs deferred, no SSH host keys, native help bound; customize: native help
+/// bound again, the locale, the initrd built once, native help torn down.
+fn root_hooks(plan: &Plan, extra: &crate::debian::repos::ExtraSources, assist: Option<&Assist>) -> Vec<Hook> {
+    let mut all: Vec<Hook> = initramfs_hook(&plan.initramfs_modules).into_iter().collect();
+    all.extend(extra.pins.iter().map(pin_hook));
+    let none: [&str; 0] = [];
+    let essential = [
+        Hook::new(Phase::Essential, hooks::DEFER_INITRAMFS, none),
+        Hook::new(Phase::Essential, hooks::NO_HOST_KEYS, none),
+    ];
+    match assist {
+        Some(a) => {
+            all.push(a.hook(Phase::Extract, Action::Setup));
+            all.extend(essential);
+            all.push(a.hook(Phase::Essential, Action::Bind));
+            all.push(a.hook(Phase::Customize, Action::Bind));
+        }
+        None => all.extend(essential),
     }
+    all.extend(locale_hook(&plan.recipe.system.locale));
+    all.push(Hook::new(Phase::Customize, hooks::BUILD_INITRAMFS, none));
+    all.extend(assist.map(|a| a.hook(Phase::Customize, Action::Teardown)));
+    all
+}
+
+/// The initramfs driver policy, set before any package is installed (none for Debian's `most`).
+fn initramfs_hook(modules: &InitramfsModules) -> Option<Hook> {
+    let args: Vec<String> = match modules {
+        InitramfsModules::Policy(ModulePolicy::Most) => return None,
+        InitramfsModules::Policy(p) => vec![p.name().to_string()],
+        InitramfsModules::List(list) => std::iter::once("list".to_string()).chain(list.iter().cloned()).collect(),
+    };
+    Some(Hook::new(Phase::Setup, hooks::INITRAMFS_MODULES, args))
 }
 
 /// Generate a non-C locale inside the root (needs the `locales` package).
-fn locale_hook(locale: &str) -> Option<String> {
+fn locale_hook(locale: &str) -> Option<Hook> {
     if matches!(locale, "C" | "C.UTF-8" | "POSIX") {
         return None;
     }
     let charset = locale.split('.').nth(1).unwrap_or("UTF-8");
-    let q = crate::host::cmd::shell_quote(&format!("{locale} {charset}"));
-    Some(format!("echo {q} > \"$1/etc/locale.gen\" && chroot \"$1\" locale-gen"))
+    Some(Hook::new(Phase::Customize, hooks::LOCALE, [format!("{locale} {charset}")]))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! The tools that write image bytes (mke2fs, mkfs.erofs) run from a pinned tools tree, not from
+//! The tool that writes image bytes (mke2fs) runs from a pinned tools tree, not from
 //! the host, so that an image's bytes do not depend on the host's tool versions (Debian 12's
 //! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
 //! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
+use crate::bootstrap::mmdebstrap::{CacheKey, Kind, Mmdebstrap};
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
 use crate::host::cmd::Cmd;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 3;
+const TOOLS_FORMAT: u32 = 4;
 
 /// Where image-writing tools come from.
 #[derive(Debug, Clone)]
@@ -28,7 +29,6 @@ pub enum Tools {
 
 #[derive(Serialize)]
 struct ToolsInputs<'a> {
-    format: u32,
     suite: &'a str,
     mirror: &'a str,
     arch: &'a str,
@@ -42,14 +42,13 @@ impl Tools {
     /// Where the cache keeps the tools tree of `source`.
     pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
         let inputs = ToolsInputs {
-            format: TOOLS_FORMAT,
             suite: TOOLS_SUITE,
             mirror: &source.mirror,
             arch: &source.arch,
             packages: TOOLS_PACKAGES,
             pins: source.pins_hash(),
         };
-        Ok(cache.join("tools").join(crate::host::files::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
+        Ok(CacheKey::new(Kind::Tools, TOOLS_FORMAT, &inputs).dir(cache))
     }
 
     pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
@@ -70,19 +69,23 @@ impl Tools {
         }
         let fresh = work.join("tools");
         let src = source.mmdebstrap_args(debs, work, "tools")?;
-        Cmd::new("mmdebstrap")
-            .args(["--mode=root", "--variant=minbase", crate::bootstrap::root::KEEP])
-            .arg(format!("--architectures={}", source.arch))
-            .arg(format!("--include={}", TOOLS_PACKAGES.join(",")))
-            .args(&src.options)
-            .env("TMPDIR", work.path())
-            .arg(TOOLS_SUITE)
-            .arg(&fresh)
-            .arg(&src.mirror)
-            .run()
-            .with_context(|| {
-                format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
-            })?;
+        let include: Vec<String> = TOOLS_PACKAGES.iter().map(|p| p.to_string()).collect();
+        let run = Mmdebstrap {
+            arch: &source.arch,
+            include: &include,
+            aptopts: &[],
+            source: &src,
+            hooks: Vec::new(),
+            source_date_epoch: None,
+            qemu_cpu: None,
+            private_path: None,
+            suite: TOOLS_SUITE,
+            target: &fresh,
+            extra_lines: &[],
+        };
+        run.command(work)?.run().with_context(|| {
+            format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
+        })?;
         debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
         source.verify(&crate::debian::packages::installed(&fresh)?).context("checking the tools tree")?;
         if !reuse {

@@ -3,6 +3,7 @@
 //! checks the repository's InRelease signature with it before bootstrapping, hands the
 //! repository to mmdebstrap with `signed-by=`, and writes the keyring, a deb822 source and
 //! pins into the image.
+use crate::debian::source::AptPin;
 use crate::host::cmd::Cmd;
 use crate::host::files::write_file;
 use crate::host::gpg::gpg;
@@ -16,12 +17,12 @@ use std::path::{Path, PathBuf};
 /// this directory are build-time only and are replaced by the image's own files.
 const KEY_DIR: &str = "kiln-keys";
 
-/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and setup hooks
-/// (pins) run before anything is installed. See [`sources`].
+/// Extra apt sources for mmdebstrap: source lines after the Debian mirror, and pins put in
+/// place before anything is installed. See [`sources`].
 #[derive(Debug, Default)]
 pub struct ExtraSources {
     pub lines: Vec<String>,
-    pub setup_hooks: Vec<String>,
+    pub pins: Vec<AptPin>,
 }
 
 /// Keys and mmdebstrap sources of the recipe's extra repositories: keys checked by fingerprint,
@@ -36,7 +37,7 @@ pub fn sources(plan: &Plan, work: &Path) -> Result<(Vec<Keyring>, ExtraSources)>
         .collect();
     crate::host::net::preflight(&needs)?;
     verify_releases(plan, &keys, work)?;
-    let extra = ExtraSources { lines: mmdebstrap_sources(plan, &keys), setup_hooks: setup_hooks(plan, work)? };
+    let extra = ExtraSources { lines: mmdebstrap_sources(plan, &keys), pins: pins(plan, work)? };
     Ok((keys, extra))
 }
 
@@ -134,21 +135,18 @@ fn host_name(url: &str) -> &str {
     host.rsplit_once(':').filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit())).map(|(h, _)| h).unwrap_or(host)
 }
 
-/// Shell hooks that put the pins in place before mmdebstrap installs anything.
-pub fn setup_hooks(plan: &Plan, work: &Path) -> Result<Vec<String>> {
-    let mut hooks = Vec::new();
+/// The repositories' pin files, written into the work directory, for the bootstrap to put in
+/// place before mmdebstrap installs anything.
+pub fn pins(plan: &Plan, work: &Path) -> Result<Vec<AptPin>> {
+    let mut pins = Vec::new();
     for r in &plan.recipe.repositories {
         if let Some(text) = pin_file(r) {
-            let host = work.join(KEY_DIR).join(format!("{}.pref", r.name));
-            std::fs::write(&host, text).with_context(|| format!("writing {}", host.display()))?;
-            let src = crate::host::cmd::shell_quote(&host.to_string_lossy());
-            hooks.push(format!(
-                "mkdir -p \"$1/etc/apt/preferences.d\" && cp {src} \"$1/etc/apt/preferences.d/{}.pref\"",
-                r.name
-            ));
+            let file = work.join(KEY_DIR).join(format!("{}.pref", r.name));
+            std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+            pins.push(AptPin { file, dest: format!("etc/apt/preferences.d/{}.pref", r.name) });
         }
     }
-    Ok(hooks)
+    Ok(pins)
 }
 
 /// Write keyrings, deb822 sources and pins into the root, and drop the build-time source lines.

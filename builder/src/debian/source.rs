@@ -13,9 +13,10 @@ use crate::host::work::WorkDir;
 use crate::lock::LockedPackage;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-const PIN_FILE: &str = "etc/apt/preferences.d/kiln-lock";
+/// Where the lock's apt preferences are in a root while it is bootstrapped.
+pub const PIN_FILE: &str = "etc/apt/preferences.d/kiln-lock";
 
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -34,9 +35,26 @@ pub struct Source {
     pub offline: bool,
 }
 
-/// What mmdebstrap needs for a source: extra options (hooks) and the mirror argument.
+/// An apt preferences file to put into a root before anything is installed.
+#[derive(Debug, Clone)]
+pub struct AptPin {
+    /// The file on the host (in the work directory).
+    pub file: PathBuf,
+    /// Its path relative to the root.
+    pub dest: String,
+}
+
+/// What mmdebstrap needs for a source (the bootstrap turns it into options and hooks).
 pub struct Args {
-    pub options: Vec<String>,
+    /// The lock's pins, put in place before anything is installed.
+    pub pins: Option<AptPin>,
+    /// The pin file to remove and the one line of the image's sources.list, written when
+    /// everything is installed.
+    pub pin_file: &'static str,
+    pub sources_line: String,
+    /// `--components` (online; the local repository has only `main`).
+    pub components: Option<Vec<String>>,
+    /// mmdebstrap's mirror argument.
     pub mirror: String,
 }
 
@@ -63,32 +81,26 @@ impl Source {
         format!("deb {} {} {}", self.mirror, self.suite, self.components.join(" "))
     }
 
-    /// mmdebstrap's options and mirror argument for this source. Offline, this makes the local
-    /// repository below `work` (failing, naming the package, when a locked .deb is not cached).
+    /// What mmdebstrap needs for this source. Offline, this makes the local repository below
+    /// `work` (failing, naming the package, when a locked .deb is not cached).
     pub fn mmdebstrap_args(&self, debs: &DebCache, work: &WorkDir, label: &str) -> Result<Args> {
-        let mut options = Vec::new();
-        if let Some(pins) = &self.pins {
-            let prefs = work.join(format!("{label}-pins"));
-            std::fs::write(&prefs, preferences(pins)).with_context(|| format!("writing {}", prefs.display()))?;
-            options.push(format!(
-                "--setup-hook=mkdir -p \"$1/etc/apt/preferences.d\" && cp {} \"$1/{PIN_FILE}\"",
-                crate::host::cmd::shell_quote(&prefs.to_string_lossy())
-            ));
-        }
-        options.push(format!(
-            "--customize-hook=rm -f \"$1/{PIN_FILE}\" && printf '%s\\n' {} > \"$1/etc/apt/sources.list\"",
-            crate::host::cmd::shell_quote(&self.sources_line())
-        ));
-        let mirror = if self.offline {
+        let pins = match &self.pins {
+            Some(pins) => {
+                let file = work.join(format!("{label}-pins"));
+                std::fs::write(&file, preferences(pins)).with_context(|| format!("writing {}", file.display()))?;
+                Some(AptPin { file, dest: PIN_FILE.to_string() })
+            }
+            None => None,
+        };
+        let (mirror, components) = if self.offline {
             let pins = self.pins.as_deref().context("offline bootstraps need a lock")?;
             let dir = work.join(format!("{label}-repo"));
             local_repo(&dir, &self.suite, &self.arch, pins, debs)?;
-            format!("deb [trusted=yes] copy://{} {} main", dir.display(), self.suite)
+            (format!("deb [trusted=yes] copy://{} {} main", dir.display(), self.suite), None)
         } else {
-            options.push(format!("--components={}", self.components.join(",")));
-            self.mirror.clone()
+            (self.mirror.clone(), Some(self.components.clone()))
         };
-        Ok(Args { options, mirror })
+        Ok(Args { pins, pin_file: PIN_FILE, sources_line: self.sources_line(), components, mirror })
     }
 
     /// Check a freshly bootstrapped root's packages against the pins.

@@ -14,10 +14,10 @@ pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd
 
 /// The Debian suite of the pinned tools tree (`bootstrap::tools`).
 pub const TOOLS_SUITE: &str = "trixie";
-/// The tools tree's packages: e2fsprogs and erofs-utils write images; openssl, kmod, zstd and
+/// The tools tree's packages: e2fsprogs writes images; openssl, kmod, zstd and
 /// cpio (with the essential set) are the native programs of a foreign-architecture bootstrap
 /// (`bootstrap::assist`).
-pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "erofs-utils", "openssl", "kmod", "zstd", "cpio"];
+pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "openssl", "kmod", "zstd", "cpio"];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {

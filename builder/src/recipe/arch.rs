@@ -1,5 +1,5 @@
 //! Everything that differs between target architectures lives here, and only here.
-use crate::recipe::InitramfsModules;
+use crate::recipe::{InitramfsModules, ModulePolicy};
 use serde::{Deserialize, Serialize};
 use uuid::{uuid, Uuid};
 
@@ -101,7 +101,7 @@ impl Arch {
     /// common arm64 boards and servers (virtio, NVMe, AHCI, USB storage, SD/MMC).
     pub fn default_initramfs_modules(self) -> InitramfsModules {
         match self {
-            Arch::X86_64 => InitramfsModules::Policy("most".into()),
+            Arch::X86_64 => InitramfsModules::Policy(ModulePolicy::Most),
             Arch::Aarch64 => InitramfsModules::List(AARCH64_INITRAMFS_MODULES.iter().map(|m| m.to_string()).collect()),
         }
     }

@@ -41,21 +41,71 @@ pub struct BaseLayer {
     pub mirror: Option<String>,
     pub components: Option<Vec<String>>,
     pub packages: Option<Vec<String>>,
-    pub initramfs_modules: Option<InitramfsModules>,
+    pub initramfs_modules: Option<ModulesSetting>,
     /// Kernel package instead of the architecture's Debian kernel (e.g. Proxmox's).
     pub kernel: Option<String>,
     /// Packages only installed on one architecture (`x86_64 = ["ovmf"]`).
     pub arch_packages: Option<BTreeMap<Arch, Vec<String>>>,
 }
 
+/// `base.initramfs_modules` as written: a policy name or a list of modules.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ModulesSetting {
+    Policy(String),
+    List(Vec<String>),
+}
+
+impl ModulesSetting {
+    /// The typed setting; None for a policy mkinitramfs does not know.
+    pub fn typed(&self) -> Option<InitramfsModules> {
+        match self {
+            ModulesSetting::Policy(p) => ModulePolicy::from_name(p).map(InitramfsModules::Policy),
+            ModulesSetting::List(list) => Some(InitramfsModules::List(list.clone())),
+        }
+    }
+}
+
 /// Which drivers mkinitramfs puts into the initrd.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum InitramfsModules {
-    /// `most` (Debian's default), `dep` (only what the build host needs; never right for images) or `netboot`.
-    Policy(String),
+    /// A policy of initramfs-tools (its MODULES setting).
+    Policy(ModulePolicy),
     /// MODULES=list with exactly these modules.
     List(Vec<String>),
+}
+
+/// initramfs-tools' module policies (MODULES=...) a recipe may name.
+#[derive(Debug, Clone, Copy, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ModulePolicy {
+    /// Debian's default: most drivers.
+    Most,
+    /// Only what the build host needs; never right for images.
+    Dep,
+    /// What network boot needs.
+    Netboot,
+}
+
+impl ModulePolicy {
+    pub fn from_name(name: &str) -> Option<ModulePolicy> {
+        match name {
+            "most" => Some(ModulePolicy::Most),
+            "dep" => Some(ModulePolicy::Dep),
+            "netboot" => Some(ModulePolicy::Netboot),
+            _ => None,
+        }
+    }
+
+    /// The name in recipes and in initramfs-tools' MODULES setting.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModulePolicy::Most => "most",
+            ModulePolicy::Dep => "dep",
+            ModulePolicy::Netboot => "netboot",
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

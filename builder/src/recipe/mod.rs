@@ -7,7 +7,7 @@ mod size;
 mod validate;
 
 pub use error::RecipeError;
-pub use layer::{Extract, Filesystem, InitramfsModules, OutputFormat};
+pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
 pub use size::Size;
 
 use crate::recipe::arch::Arch;

@@ -1,6 +1,6 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::RecipeError;
-use super::layer::{BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, SystemLayer, UserLayer};
+use super::layer::{BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, ModulesSetting, SystemLayer, UserLayer};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
     Recipe, System, User,
@@ -50,10 +50,8 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     }
     check_disk(layer, &err)?;
     super::external::per_file(layer, file, text, top_dir)?;
-    if let Some(InitramfsModules::Policy(p)) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
-        if !matches!(p.as_str(), "most" | "netboot" | "dep") {
-            return Err(RecipeError::file(file, Some("base.initramfs_modules".into()), format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")));
-        }
+    if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
+        initramfs_modules(m, file)?;
     }
     Ok(())
 }
@@ -106,6 +104,22 @@ fn check_disk(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError) 
     Ok(())
 }
 
+fn initramfs_modules(m: &ModulesSetting, file: &Path) -> Result<InitramfsModules, RecipeError> {
+    m.typed().ok_or_else(|| {
+        let p = match m {
+            ModulesSetting::Policy(p) => p.as_str(),
+            ModulesSetting::List(_) => "",
+        };
+        RecipeError::file(
+            file,
+            Some("base.initramfs_modules".into()),
+            format!(
+                "`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names"
+            ),
+        )
+    })
+}
+
 fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
     let kinds =
         [c.command.clone().map(CheckKind::Command), c.unit.clone().map(CheckKind::Unit), c.port.map(CheckKind::Port)];
@@ -140,7 +154,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let version = layer.version.ok_or_else(|| missing("version"))?;
     let top_dir = file.parent().unwrap_or(Path::new(""));
 
-    let base = resolve_base(layer.base.unwrap_or_default());
+    let base = resolve_base(layer.base.unwrap_or_default(), file)?;
     let system = resolve_system(layer.system.unwrap_or_default(), &name, file)?;
     let users = resolve_users(layer.users.unwrap_or_default(), file)?;
 
@@ -187,18 +201,18 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     })
 }
 
-fn resolve_base(base: BaseLayer) -> Base {
+fn resolve_base(base: BaseLayer, file: &Path) -> Result<Base, RecipeError> {
     let mut components = dedup(base.components.unwrap_or_else(|| vec!["main".into()]));
     components.retain(|c| !c.is_empty());
-    Base {
+    Ok(Base {
         suite: base.suite.unwrap_or_else(|| defaults::SUITE.into()),
         mirror: base.mirror,
         components,
         packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules,
+        initramfs_modules: base.initramfs_modules.as_ref().map(|m| initramfs_modules(m, file)).transpose()?,
         kernel: base.kernel,
         arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
-    }
+    })
 }
 
 /// The system settings; the host name defaults to the recipe name, which must then be a valid one.

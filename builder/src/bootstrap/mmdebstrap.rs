@@ -1,0 +1,122 @@
+//! The one mmdebstrap command line (the image's root and the tools tree are both made by it)
+//! and the one cache key of a bootstrapped tree.
+use crate::bootstrap::hooks::{self, Hook, Phase};
+use crate::debian::source::{AptPin, Args};
+use crate::host::cmd::Cmd;
+use crate::host::work::WorkDir;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// mmdebstrap's options that keep what kiln reads after a bootstrap: apt's package lists (the
+/// sha256 of every installed .deb, for the SBOM and lock files) and the downloaded .debs (for
+/// the .deb cache). system::clean removes what is left of them before the image is made.
+const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
+
+/// One mmdebstrap run in root mode, variant minbase.
+pub struct Mmdebstrap<'a> {
+    /// Debian architecture.
+    pub arch: &'a str,
+    /// Packages beyond the essential ones.
+    pub include: &'a [String],
+    /// `--aptopt` values.
+    pub aptopts: &'a [&'a str],
+    /// Where the packages come from (the source's hooks run before `hooks` of their phase).
+    pub source: &'a Args,
+    /// Further hooks; within a phase they run in this order.
+    pub hooks: Vec<Hook>,
+    pub source_date_epoch: Option<i64>,
+    /// qemu-user's CPU model (foreign architectures).
+    pub qemu_cpu: Option<&'a str>,
+    /// Run in a private mount namespace with this directory first in PATH (native help).
+    pub private_path: Option<&'a str>,
+    pub suite: &'a str,
+    pub target: &'a Path,
+    /// Source lines after the mirror (extra repositories).
+    pub extra_lines: &'a [String],
+}
+
+/// The setup hook putting an apt pin file into the root.
+pub fn pin_hook(pin: &AptPin) -> Hook {
+    Hook::new(Phase::Setup, hooks::APT_PIN, [pin.file.to_string_lossy().into_owned(), pin.dest.clone()])
+}
+
+impl Mmdebstrap<'_> {
+    /// The command (hook scripts are written into `work/hooks`).
+    pub fn command(&self, work: &WorkDir) -> anyhow::Result<Cmd> {
+        let src = self.source;
+        let mut all: Vec<Hook> = src.pins.iter().map(pin_hook).collect();
+        all.push(Hook::new(Phase::Customize, hooks::APT_SOURCES, [src.pin_file, &src.sources_line]));
+        all.extend(self.hooks.iter().cloned());
+        let mut cmd = match self.private_path {
+            Some(dir) => {
+                let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+                Cmd::new("unshare")
+                    .args(["--mount", "--propagation", "private", "mmdebstrap"])
+                    .env("PATH", format!("{dir}:{path}"))
+            }
+            None => Cmd::new("mmdebstrap"),
+        };
+        cmd = cmd
+            .args(["--mode=root", "--variant=minbase"])
+            .arg(format!("--architectures={}", self.arch))
+            .arg(format!("--include={}", self.include.join(",")))
+            .args(self.aptopts.iter().map(|o| format!("--aptopt={o}")))
+            .arg(KEEP);
+        if let Some(components) = &src.components {
+            cmd = cmd.arg(format!("--components={}", components.join(",")));
+        }
+        cmd = cmd.args(hooks::options(&all, &work.join("hooks"))?).env("TMPDIR", work.path());
+        if let Some(epoch) = self.source_date_epoch {
+            cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
+        }
+        if let Some(cpu) = self.qemu_cpu {
+            cmd = cmd.env("QEMU_CPU", cpu);
+        }
+        Ok(cmd.arg(self.suite).arg(self.target).arg(&src.mirror).args(self.extra_lines))
+    }
+}
+
+/// What a cached tree is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// An image's bootstrapped root.
+    Roots,
+    /// The tools tree.
+    Tools,
+}
+
+/// The name of a bootstrapped tree in the cache: the hash of everything that decides its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheKey {
+    kind: Kind,
+    hash: String,
+}
+
+impl CacheKey {
+    /// The key of `inputs` of a tree of `kind`; bump `format` when the way kiln drives
+    /// mmdebstrap for that kind changes, so old cached trees are not reused.
+    pub fn new<T: Serialize>(kind: Kind, format: u32, inputs: &T) -> CacheKey {
+        #[derive(Serialize)]
+        struct Keyed<'a, T> {
+            kind: Kind,
+            format: u32,
+            inputs: &'a T,
+        }
+        let json = serde_json::to_string(&Keyed { kind, format, inputs }).unwrap_or_default();
+        CacheKey { kind, hash: crate::host::files::sha256_hex(json.as_bytes()) }
+    }
+
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The tree's directory in `cache` (`roots/<hash>` or `tools/<hash>`).
+    pub fn dir(&self, cache: &Path) -> PathBuf {
+        let kind = match self.kind {
+            Kind::Roots => "roots",
+            Kind::Tools => "tools",
+        };
+        cache.join(kind).join(&self.hash)
+    }
+}
