@@ -5,6 +5,7 @@
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
+use crate::host::cache::Cache;
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use crate::recipe::arch::Arch;
@@ -49,7 +50,7 @@ impl Tools {
             packages: TOOLS_PACKAGES,
             pins: source.pins_hash(),
         };
-        Ok(cache.join("tools").join(crate::host::files::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
+        Ok(Cache::new(cache).tools().join(crate::host::files::sha256_hex(serde_json::to_string(&inputs)?.as_bytes())))
     }
 
     pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
@@ -62,6 +63,11 @@ impl Tools {
     pub fn tree(cache: &Path, source: &Source, work: &WorkDir, debs: &DebCache, reuse: bool) -> Result<Tools> {
         let arch = crate::debian::pinning::host_arch()?;
         let root = Self::cache_dir(cache, source)?;
+        if reuse && root.join("usr/sbin/mke2fs").is_file() {
+            return Ok(Tools::Tree { root, arch });
+        }
+        // One build makes the entry; another one wanting it waits here, then reuses it.
+        let _lock = if reuse { Some(Cache::lock_entry(&root)?) } else { None };
         if reuse && root.join("usr/sbin/mke2fs").is_file() {
             return Ok(Tools::Tree { root, arch });
         }
@@ -88,7 +94,7 @@ impl Tools {
         if !reuse {
             return Ok(Tools::Tree { root: fresh, arch });
         }
-        crate::bootstrap::root::store(&fresh, &root).context("storing the tools tree in the cache")?;
+        crate::host::cache::store(&fresh, &root).context("storing the tools tree in the cache")?;
         Ok(Tools::Tree { root, arch })
     }
 

@@ -1,4 +1,5 @@
 //! Command-line interface: clap types and the dispatch to the library. No logic of its own.
+use crate::host::cache::Cache;
 use crate::lock::LockChoice;
 use crate::pipeline::lock::{self as locking, LockOptions};
 use crate::pipeline::{self, BuildOptions};
@@ -321,7 +322,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
                 host_tools: args.host_tools,
                 full_emulation: args.full_emulation,
                 // Work next to the cache, so a fresh bootstrap moves into it by rename.
-                work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
+                work_parent: args.work_dir.or_else(|| Some(Cache::new(&cache).tmp())),
                 cache,
                 keep_work: args.keep_work,
                 offline: args.offline,
@@ -345,7 +346,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Lock { recipe, update, arch, cache } => {
             let cache = cache.dir()?;
-            let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
+            let opts = LockOptions { work_parent: Some(Cache::new(&cache).tmp()), cache, update, keep_work: false };
             let plan = pipeline::check(&recipe, arch.map(ArchArg::arch))?;
             let out = locking::lock(&recipe, plan, &opts)?;
             let tools = out
@@ -366,7 +367,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fetch { recipe, lock, cache } => {
             let plan = pipeline::plan(&recipe, None, &lock.choice())?;
             let cache = cache.dir()?;
-            let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
+            let out = locking::fetch(&plan, &cache, Some(&Cache::new(&cache).tmp()))?;
             eprintln!(
                 "kiln: {} locked .debs in {} ({} downloaded)",
                 out.locked,
@@ -378,7 +379,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Vendor { recipe, dir, lock, cache } => {
             let plan = pipeline::plan(&recipe, None, &lock.choice())?;
             let cache = cache.dir()?;
-            let out = crate::pipeline::vendor::vendor(&plan, &cache, &dir, Some(&cache.join("tmp")))?;
+            let out = crate::pipeline::vendor::vendor(&plan, &cache, &dir, Some(&Cache::new(&cache).tmp()))?;
             eprintln!("kiln: bundle with {} .debs written to {}; build it with: sudo bin/kiln build --offline --cache cache {}", out.debs, out.dir.display(), out.recipe.display());
             println!("{}", out.dir.display());
             Ok(ExitCode::SUCCESS)
