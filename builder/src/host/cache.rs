@@ -112,19 +112,18 @@ impl EntryLock {
         }
     }
 
-    /// The lock, waiting (with a message) while another build holds it.
+    /// The lock, waiting (with a message) while another build holds it. The wait polls, so a
+    /// SIGINT/SIGTERM (handled on another thread) ends it.
     pub fn acquire(entry: &Path) -> Result<EntryLock> {
         if let Some(lock) = Self::try_acquire(entry)? {
             return Ok(lock);
         }
         eprintln!("kiln: waiting for another kiln build to finish {}", entry.display());
-        let (file, path) = Self::open(entry)?;
         loop {
-            match flock(&file, libc::LOCK_EX) {
-                Ok(()) => return Ok(EntryLock { _file: file, path }),
-                // A signal: stop waiting if it was SIGINT/SIGTERM, else wait on.
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => crate::host::cmd::check_interrupted()?,
-                Err(e) => return Err(e).with_context(|| format!("locking {}", path.display())),
+            std::thread::sleep(std::time::Duration::from_millis(250));
+            crate::host::cmd::check_interrupted()?;
+            if let Some(lock) = Self::try_acquire(entry)? {
+                return Ok(lock);
             }
         }
     }
