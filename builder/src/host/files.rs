@@ -60,7 +60,7 @@ pub fn write_new_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<
     let tmp = partial_file(dir_of(dest), &name_of(dest)?)?.into_temp_path();
     let value = write(&tmp)?;
     cmd::check_interrupted()?;
-    tmp.persist_noclobber(dest).with_context(|| format!("writing {}", dest.display()))?;
+    tmp.persist_noclobber(dest).with_context(|| format!("moving {} into place", dest.display()))?;
     Ok(value)
 }
 
@@ -167,4 +167,58 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<_> =
+            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn writes_land_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.txt");
+        let err = write_atomically(&dest, |tmp| -> Result<()> {
+            let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with(".a.txt.") && name.ends_with(".partial"), "{name}");
+            std::fs::write(tmp, "half")?;
+            anyhow::bail!("boom")
+        });
+        assert!(err.is_err());
+        assert!(names(dir.path()).is_empty(), "nothing left after a failed write");
+        write_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "1")?)).unwrap();
+        write_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "2")?)).unwrap();
+        assert!(write_new_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "3")?)).is_err());
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "2");
+        assert_eq!(names(dir.path()), ["a.txt"]);
+    }
+
+    #[test]
+    fn trees_and_file_sets_appear_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("t");
+        assert!(write_dir_atomically(&tree, |d| -> Result<()> {
+            std::fs::write(d.join("x"), "x")?;
+            anyhow::bail!("boom")
+        })
+        .is_err());
+        assert!(names(dir.path()).is_empty());
+        write_dir_atomically(&tree, |d| Ok(std::fs::write(d.join("x"), "x")?)).unwrap();
+        assert_eq!(names(&tree), ["x"]);
+
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let mut set = FileSet::new(&out);
+        set.write("b", |p| Ok(std::fs::write(p, "b")?)).unwrap();
+        set.write("c", |p| Ok(std::fs::write(p, "c")?)).unwrap();
+        assert!(names(&out).iter().all(|n| n.ends_with(".partial")));
+        assert_eq!(set.commit(0o644).unwrap(), [out.join("b"), out.join("c")]);
+        assert_eq!(names(&out), ["b", "c"]);
+    }
 }
