@@ -2,6 +2,7 @@
 //! and the one cache key of a bootstrapped tree.
 use crate::bootstrap::hooks::{self, Hook, Phase};
 use crate::debian::source::{AptPin, Args};
+use crate::host::cache::Cache;
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use serde::Serialize;
@@ -113,10 +114,11 @@ impl CacheKey {
 
     /// The tree's directory in `cache` (`roots/<hash>` or `tools/<hash>`).
     pub fn dir(&self, cache: &Path) -> PathBuf {
+        let cache = Cache::new(cache);
         let kind = match self.kind {
-            Kind::Roots => "roots",
-            Kind::Tools => "tools",
+            Kind::Roots => cache.roots(),
+            Kind::Tools => cache.tools(),
         };
-        cache.join(kind).join(&self.hash)
+        kind.join(&self.hash)
     }
 }

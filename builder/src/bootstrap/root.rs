@@ -6,6 +6,7 @@ use crate::bootstrap::mmdebstrap::{pin_hook, CacheKey, Kind, Mmdebstrap};
 use crate::bootstrap::tools::Tools;
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
+use crate::host::cache::{self, Cache};
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use crate::plan::Plan;
@@ -88,30 +89,6 @@ pub fn is_cached(plan: &Plan, source: &Source, cache: &Path) -> bool {
     cache_dir(plan, source, cache).join("etc/os-release").exists()
 }
 
-/// Give the cached tree `from` a second name `to` in the cache (a tree of hard links, complete
-/// before it is renamed into place). For `kiln lock`: the tree it resolved a lock from is what a
-/// bootstrap pinned to that lock makes, so a build from the new lock need not bootstrap again.
-pub fn alias(from: &Path, to: &Path) -> Result<()> {
-    if to.exists() || !from.is_dir() || from == to {
-        return Ok(());
-    }
-    let parent = to.parent().context("cache path")?;
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        to.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    crate::host::work::remove_tree(&tmp)?;
-    if let Err(e) = Cmd::new("cp").args(["-al", "--no-target-directory"]).arg(from).arg(&tmp).run() {
-        let _ = crate::host::work::remove_tree(&tmp);
-        return Err(e);
-    }
-    if to.exists() {
-        return crate::host::work::remove_tree(&tmp);
-    }
-    std::fs::rename(&tmp, to).with_context(|| format!("renaming into {}", to.display()))
-}
-
 /// The writable root of a build, at `dir`.
 pub struct Root {
     pub dir: PathBuf,
@@ -143,44 +120,22 @@ pub fn prepare(
         return Ok(Root { dir, from_cache: false });
     };
     let cached = cache_dir(plan, source, cache);
-    let from_cache = cached.join("etc/os-release").exists();
+    let mut from_cache = cached.join("etc/os-release").exists();
+    if !from_cache {
+        // One build makes the entry; another one wanting it waits here, then reuses it.
+        let _lock = Cache::lock_entry(&cached)?;
+        from_cache = cached.join("etc/os-release").exists();
+        if !from_cache {
+            let fresh = work.join("bootstrap");
+            bootstrap(plan, work, &fresh, source, debs, extra, native)?;
+            cache::store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
+        }
+    }
     if from_cache {
         tracing::info!("reusing cached root {}", cached.display());
-    } else {
-        let fresh = work.join("bootstrap");
-        bootstrap(plan, work, &fresh, source, debs, extra, native)?;
-        store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;
     }
     mount_overlay(&cached, work, &dir)?;
     Ok(Root { dir, from_cache })
-}
-
-/// Move a finished tree into the cache at `dest` (rename when on the same file system, else
-/// copy), through a temporary name so a half-stored tree is never taken for a cached one.
-pub fn store(tree: &Path, dest: &Path) -> Result<()> {
-    let parent = dest.parent().context("cache path")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    crate::host::work::remove_tree(&tmp)?;
-    if let Err(e) = std::fs::rename(tree, &tmp) {
-        if e.raw_os_error() != Some(libc::EXDEV) {
-            return Err(e).with_context(|| format!("moving {} into the cache", tree.display()));
-        }
-        let copied = Cmd::new("cp").args(["-a", "--no-target-directory"]).arg(tree).arg(&tmp).run();
-        if let Err(e) = copied {
-            let _ = crate::host::work::remove_tree(&tmp);
-            return Err(e);
-        }
-    }
-    if dest.exists() {
-        // Another build stored the same inputs meanwhile; keep theirs.
-        return crate::host::work::remove_tree(&tmp);
-    }
-    std::fs::rename(&tmp, dest).with_context(|| format!("renaming into {}", dest.display()))
 }
 
 fn mount_overlay(lower: &Path, work: &WorkDir, dir: &Path) -> Result<()> {

@@ -6,6 +6,7 @@
 use crate::bootstrap::mmdebstrap::{CacheKey, Kind, Mmdebstrap};
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
+use crate::host::cache::Cache;
 use crate::host::cmd::Cmd;
 use crate::host::work::WorkDir;
 use crate::recipe::arch::Arch;
@@ -64,6 +65,11 @@ impl Tools {
         if reuse && root.join("usr/sbin/mke2fs").is_file() {
             return Ok(Tools::Tree { root, arch });
         }
+        // One build makes the entry; another one wanting it waits here, then reuses it.
+        let _lock = if reuse { Some(Cache::lock_entry(&root)?) } else { None };
+        if reuse && root.join("usr/sbin/mke2fs").is_file() {
+            return Ok(Tools::Tree { root, arch });
+        }
         if source.offline && source.pins.is_none() {
             bail!("the tools tree (mke2fs) is not in the cache {} and cannot be made offline: the lock has no tools packages for {}; run `kiln fetch` on an {} host while online, or build with --host-tools", cache.display(), source.arch, source.arch);
         }
@@ -91,7 +97,7 @@ impl Tools {
         if !reuse {
             return Ok(Tools::Tree { root: fresh, arch });
         }
-        crate::bootstrap::root::store(&fresh, &root).context("storing the tools tree in the cache")?;
+        crate::host::cache::store(&fresh, &root).context("storing the tools tree in the cache")?;
         Ok(Tools::Tree { root, arch })
     }
 

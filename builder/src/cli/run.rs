@@ -2,6 +2,7 @@
 //! `report`. No logic of its own.
 use super::report;
 use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, VmArgs};
+use crate::host::cache::Cache;
 use crate::pipeline::lock::{self as locking, LockOptions};
 use crate::pipeline::{self, BuildOptions};
 use crate::release::sign::{self, KeyPaths, Signer};
@@ -43,7 +44,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         host_tools: args.host_tools,
         full_emulation: args.full_emulation,
         // Work next to the cache, so a fresh bootstrap moves into it by rename.
-        work_parent: args.work_dir.or_else(|| Some(cache.join("tmp"))),
+        work_parent: args.work_dir.or_else(|| Some(Cache::new(&cache).tmp())),
         cache,
         keep_work: args.keep_work,
         offline: args.offline,
@@ -58,7 +59,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
 
 fn lock(recipe: &Path, update: bool, arch: Option<ArchArg>, cache: &CacheArgs) -> Result<ExitCode> {
     let cache = cache.dir()?;
-    let opts = LockOptions { work_parent: Some(cache.join("tmp")), cache, update, keep_work: false };
+    let opts = LockOptions { work_parent: Some(Cache::new(&cache).tmp()), cache, update, keep_work: false };
     let plan = pipeline::check(recipe, arch.map(ArchArg::arch))?;
     let out = locking::lock(recipe, plan, &opts)?;
     report::lock(&out);
@@ -68,7 +69,7 @@ fn lock(recipe: &Path, update: bool, arch: Option<ArchArg>, cache: &CacheArgs) -
 fn fetch(recipe: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
     let plan = pipeline::plan(recipe, None, &lock.choice())?;
     let cache = cache.dir()?;
-    let out = locking::fetch(&plan, &cache, Some(&cache.join("tmp")))?;
+    let out = locking::fetch(&plan, &cache, Some(&Cache::new(&cache).tmp()))?;
     report::fetch(&out, &cache);
     Ok(ExitCode::SUCCESS)
 }
@@ -76,7 +77,7 @@ fn fetch(recipe: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> 
 fn vendor(recipe: &Path, dir: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
     let plan = pipeline::plan(recipe, None, &lock.choice())?;
     let cache = cache.dir()?;
-    let out = crate::pipeline::vendor::vendor(&plan, &cache, dir, Some(&cache.join("tmp")))?;
+    let out = crate::pipeline::vendor::vendor(&plan, &cache, dir, Some(&Cache::new(&cache).tmp()))?;
     report::vendor(&out);
     Ok(ExitCode::SUCCESS)
 }

@@ -5,6 +5,7 @@
 //! goes to a temporary name in the store, is verified, and only then renamed to its digest, so
 //! nothing half-downloaded or unverified is ever used. `--artifacts DIR` supplies them offline:
 //! files in DIR named by their sha256 or by their URL's file name.
+use crate::host::cache::Cache;
 use crate::host::cmd::Cmd;
 use crate::host::net::{self, Need};
 use crate::recipe::{Artifact, Extract};
@@ -21,8 +22,8 @@ pub struct Store {
 impl Store {
     /// `cache`: kiln's cache (None: a store inside the work directory, gone after the build).
     pub fn new(cache: Option<&Path>, work: &Path, offline: Option<&Path>) -> Store {
-        let base = cache.map(Path::to_path_buf).unwrap_or_else(|| work.to_path_buf());
-        Store { dir: base.join("artifacts").join("sha256"), offline: offline.map(Path::to_path_buf) }
+        let base = Cache::new(cache.unwrap_or(work));
+        Store { dir: base.artifacts().join("sha256"), offline: offline.map(Path::to_path_buf) }
     }
 
     /// The verified local file of `a`, if the store or the offline directory has it.
@@ -61,23 +62,15 @@ impl Store {
     pub fn fetch(&self, a: &Artifact) -> Result<PathBuf> {
         std::fs::create_dir_all(&self.dir)
             .with_context(|| format!("creating artifact store {}", self.dir.display()))?;
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", a.sha256))
-            .suffix(".partial")
-            .tempfile_in(&self.dir)
-            .context("creating a temporary file in the artifact store")?;
-        net::download(&a.url, tmp.path()).with_context(|| format!("artifact `{}`", a.name))?;
-        let actual = crate::host::files::sha256_file(tmp.path())?;
-        if actual != a.sha256 {
-            bail!(
-                "artifact `{}`: {} has sha256 {actual}, expected {}; the download was discarded",
-                a.name,
-                a.url,
-                a.sha256
-            );
-        }
         let dest = self.dir.join(&a.sha256);
-        tmp.persist(&dest).with_context(|| format!("storing {}", dest.display()))?;
+        net::download_checked(&a.url, &dest, |tmp| {
+            let actual = crate::host::files::sha256_file(tmp)?;
+            if actual != a.sha256 {
+                bail!("{} has sha256 {actual}, expected {}; the download was discarded", a.url, a.sha256);
+            }
+            Ok(())
+        })
+        .with_context(|| format!("artifact `{}`", a.name))?;
         Ok(dest)
     }
 }

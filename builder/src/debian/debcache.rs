@@ -10,9 +10,12 @@
 //! or against apt's verified lists of the root it came from); its stanza is stored first, so an
 //! entry is complete exactly when its `.deb` exists. Filled by `kiln fetch` and by every online
 //! bootstrap (the .debs mmdebstrap downloaded are moved here, out of the root).
+use crate::host::cache::Cache;
+use crate::host::files::{partial_file, write_atomically_via};
 use crate::lock::LockedPackage;
 use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub struct DebCache {
@@ -22,7 +25,17 @@ pub struct DebCache {
 impl DebCache {
     /// The .deb cache inside kiln's cache directory.
     pub fn new(cache: &Path) -> DebCache {
-        DebCache { dir: cache.join("debs") }
+        DebCache { dir: Cache::new(cache).debs() }
+    }
+
+    /// Where unfinished files wait for their rename (on the cache's file system).
+    fn tmp_dir(&self) -> PathBuf {
+        crate::host::cache::tmp_in(&self.dir)
+    }
+
+    /// Remove the (empty) directory of unfinished files, for a cache that is shipped.
+    pub fn tidy(&self) {
+        let _ = std::fs::remove_dir(self.tmp_dir());
     }
 
     pub fn dir(&self) -> &Path {
@@ -67,25 +80,25 @@ impl DebCache {
         if self.has(&pkg.sha256) {
             return remove_if_moved(file);
         }
-        let tmp_dir = self.dir.join("tmp");
+        let tmp_dir = self.tmp_dir();
         for d in [&tmp_dir, &self.dir.join("sha256"), &self.dir.join("by-name")] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let tmp = |what: &str| tmp_dir.join(format!("{}.{what}.{}", pkg.sha256, std::process::id()));
-        let stanza_tmp = tmp("stanza");
-        std::fs::write(&stanza_tmp, if stanza.ends_with('\n') { stanza.to_string() } else { format!("{stanza}\n") })
-            .with_context(|| format!("writing {}", stanza_tmp.display()))?;
-        std::fs::rename(&stanza_tmp, self.stanza_path(&pkg.sha256)).context("storing a Packages stanza")?;
-        let deb_tmp = tmp("deb");
-        move_or_copy(file, &deb_tmp)?;
-        std::fs::rename(&deb_tmp, self.deb(&pkg.sha256))
+        let stanza = if stanza.ends_with('\n') { stanza.to_string() } else { format!("{stanza}\n") };
+        write_atomically_via(&tmp_dir, &self.stanza_path(&pkg.sha256), |tmp| {
+            std::fs::write(tmp, &stanza).with_context(|| format!("writing {}", tmp.display()))?;
+            std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644)).context("setting a stanza's mode")
+        })
+        .context("storing a Packages stanza")?;
+        write_atomically_via(&tmp_dir, &self.deb(&pkg.sha256), |tmp| move_or_copy(file, tmp))
             .with_context(|| format!("storing the .deb of {}", pkg.describe()))?;
         // The by-name index: a relative symlink, replaced atomically.
-        let link_tmp = tmp("link");
-        let _ = std::fs::remove_file(&link_tmp);
-        std::os::unix::fs::symlink(Path::new("../sha256").join(format!("{}.deb", pkg.sha256)), &link_tmp)
-            .context("indexing a .deb")?;
-        std::fs::rename(&link_tmp, self.dir.join("by-name").join(index_name(pkg))).context("indexing a .deb")
+        write_atomically_via(&tmp_dir, &self.dir.join("by-name").join(index_name(pkg)), |tmp| {
+            std::fs::remove_file(tmp)?;
+            std::os::unix::fs::symlink(Path::new("../sha256").join(format!("{}.deb", pkg.sha256)), tmp)?;
+            Ok(())
+        })
+        .context("indexing a .deb")
     }
 
     /// Move the .debs mmdebstrap left in a bootstrapped root's /var/cache/apt/archives into the
@@ -145,10 +158,11 @@ impl DebCache {
                 continue;
             }
             let stanza = from.stanza(&p.sha256)?;
-            let tmp_dir = self.dir.join("tmp");
+            let tmp_dir = self.tmp_dir();
             std::fs::create_dir_all(&tmp_dir).with_context(|| format!("creating {}", tmp_dir.display()))?;
-            let tmp = tmp_dir.join(format!("{}.in.{}", p.sha256, std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
+            // `put` moves the file away; a failure leaves it to be removed with `tmp`.
+            let tmp = partial_file(&tmp_dir, &format!("{}.deb", p.sha256))?.into_temp_path();
+            std::fs::remove_file(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
             if std::fs::hard_link(from.deb(&p.sha256), &tmp).is_err() {
                 std::fs::copy(from.deb(&p.sha256), &tmp)
                     .with_context(|| format!("copying the .deb of {}", p.describe()))?;

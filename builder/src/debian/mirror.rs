@@ -3,6 +3,7 @@
 //! .debs) and single .debs by their pool path (`kiln fetch`).
 use crate::debian::debcache::DebCache;
 use crate::host::cmd::Cmd;
+use crate::host::net::download;
 use crate::lock::LockedPackage;
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashSet};
@@ -35,7 +36,7 @@ impl Index {
             let url =
                 format!("{}/dists/{}/{comp}/binary-{}/Packages.xz", id.mirror.trim_end_matches('/'), id.suite, id.arch);
             let file = scratch.join(format!("Packages-{}-{comp}-{}.xz", id.suite, id.arch));
-            curl(&url, &file).with_context(|| {
+            download(&url, &file).with_context(|| {
                 format!("downloading the package index of Debian {} {comp} ({})", id.suite, id.arch)
             })?;
             let text = Cmd::new("xz").arg("-dc").arg(&file).output().context("unpacking the package index")?;
@@ -139,60 +140,24 @@ pub fn fetch(id: &IndexId, want: &[LockedPackage], debs: &DebCache, scratch: &Pa
         let stanza = index.stanza(p).context("package vanished from the index")?;
         let file = scratch.join(format!("fetch-{}.deb", p.sha256));
         tracing::info!("fetching {} ({}/{})", p.describe(), i + 1, missing.len());
-        curl(&format!("{}/{}", id.mirror.trim_end_matches('/'), p.filename), &file)
+        download(&format!("{}/{}", id.mirror.trim_end_matches('/'), p.filename), &file)
             .with_context(|| format!("downloading {}", p.describe()))?;
         debs.put(&file, p, stanza)?;
     }
     Ok(missing.len())
 }
 
-fn curl(url: &str, dest: &Path) -> Result<()> {
-    Cmd::new("curl")
-        .args(["--fail", "--silent", "--show-error", "--location", "--retry", "3", "--output"])
-        .arg(dest)
-        .arg(url)
-        .run()
-}
-
-/// `Sat, 10 May 2025 20:13:40 UTC` → `20250510T201340Z`, a snapshot.debian.org time stamp.
+/// `Sat, 10 May 2025 20:13:40 UTC` → `20250511T021340Z`, a snapshot.debian.org time stamp.
 /// The snapshot taken just after the Release date has the archive as it was; snapshots are
 /// taken every six hours, so the stamp names the Release date plus six hours.
 pub fn snapshot_stamp(date: &str) -> Option<String> {
+    // The weekday and the zone (always UTC in a Release file) are not needed.
     let w: Vec<&str> = date.split_whitespace().collect();
     let [_, day, month, year, time, ..] = w.as_slice() else { return None };
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| m == month)? as i64
-        + 1;
-    let (day, year): (i64, i64) = (day.parse().ok()?, year.parse().ok()?);
-    let t: Vec<i64> = time.split(':').map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    let [h, m, s] = t.as_slice() else { return None };
-    let secs = days_from_civil(year, month, day) * 86400 + h * 3600 + m * 60 + s + 6 * 3600;
-    let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));
-    let (y, mo, d) = civil_from_days(days);
-    Some(format!("{y:04}{mo:02}{d:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60))
-}
-
-// Howard Hinnant's algorithms: days since 1970-01-01 <-> proleptic Gregorian dates.
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { yoe + era * 400 + 1 } else { yoe + era * 400 }, m, d)
+    let release =
+        chrono::NaiveDateTime::parse_from_str(&format!("{day} {month} {year} {time}"), "%d %b %Y %H:%M:%S").ok()?;
+    let snapshot = release.checked_add_signed(chrono::TimeDelta::hours(6))?;
+    Some(snapshot.format("%Y%m%dT%H%M%SZ").to_string())
 }
 
 /// Fail unless curl and xz are installed (before any slow work).

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use anyhow::{bail, ensure, Context, Result};
+use chrono::{Datelike, Timelike};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions, TimeProvider};
 
 /// ESPs of at least this size are formatted FAT32 (what the UEFI specification asks of an ESP
@@ -75,24 +76,14 @@ fn time_provider(timestamp: i64) -> &'static FixedTime {
 /// Convert unix seconds (UTC) to a FAT date-time, clamped to 1980-01-01..2107-12-31
 /// and rounded down to even seconds.
 pub(crate) fn fat_datetime(timestamp: i64) -> fatfs::DateTime {
-    let days = timestamp.div_euclid(86_400);
-    let secs = timestamp.rem_euclid(86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (y, mo, d, h, mi, s) = if year < 1980 {
-        (1980, 1, 1, 0, 0, 0)
-    } else if year > 2107 {
-        (2107, 12, 31, 23, 59, 58)
-    } else {
-        (year, month, day, secs / 3600, secs / 60 % 60, secs % 60 / 2 * 2)
+    const FIRST: (i32, u32, u32, u32, u32, u32) = (1980, 1, 1, 0, 0, 0);
+    const LAST: (i32, u32, u32, u32, u32, u32) = (2107, 12, 31, 23, 59, 58);
+    let (y, mo, d, h, mi, s) = match chrono::DateTime::from_timestamp(timestamp, 0) {
+        Some(t) if t.year() < 1980 => FIRST,
+        Some(t) if t.year() > 2107 => LAST,
+        Some(t) => (t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second() / 2 * 2),
+        None if timestamp < 0 => FIRST,
+        None => LAST,
     };
     let date = fatfs::Date { year: y as u16, month: mo as u16, day: d as u16 };
     let time = fatfs::Time { hour: h as u16, min: mi as u16, sec: s as u16, millis: 0 };
@@ -241,4 +232,27 @@ fn check_fit(fs: &FileSystem<&mut File>, files: &[&EspFile], sizes: &[u64], esp_
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fat_datetime;
+
+    fn fields(t: i64) -> (u16, u16, u16, u16, u16, u16) {
+        let d = fat_datetime(t);
+        (d.date.year, d.date.month, d.date.day, d.time.hour, d.time.min, d.time.sec)
+    }
+
+    #[test]
+    fn fat_times_are_utc_clamped_and_even() {
+        assert_eq!(fields(1_700_000_001), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(fields(951_782_400), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(fields(315_532_800), (1980, 1, 1, 0, 0, 0));
+        assert_eq!(fields(315_532_799), (1980, 1, 1, 0, 0, 0), "before 1980");
+        assert_eq!(fields(0), (1980, 1, 1, 0, 0, 0));
+        assert_eq!(fields(i64::MIN), (1980, 1, 1, 0, 0, 0));
+        assert_eq!(fields(4_354_819_199), (2107, 12, 31, 23, 59, 58));
+        assert_eq!(fields(4_354_819_200), (2107, 12, 31, 23, 59, 58), "after 2107");
+        assert_eq!(fields(i64::MAX), (2107, 12, 31, 23, 59, 58));
+    }
 }

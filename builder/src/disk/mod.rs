@@ -7,11 +7,13 @@
 pub mod esp;
 mod fatfix;
 pub mod gpt;
+pub mod stream;
 
 pub use gpt::{Layout, PartitionSpec, PlacedPartition};
+use stream::{read_full, CHUNK};
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
@@ -21,8 +23,6 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// Copy granularity.
-const CHUNK: usize = 4 * 1024 * 1024;
 /// Sparseness granularity: all-zero blocks of this size are not written.
 const BLOCK: usize = 4096;
 
@@ -210,20 +210,6 @@ fn next_data(src: &File, from: u64, end: u64) -> Option<(u64, u64)> {
     let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
     let hole = if hole < 0 { end } else { (hole as u64).min(end) };
     Some((data, hole))
-}
-
-/// Fill `buf` from `src` as far as possible; returns the bytes read (short only at EOF).
-fn read_full(src: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }
 
 /// Assemble the disk image at `out` (created or truncated, sparse, `layout.disk_size` long).

@@ -1,25 +1,133 @@
-//! Files on the build host: the one atomic write (temporary file + rename), files written into
-//! a root with a mode, and sha256 of bytes and files.
+//! Files on the build host: the one way a file (or a directory tree) reaches its path — written
+//! under a temporary name beside it, `.NAME.XXXXXX.partial`, and renamed into place only when
+//! complete and uninterrupted — files written into a root with a mode, and sha256 of bytes and
+//! files.
 use crate::host::cmd;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use tempfile::{NamedTempFile, TempPath};
+
+/// The directory `dest` is in ("." for a bare file name).
+fn dir_of(dest: &Path) -> &Path {
+    dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+fn name_of(dest: &Path) -> Result<String> {
+    Ok(dest.file_name().with_context(|| format!("{} has no file name", dest.display()))?.to_string_lossy().into())
+}
+
+/// A new empty temporary file for `name` in `dir`, named `.NAME.XXXXXX.partial` (the one
+/// temporary naming scheme); removed when dropped unless persisted.
+pub fn partial_file(dir: &Path, name: &str) -> Result<NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))
+}
+
+/// A new empty directory for `name` in `dir`, named like [`partial_file`]. The caller removes
+/// it (with `work::remove_tree`) or renames it into place.
+pub fn partial_dir(dir: &Path, name: &str) -> Result<PathBuf> {
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".partial")
+        .tempdir_in(dir)
+        .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
+    Ok(tmp.keep())
+}
 
 /// Write `dest` through a temporary file in the same directory, renamed into place only when
 /// `write` succeeded and no signal arrived; otherwise the temporary file is removed.
 pub fn write_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = dest.file_name().context("output path has no file name")?.to_string_lossy();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let value = write(tmp.path())?;
+    write_atomically_via(dir_of(dest), dest, write)
+}
+
+/// [`write_atomically`] with the temporary file in `tmp_dir` (on the same file system as
+/// `dest`), for stores that keep their unfinished files apart from their entries.
+pub fn write_atomically_via<T>(tmp_dir: &Path, dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let tmp = partial_file(tmp_dir, &name_of(dest)?)?.into_temp_path();
+    let value = write(&tmp)?;
     cmd::check_interrupted()?;
-    tmp.persist(dest).with_context(|| format!("moving the image into place at {}", dest.display()))?;
+    tmp.persist(dest).with_context(|| format!("moving {} into place", dest.display()))?;
     Ok(value)
+}
+
+/// [`write_atomically`] of a new file: fails, keeping what is there, when `dest` exists.
+pub fn write_new_atomically<T>(dest: &Path, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let tmp = partial_file(dir_of(dest), &name_of(dest)?)?.into_temp_path();
+    let value = write(&tmp)?;
+    cmd::check_interrupted()?;
+    tmp.persist_noclobber(dest).with_context(|| format!("moving {} into place", dest.display()))?;
+    Ok(value)
+}
+
+/// Make the directory tree `dest` by letting `fill` populate a temporary directory beside it,
+/// renamed into place when complete (an empty directory at `dest` is replaced); on failure or
+/// interruption the temporary tree is removed.
+pub fn write_dir_atomically<T>(dest: &Path, fill: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let tmp = partial_dir(dir_of(dest), &name_of(dest)?)?;
+    let value = fill(&tmp).and_then(|v| cmd::check_interrupted().map(|()| v));
+    let value = match value {
+        Ok(v) => v,
+        Err(e) => {
+            let _ = crate::host::work::remove_tree(&tmp);
+            return Err(e);
+        }
+    };
+    if let Err(e) = std::fs::rename(&tmp, dest) {
+        let _ = crate::host::work::remove_tree(&tmp);
+        return Err(e).with_context(|| format!("moving {} into place", dest.display()));
+    }
+    Ok(value)
+}
+
+/// Several files that appear together: each written to a temporary file in `dir` (named as by
+/// [`partial_file`]), all renamed into place by [`FileSet::commit`]. Dropped uncommitted
+/// (failure, interruption), every temporary file is removed.
+pub struct FileSet {
+    dir: PathBuf,
+    files: Vec<(TempPath, String)>,
+}
+
+impl FileSet {
+    pub fn new(dir: &Path) -> FileSet {
+        FileSet { dir: dir.to_path_buf(), files: Vec::new() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Produce file `name` by letting `write` fill a temporary path.
+    pub fn write<T>(&mut self, name: &str, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+        let tmp = partial_file(&self.dir, name)?.into_temp_path();
+        let value = write(&tmp).with_context(|| format!("writing {name}"))?;
+        cmd::check_interrupted()?;
+        self.files.push((tmp, name.to_string()));
+        Ok(value)
+    }
+
+    /// Where file `name` is until the commit.
+    pub fn staged(&self, name: &str) -> Option<&Path> {
+        self.files.iter().find(|(_, n)| n == name).map(|(p, _)| p.as_ref())
+    }
+
+    /// Rename every file to its name (in the order written), with `mode`. Returns the paths.
+    pub fn commit(self, mode: u32) -> Result<Vec<PathBuf>> {
+        cmd::check_interrupted()?;
+        let mut done = Vec::new();
+        for (tmp, name) in self.files {
+            let dest = self.dir.join(&name);
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {name}"))?;
+            tmp.persist(&dest).with_context(|| format!("moving {} into place", dest.display()))?;
+            done.push(dest);
+        }
+        Ok(done)
+    }
 }
 
 /// Write a file below `root` (creating parent directories), with a mode.
@@ -59,4 +167,58 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         hasher.update(&buf[..n]);
     }
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<_> =
+            std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn writes_land_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("a.txt");
+        let err = write_atomically(&dest, |tmp| -> Result<()> {
+            let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(name.starts_with(".a.txt.") && name.ends_with(".partial"), "{name}");
+            std::fs::write(tmp, "half")?;
+            anyhow::bail!("boom")
+        });
+        assert!(err.is_err());
+        assert!(names(dir.path()).is_empty(), "nothing left after a failed write");
+        write_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "1")?)).unwrap();
+        write_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "2")?)).unwrap();
+        assert!(write_new_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "3")?)).is_err());
+        assert_eq!(std::fs::read_to_string(&dest).unwrap(), "2");
+        assert_eq!(names(dir.path()), ["a.txt"]);
+    }
+
+    #[test]
+    fn trees_and_file_sets_appear_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("t");
+        assert!(write_dir_atomically(&tree, |d| -> Result<()> {
+            std::fs::write(d.join("x"), "x")?;
+            anyhow::bail!("boom")
+        })
+        .is_err());
+        assert!(names(dir.path()).is_empty());
+        write_dir_atomically(&tree, |d| Ok(std::fs::write(d.join("x"), "x")?)).unwrap();
+        assert_eq!(names(&tree), ["x"]);
+
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let mut set = FileSet::new(&out);
+        set.write("b", |p| Ok(std::fs::write(p, "b")?)).unwrap();
+        set.write("c", |p| Ok(std::fs::write(p, "c")?)).unwrap();
+        assert!(names(&out).iter().all(|n| n.ends_with(".partial")));
+        assert_eq!(set.commit(0o644).unwrap(), [out.join("b"), out.join("c")]);
+        assert_eq!(names(&out), ["b", "c"]);
+    }
 }

@@ -6,6 +6,7 @@
 //! to kiln's dependencies.
 use crate::host::cmd::Cmd;
 use anyhow::{bail, Context, Result};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// Something kiln needs from a server, and the URL that proves the server answers.
@@ -68,24 +69,29 @@ pub fn preflight(needs: &[Need]) -> Result<()> {
     )
 }
 
-/// Download `url` to `dest` (which is overwritten). Fails on HTTP errors.
+/// The one download: `url` to `dest` (replaced), with one retry policy. curl writes a temporary
+/// file beside `dest` that is renamed into place only when complete, so a half download never
+/// lands. Fails on HTTP errors.
 pub fn download(url: &str, dest: &Path) -> Result<()> {
-    Cmd::new("curl")
-        .args([
-            "--fail",
-            "--silent",
-            "--show-error",
-            "--location",
-            "--retry",
-            "2",
-            "--connect-timeout",
-            "10",
-            "--output",
-        ])
-        .arg(dest)
-        .arg(url)
-        .run()
-        .with_context(|| format!("downloading {url}"))
+    download_checked(url, dest, |_| Ok(()))
+}
+
+/// [`download`], with `check` run on the complete temporary file before the rename: an Err from
+/// it discards the download.
+pub fn download_checked<T>(url: &str, dest: &Path, check: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    crate::host::files::write_atomically(dest, |tmp| {
+        Cmd::new("curl")
+            .args(["--fail", "--silent", "--show-error", "--location", "--connect-timeout", "10"])
+            .args(["--retry", "3", "--retry-connrefused", "--output"])
+            .arg(tmp)
+            .arg(url)
+            .run()
+            .with_context(|| format!("downloading {url}"))?;
+        // Readable like any file curl makes (the temporary file was private).
+        std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+        check(tmp)
+    })
 }
 
 /// curl's own words from a failed run ("curl: (7) Failed to connect ...").

@@ -7,6 +7,7 @@ use crate::debian::mirror;
 use crate::debian::packages::{self, Package};
 use crate::debian::pinning;
 use crate::debian::source::Source;
+use crate::host::cache;
 use crate::host::work::WorkDir;
 use crate::lock::{self, Lock, ToolsLock, LOCK_FORMAT};
 use crate::plan::TOOLS_SUITE;
@@ -175,14 +176,14 @@ fn cache_resolved(
         (root::cache_dir(plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
     let tools_dir = tools.root().context("tools tree")?;
     if reuse {
-        root::alias(&root::cache_dir(plan, root_src, &opts.cache), &root_to)?;
-        root::alias(tools_dir, &tools_to)?;
+        cache::alias(&root::cache_dir(plan, root_src, &opts.cache), &root_to)?;
+        cache::alias(tools_dir, &tools_to)?;
     } else {
         if !root_to.exists() {
-            root::store(root_dir, &root_to).context("storing the resolved root in the cache")?;
+            cache::store(root_dir, &root_to).context("storing the resolved root in the cache")?;
         }
         if !tools_to.exists() {
-            root::store(tools_dir, &tools_to).context("storing the resolved tools tree in the cache")?;
+            cache::store(tools_dir, &tools_to).context("storing the resolved tools tree in the cache")?;
         }
     }
     Ok(())

@@ -26,18 +26,16 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
     }
     // Every locked .deb in the cache first (downloading what it lacks).
     crate::pipeline::lock::fetch(plan, cache, work_parent)?;
-    let (root, tools) = crate::debian::pinning::sources(plan, false)?;
-
     let parent = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let name = dest.file_name().context("bundle path has no name")?.to_string_lossy();
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
-        .tempdir_in(parent)
-        .context("creating the bundle's temporary directory")?;
-    let out = tmp.path();
+    // The bundle appears complete (an empty directory at `dest` is replaced) or not at all.
+    let (recipe, debs) = crate::host::files::write_dir_atomically(dest, |out| fill(plan, l, cache, out))?;
+    Ok(VendorOutcome { dir: dest.to_path_buf(), recipe, debs })
+}
 
+/// Put the bundle's files into `out`; returns the recipe's path in it and the number of .debs.
+fn fill(plan: &Plan, l: &crate::plan::PlanLock, cache: &Path, out: &Path) -> Result<(PathBuf, usize)> {
+    let (root, tools) = crate::debian::pinning::sources(plan, false)?;
     // The recipe's files at their places below the directory they all share.
     let r = &plan.recipe;
     let files: Vec<PathBuf> = r
@@ -68,7 +66,7 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
         into.copy_from(&from, pins)?;
         n += pins.len();
     }
-    let _ = std::fs::remove_dir(into.dir().join("tmp"));
+    into.tidy();
 
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     std::fs::create_dir_all(out.join("bin"))?;
@@ -83,14 +81,7 @@ pub fn vendor(plan: &Plan, cache: &Path, dest: &Path, work_parent: Option<&Path>
             tools.pins.as_ref().map_or(0, Vec::len),
         ),
     )?;
-
-    crate::host::cmd::check_interrupted()?;
-    if dest.exists() {
-        std::fs::remove_dir(dest).with_context(|| format!("replacing the empty directory {}", dest.display()))?;
-    }
-    let kept = tmp.keep();
-    std::fs::rename(&kept, dest).with_context(|| format!("moving the bundle into place at {}", dest.display()))?;
-    Ok(VendorOutcome { dir: dest.to_path_buf(), recipe, debs: n })
+    Ok((recipe, n))
 }
 
 /// The deepest directory containing every path (files count by their directory).

@@ -1,16 +1,17 @@
 //! Output files of a build: the staging area that makes the whole set appear at once, and the
 //! image formats besides the raw `.img` (multi-threaded zstd, qcow2 by `qemu-img`).
+use crate::disk::stream::{read_full, CHUNK};
 use crate::host::cmd::{self, Cmd};
+use crate::host::files::FileSet;
 pub use crate::recipe::OutputFormat;
 use crate::release::checksums::HashingWriter;
 use anyhow::{Context, Result};
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 /// zstd level of `.img.zst`: zstd's default, a good speed/size balance for disk images.
 const ZSTD_LEVEL: i32 = 3;
-const CHUNK: usize = 4 << 20;
 
 /// File name of `image_name` (`NAME-VERSION-ARCH.img`) in `format`.
 pub fn file_name(image_name: &str, format: OutputFormat) -> String {
@@ -52,31 +53,21 @@ pub fn stem(file: &str) -> &str {
 }
 
 /// The output files of one build, written as hidden temporary files in the output directory
-/// and renamed into place together by [`Staging::commit`]. Dropped uncommitted (failure,
-/// interruption), every temporary file is removed: nothing half-written is left behind.
+/// and renamed into place together by [`Staging::commit`] (a [`FileSet`]). Dropped uncommitted
+/// (failure, interruption), every temporary file is removed: nothing half-written is left behind.
 pub struct Staging {
-    dir: PathBuf,
-    files: Vec<(tempfile::TempPath, String)>,
+    files: FileSet,
     stale: Vec<String>,
 }
 
 impl Staging {
     pub fn new(dir: &Path) -> Staging {
-        Staging { dir: dir.to_path_buf(), files: Vec::new(), stale: Vec::new() }
+        Staging { files: FileSet::new(dir), stale: Vec::new() }
     }
 
     /// Produce output `name` by letting `write` fill a temporary path.
     pub fn write<T>(&mut self, name: &str, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-        let tmp = tempfile::Builder::new()
-            .prefix(&format!(".{name}."))
-            .suffix(".partial")
-            .tempfile_in(&self.dir)
-            .with_context(|| format!("creating a temporary file in {}", self.dir.display()))?
-            .into_temp_path();
-        let value = write(&tmp).with_context(|| format!("writing {name}"))?;
-        cmd::check_interrupted()?;
-        self.files.push((tmp, name.to_string()));
-        Ok(value)
+        self.files.write(name, write)
     }
 
     /// Produce output `name` with these contents.
@@ -86,7 +77,7 @@ impl Staging {
 
     /// Where staged output `name` is until the commit (to read it back, e.g. to compress it).
     pub fn staged(&self, name: &str) -> Option<&Path> {
-        self.files.iter().find(|(_, n)| n == name).map(|(p, _)| p.as_ref())
+        self.files.staged(name)
     }
 
     /// Remove `name` from the output directory at the commit, if it is there (a file an
@@ -98,18 +89,10 @@ impl Staging {
     /// Rename every staged file to its final name (in the order staged), readable by all.
     /// Returns the final paths.
     pub fn commit(self) -> Result<Vec<PathBuf>> {
-        use std::os::unix::fs::PermissionsExt;
-        cmd::check_interrupted()?;
-        let mut done = Vec::new();
-        for (tmp, name) in self.files {
-            let dest = self.dir.join(&name);
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-                .with_context(|| format!("setting the mode of {name}"))?;
-            tmp.persist(&dest).with_context(|| format!("moving {} into place", dest.display()))?;
-            done.push(dest);
-        }
+        let dir = self.files.dir().to_path_buf();
+        let done = self.files.commit(0o644)?;
         for name in &self.stale {
-            let path = self.dir.join(name);
+            let path = dir.join(name);
             if path.is_file() {
                 tracing::warn!("removing {} left by an earlier build", path.display());
                 std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
@@ -140,7 +123,7 @@ pub fn compress_zst_threads(src: &Path, dst: &Path, threads: u32) -> Result<(Str
     enc.set_pledged_src_size(Some(len)).context("zstd content size")?;
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = input.read(&mut buf).with_context(|| format!("reading {}", src.display()))?;
+        let n = read_full(&mut input, &mut buf).with_context(|| format!("reading {}", src.display()))?;
         if n == 0 {
             break;
         }

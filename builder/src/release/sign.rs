@@ -68,21 +68,25 @@ pub fn keygen(paths: &KeyPaths, passphrase: Option<String>, force: bool) -> Resu
     Ok(key_id(kp.pk.keynum()))
 }
 
-/// Write a key file through a temporary file in the same directory (mode set before the rename).
+/// Write a key file atomically (mode set before the rename); an existing file is replaced only
+/// with `force`.
 fn write_key(path: &Path, data: &[u8], mode: u32, force: bool) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".kiln-key.")
-        .tempfile_in(dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode)).context("setting key file mode")?;
-    tmp.write_all(data).context("writing key")?;
-    tmp.as_file().sync_all().context("syncing key")?;
-    let persisted = if force { tmp.persist(path).map(drop) } else { tmp.persist_noclobber(path).map(drop) };
-    persisted.map_err(|e| e.error).with_context(|| format!("writing {}", path.display()))
+    let write = |tmp: &Path| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new().write(true).open(tmp).context("opening the key's temporary file")?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode)).context("setting key file mode")?;
+        f.write_all(data).context("writing key")?;
+        f.sync_all().context("syncing key")
+    };
+    if force {
+        crate::host::files::write_atomically(path, write)
+    } else {
+        crate::host::files::write_new_atomically(path, write)
+    }
+    .with_context(|| format!("writing {}", path.display()))
 }
 
 /// A passphrase from `KILN_PASSPHRASE`, else from a prompt on the terminal (asked twice when

@@ -5,15 +5,14 @@
 //! Three threads share the work: one reads (and decompresses), one hashes the whole image,
 //! and the caller's thread hashes the partitions and keeps the GPT regions.
 use crate::disk::gpt::{HEAD_LEN, SECTOR, TAIL_LEN};
+use crate::disk::stream::{read_full, CHUNK};
 use crate::disk::{Layout, PlacedPartition};
 use anyhow::{ensure, Context, Result};
 use gpt::disk::LogicalBlockSize;
 use sha2::{Digest, Sha256};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
-
-const CHUNK: usize = 4 << 20;
 
 /// A byte range to hash.
 #[derive(Debug, Clone, Copy)]
@@ -43,7 +42,7 @@ pub fn scan<R: Read + Send>(mut source: R, ranges: &[Range]) -> Result<Scan> {
             loop {
                 crate::host::cmd::check_interrupted()?;
                 let mut buf = vec![0u8; CHUNK];
-                let n = read_full(&mut source, &mut buf)?;
+                let n = read_full(&mut source, &mut buf).context("reading the image")?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -73,19 +72,6 @@ pub fn scan<R: Read + Send>(mut source: R, ranges: &[Range]) -> Result<Scan> {
         let layout = gpt_from_ends(&parts.head, &parts.tail, size).map_err(|e| format!("{e:#}"));
         Ok(Scan { sha256, size, ranges: parts.finish(), layout })
     })
-}
-
-fn read_full(src: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("reading the image"),
-        }
-    }
-    Ok(got)
 }
 
 /// Range hashers and the GPT regions, fed the image in order.
