@@ -113,6 +113,9 @@ pub enum Command {
         persist: bool,
         #[command(flatten)]
         vm: VmArgs,
+        /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Make a signing key pair in minisign's format: kiln.key (secret) and kiln.pub (public).
     ///
@@ -144,6 +147,9 @@ pub enum Command {
         /// manifest are checked.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -196,6 +202,9 @@ pub struct BuildArgs {
     /// those are never downloaded.
     #[arg(long, env = "KILN_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
+    /// Print the result as one JSON document on stdout instead of the image path (see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

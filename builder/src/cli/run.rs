@@ -13,16 +13,40 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let json = cli.command.json();
+    let result = dispatch(cli.command);
+    // With --json, stdout holds one JSON document also when there is no result.
+    if let (Some(command), Err(e)) = (json, &result) {
+        report::json_error(command, e);
+    }
+    result
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Check { recipe, print, lock } => check(&recipe, print, &lock),
         Command::Build(args) => build(args),
         Command::Lock { recipe, update, arch, cache } => lock(&recipe, update, arch, &cache),
         Command::Fetch { recipe, lock, cache } => fetch(&recipe, &lock, &cache),
         Command::Vendor { recipe, dir, lock, cache } => vendor(&recipe, &dir, &lock, &cache),
         Command::Boot { image, persist, vm } => boot(&image, persist, &vm),
-        Command::Test { image, timeout, serial_log, persist, vm } => test(&image, timeout, serial_log, persist, &vm),
+        Command::Test { image, timeout, serial_log, persist, vm, json } => {
+            test(&image, timeout, serial_log, persist, &vm, json)
+        }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
-        Command::Verify { image, key } => verify(&image, key.as_deref()),
+        Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+    }
+}
+
+impl Command {
+    /// The subcommand's name when it was asked for `--json`.
+    fn json(&self) -> Option<&'static str> {
+        match self {
+            Command::Build(args) if args.json => Some("build"),
+            Command::Test { json: true, .. } => Some("test"),
+            Command::Verify { json: true, .. } => Some("verify"),
+            _ => None,
+        }
     }
 }
 
@@ -52,7 +76,11 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         artifacts: args.artifacts,
     };
     let report = pipeline::build(plan, &opts)?;
-    report::build(&report);
+    if args.json {
+        report::build_json(&report)?;
+    } else {
+        report::build(&report);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,11 +114,22 @@ fn boot(image: &Path, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn test(image: &Path, timeout: u64, serial_log: Option<PathBuf>, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
+fn test(
+    image: &Path,
+    timeout: u64,
+    serial_log: Option<PathBuf>,
+    persist: bool,
+    vm: &VmArgs,
+    json: bool,
+) -> Result<ExitCode> {
     let log = serial_log.unwrap_or_else(|| vm::default_log(image));
     let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist)
         .with_context(|| format!("testing {}", image.display()))?;
-    Ok(report::test(&report, &log))
+    if json {
+        report::test_json(&report, image, &log)
+    } else {
+        Ok(report::test(&report, &log))
+    }
 }
 
 fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> Result<ExitCode> {
@@ -101,7 +140,11 @@ fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(image: &Path, key: Option<&Path>) -> Result<ExitCode> {
+fn verify(image: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
     let report = verify::verify(image, key)?;
-    Ok(report::verify(&report))
+    if json {
+        report::verify_json(&report, image)
+    } else {
+        Ok(report::verify(&report))
+    }
 }

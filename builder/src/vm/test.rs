@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 const SERIAL_TAIL: usize = 40;
 
+/// One check the guest ran (`"ok"` in JSON, as `kiln test --json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
     pub name: String,
+    #[serde(rename = "ok")]
     pub passed: bool,
     pub detail: String,
 }
