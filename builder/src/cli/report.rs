@@ -284,3 +284,15 @@ fn print_json(doc: &impl Serialize) -> Result<()> {
 fn millis(secs: f64) -> f64 {
     (secs * 1000.0).round() / 1000.0
 }
+
+/// `kiln completions`: the script on stdout (a closed pipe is not an error).
+pub fn completions(script: &[u8]) {
+    let _ = std::io::stdout().lock().write_all(script);
+}
+
+/// `kiln manpages`: the pages written.
+pub fn manpages(pages: &[PathBuf]) {
+    for p in pages {
+        eprintln!("kiln: wrote {}", p.display());
+    }
+}

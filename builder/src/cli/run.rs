@@ -1,7 +1,7 @@
 //! Dispatch: one function per subcommand, which calls the library and hands the result to
 //! `report`. No logic of its own.
-use super::report;
 use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, VmArgs};
+use super::{docs, report};
 use crate::pipeline::lock::{self as locking, LockOptions};
 use crate::pipeline::{self, BuildOptions};
 use crate::release::sign::{self, KeyPaths, Signer};
@@ -35,6 +35,14 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
         Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+        Command::Completions { shell } => {
+            report::completions(&docs::completions(shell));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            report::manpages(&docs::manpages(&dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
