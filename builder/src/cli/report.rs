@@ -35,6 +35,12 @@ pub fn check(recipe: &Path, plan: &Plan, print: bool) -> Result<()> {
 
 /// `kiln build`: the files written and the image with its size, digest and build time.
 pub fn build(report: &BuildReport) {
+    build_summary(report);
+    println!("{}", report.image.display());
+}
+
+/// On stderr, with or without `--json`: the files written, the image, its digest, the time.
+fn build_summary(report: &BuildReport) {
     let total: f64 = report.stages.iter().map(|s| s.1).sum();
     for f in &report.outputs {
         eprintln!("kiln: wrote {}", f.display());
@@ -45,7 +51,6 @@ pub fn build(report: &BuildReport) {
         report.digest.size >> 20,
         report.digest.sha256
     );
-    println!("{}", report.image.display());
 }
 
 /// `kiln build --json`: the image, its digests, every file written, the stages' timings.
@@ -76,9 +81,7 @@ struct StageJson<'a> {
 
 /// `kiln build --json`: the summary lines on stderr as without `--json`, the result as JSON on stdout.
 pub fn build_json(report: &BuildReport) -> Result<()> {
-    for f in &report.outputs {
-        eprintln!("kiln: wrote {}", f.display());
-    }
+    build_summary(report);
     let stages: Vec<StageJson> =
         report.stages.iter().map(|(name, secs)| StageJson { name, seconds: millis(*secs) }).collect();
     print_json(&BuildJson {
