@@ -130,3 +130,16 @@ fn verify_json_lists_findings() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("FAIL SHA256SUMS: cannot be read") && text.contains("result: FAIL: SHA256SUMS"), "{text}");
 }
+
+#[test]
+fn build_json_on_a_bad_recipe_is_an_error_document_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = "tests/recipes/bad/artifact-relative-dest.toml";
+    let out = kiln(&["build", "--json", recipe, "--out", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "a recipe error keeps its exit status");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!((doc["command"].as_str(), doc["result"].as_str()), (Some("build"), Some("error")));
+    let error = doc["error"].as_str().unwrap();
+    assert!(error.starts_with(&format!("{recipe}:8:8: key `artifacts[0].dest`")), "{error}");
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
+}
