@@ -54,6 +54,55 @@ fn minimal_image_boots_and_passes_its_checks() {
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok   ssh answers (port 22 open)"), "{stdout}");
     assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (5 checks)"), "{stdout}");
+
+    let out = kiln(&["test", "--json", fx.image.to_str().unwrap(), "--timeout", "600"]);
+    assert!(out.status.success(), "kiln test --json failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    assert_eq!((doc["command"].as_str(), doc["result"].as_str()), (Some("test"), Some("pass")), "{doc}");
+    assert!(["kvm", "tcg"].contains(&doc["accel"].as_str().unwrap()), "{doc}");
+    assert!(doc["boot_to_ready_seconds"].as_f64().unwrap() > 0.0, "{doc}");
+    let checks = doc["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 5, "{doc}");
+    assert!(checks.iter().all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()), "{doc}");
+    assert!(checks.iter().any(|c| c["name"] == "ssh answers"), "{doc}");
+    assert_eq!(doc["failed"], serde_json::json!([]));
+}
+
+#[test]
+fn build_json_describes_the_image() {
+    let Some(fx) = minimal() else { return };
+    // A warm build (the root comes from the cache) of the same recipe: the same image.
+    let out_dir = fx.dir.join("json");
+    let out = kiln(&[
+        "build",
+        "../recipes/minimal.toml",
+        "--json",
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--cache",
+        fx.cache.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "kiln build --json failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    eprintln!("{doc:#}");
+    assert_eq!((doc["command"].as_str(), doc["result"].as_str()), (Some("build"), Some("ok")));
+    let image = Path::new(doc["image"].as_str().unwrap());
+    assert_eq!(image, out_dir.join("minimal-0.1.0-x86_64.img"));
+    assert_eq!(doc["arch"], "x86_64");
+    assert_eq!(doc["size"].as_u64(), Some(std::fs::metadata(image).unwrap().len()));
+    let first = run("sha256sum", &[fx.image.to_str().unwrap()]);
+    assert_eq!(doc["sha256"].as_str(), first.split_whitespace().next(), "a warm build gives the cold build's image");
+    assert_eq!(doc["root_from_cache"], true);
+    assert!(doc["tools"].as_str().unwrap().contains("e2fsprogs"), "{doc}");
+    assert_eq!(doc["partitions"].as_array().unwrap().len(), 2);
+    let outputs: Vec<&str> = doc["outputs"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+    assert_eq!(outputs[0], image.to_str().unwrap());
+    assert!(outputs.iter().any(|o| o.ends_with("SHA256SUMS")) && outputs.iter().all(|o| Path::new(o).is_file()));
+    let stages = doc["stages"].as_array().unwrap();
+    assert!(
+        stages.len() >= 10 && stages.iter().all(|s| s["name"].is_string() && s["seconds"].as_f64().unwrap() >= 0.0)
+    );
+    assert!(doc["seconds"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! Command-line interface: the clap types (flags, defaults, environment variables and the
-//! `--help` texts). Dispatch is in `run.rs`, the printing of results in `report.rs`.
+//! `--help` texts). Dispatch is in `run.rs`, the printing of results in `report.rs`, man pages
+//! and shell completions (made from these same types) in `docs.rs`.
+mod docs;
 mod report;
 mod run;
 
@@ -113,6 +115,9 @@ pub enum Command {
         persist: bool,
         #[command(flatten)]
         vm: VmArgs,
+        /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
     /// Make a signing key pair in minisign's format: kiln.key (secret) and kiln.pub (public).
     ///
@@ -144,7 +149,35 @@ pub enum Command {
         /// manifest are checked.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).
+        #[arg(long)]
+        json: bool,
     },
+    /// Print a shell completion script for kiln to stdout.
+    ///
+    /// For example: kiln completions bash > /etc/bash_completion.d/kiln
+    // Hidden from `kiln --help`, like `manpages`: they install kiln, they are not kiln's work.
+    #[command(hide = true)]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: ShellArg,
+    },
+    /// Write kiln's manual pages (kiln.1 and kiln-SUBCOMMAND.1) to DIR.
+    ///
+    /// For example: kiln manpages /usr/local/share/man/man1
+    #[command(hide = true)]
+    Manpages {
+        /// Directory for the pages (created if missing).
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ShellArg {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Args)]
@@ -196,6 +229,9 @@ pub struct BuildArgs {
     /// those are never downloaded.
     #[arg(long, env = "KILN_ARTIFACTS")]
     pub artifacts: Option<PathBuf>,
+    /// Print the result as one JSON document on stdout instead of the image path (see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

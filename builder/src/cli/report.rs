@@ -1,15 +1,19 @@
 //! What the subcommands print: progress summaries on stderr, results on stdout (the last line of
-//! stdout is what scripts take: the image, the lock file, the bundle).
+//! stdout is what scripts take: the image, the lock file, the bundle). With `--json`, `build`,
+//! `test` and `verify` print one JSON document on stdout instead (shapes in docs/cli.md).
+use crate::disk::PartitionDigest;
 use crate::pipeline::lock::{FetchOutcome, LockOutcome};
 use crate::pipeline::vendor::VendorOutcome;
 use crate::pipeline::BuildReport;
 use crate::plan::Plan;
+use crate::recipe::arch::Arch;
 use crate::release::sign::KeyPaths;
-use crate::verify::{self, Status};
-use crate::vm::TestReport;
+use crate::verify::{self, Finding, Status};
+use crate::vm::{CheckResult, TestReport};
 use anyhow::Result;
+use serde::Serialize;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// `kiln check`: the plan as JSON (`--print`) or one line saying the recipe is valid.
@@ -31,6 +35,12 @@ pub fn check(recipe: &Path, plan: &Plan, print: bool) -> Result<()> {
 
 /// `kiln build`: the files written and the image with its size, digest and build time.
 pub fn build(report: &BuildReport) {
+    build_summary(report);
+    println!("{}", report.image.display());
+}
+
+/// On stderr, with or without `--json`: the files written, the image, its digest, the time.
+fn build_summary(report: &BuildReport) {
     let total: f64 = report.stages.iter().map(|s| s.1).sum();
     for f in &report.outputs {
         eprintln!("kiln: wrote {}", f.display());
@@ -41,7 +51,56 @@ pub fn build(report: &BuildReport) {
         report.digest.size >> 20,
         report.digest.sha256
     );
-    println!("{}", report.image.display());
+}
+
+/// `kiln build --json`: the image, its digests, every file written, the stages' timings.
+#[derive(Serialize)]
+struct BuildJson<'a> {
+    command: &'static str,
+    result: &'static str,
+    image: &'a Path,
+    name: &'a str,
+    version: &'a str,
+    arch: Arch,
+    size: u64,
+    sha256: &'a str,
+    partitions: &'a [PartitionDigest],
+    kernel: &'a str,
+    outputs: &'a [PathBuf],
+    stages: Vec<StageJson<'a>>,
+    seconds: f64,
+    root_from_cache: bool,
+    tools: &'a str,
+}
+
+#[derive(Serialize)]
+struct StageJson<'a> {
+    name: &'a str,
+    seconds: f64,
+}
+
+/// `kiln build --json`: the summary lines on stderr as without `--json`, the result as JSON on stdout.
+pub fn build_json(report: &BuildReport) -> Result<()> {
+    build_summary(report);
+    let stages: Vec<StageJson> =
+        report.stages.iter().map(|(name, secs)| StageJson { name, seconds: millis(*secs) }).collect();
+    print_json(&BuildJson {
+        command: "build",
+        result: "ok",
+        image: &report.image,
+        name: &report.plan.recipe.name,
+        version: &report.plan.recipe.version,
+        arch: report.plan.arch(),
+        size: report.digest.size,
+        sha256: &report.digest.sha256,
+        partitions: &report.digest.partitions,
+        kernel: &report.boot.kernel_version,
+        outputs: &report.outputs,
+        seconds: millis(stages.iter().map(|s| s.seconds).sum()),
+        stages,
+        root_from_cache: report.root_from_cache,
+        tools: &report.tools,
+    })
 }
 
 /// `kiln lock`: whether the lock file changed and what it holds.
@@ -105,6 +164,36 @@ pub fn test(report: &TestReport, log: &Path) -> ExitCode {
     }
 }
 
+/// `kiln test --json`: the accelerator, boot-to-ready time, every check and the result.
+#[derive(Serialize)]
+struct TestJson<'a> {
+    command: &'static str,
+    result: &'static str,
+    image: &'a Path,
+    accel: &'a str,
+    boot_to_ready_seconds: f64,
+    system_state: &'a str,
+    checks: &'a [CheckResult],
+    failed: Vec<&'a str>,
+    serial_log: &'a Path,
+}
+
+/// `kiln test --json`: the report as JSON; exit status 1 when a check failed, as without `--json`.
+pub fn test_json(report: &TestReport, image: &Path, log: &Path) -> Result<ExitCode> {
+    print_json(&TestJson {
+        command: "test",
+        result: if report.passed { "pass" } else { "fail" },
+        image,
+        accel: &report.accel,
+        boot_to_ready_seconds: millis(report.ready_after),
+        system_state: &report.system_state,
+        checks: &report.checks,
+        failed: report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect(),
+        serial_log: log,
+    })?;
+    Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 /// `kiln keygen`: the key files written and the key id.
 pub fn keygen(paths: &KeyPaths, unencrypted: bool, id: &str) {
     eprintln!(
@@ -147,5 +236,66 @@ pub fn verify(report: &verify::Report) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+/// `kiln verify --json`: every finding (signature, files, partitions) and the result.
+#[derive(Serialize)]
+struct VerifyJson<'a> {
+    command: &'static str,
+    result: &'static str,
+    image: &'a Path,
+    signature_checked: bool,
+    findings: &'a [Finding],
+    failed: Vec<&'a str>,
+}
+
+/// `kiln verify --json`: the report as JSON; exit status 1 when something failed, as without `--json`.
+pub fn verify_json(report: &verify::Report, image: &Path) -> Result<ExitCode> {
+    print_json(&VerifyJson {
+        command: "verify",
+        result: if report.passed() { "ok" } else { "fail" },
+        image,
+        signature_checked: report.signature_checked,
+        findings: &report.findings,
+        failed: report.failed(),
+    })?;
+    Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--json` when the command failed before it had a result: the error as JSON on stdout (it is
+/// also printed on stderr, and the exit status is the same as without `--json`).
+#[derive(Serialize)]
+struct ErrorJson<'a> {
+    command: &'a str,
+    result: &'static str,
+    error: String,
+}
+
+pub fn json_error(command: &str, e: &anyhow::Error) {
+    let _ = print_json(&ErrorJson { command, result: "error", error: format!("{e:#}") });
+}
+
+/// One JSON document on stdout. A closed pipe (`| head`) is not an error of the command.
+fn print_json(doc: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(doc)?;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+    Ok(())
+}
+
+/// Seconds rounded to milliseconds: timings in JSON without float noise.
+fn millis(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+/// `kiln completions`: the script on stdout (a closed pipe is not an error).
+pub fn completions(script: &[u8]) {
+    let _ = std::io::stdout().lock().write_all(script);
+}
+
+/// `kiln manpages`: the pages written.
+pub fn manpages(pages: &[PathBuf]) {
+    for p in pages {
+        eprintln!("kiln: wrote {}", p.display());
     }
 }

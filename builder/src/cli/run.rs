@@ -1,7 +1,7 @@
 //! Dispatch: one function per subcommand, which calls the library and hands the result to
 //! `report`. No logic of its own.
-use super::report;
 use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, VmArgs};
+use super::{docs, report};
 use crate::host::cache::Cache;
 use crate::pipeline::lock::{self as locking, LockOptions};
 use crate::pipeline::{self, BuildOptions};
@@ -14,16 +14,48 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
+    let json = cli.command.json();
+    let result = dispatch(cli.command);
+    // With --json, stdout holds one JSON document also when there is no result.
+    if let (Some(command), Err(e)) = (json, &result) {
+        report::json_error(command, e);
+    }
+    result
+}
+
+fn dispatch(command: Command) -> Result<ExitCode> {
+    match command {
         Command::Check { recipe, print, lock } => check(&recipe, print, &lock),
         Command::Build(args) => build(args),
         Command::Lock { recipe, update, arch, cache } => lock(&recipe, update, arch, &cache),
         Command::Fetch { recipe, lock, cache } => fetch(&recipe, &lock, &cache),
         Command::Vendor { recipe, dir, lock, cache } => vendor(&recipe, &dir, &lock, &cache),
         Command::Boot { image, persist, vm } => boot(&image, persist, &vm),
-        Command::Test { image, timeout, serial_log, persist, vm } => test(&image, timeout, serial_log, persist, &vm),
+        Command::Test { image, timeout, serial_log, persist, vm, json } => {
+            test(&image, timeout, serial_log, persist, &vm, json)
+        }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
-        Command::Verify { image, key } => verify(&image, key.as_deref()),
+        Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+        Command::Completions { shell } => {
+            report::completions(&docs::completions(shell));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            report::manpages(&docs::manpages(&dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+impl Command {
+    /// The subcommand's name when it was asked for `--json`.
+    fn json(&self) -> Option<&'static str> {
+        match self {
+            Command::Build(args) if args.json => Some("build"),
+            Command::Test { json: true, .. } => Some("test"),
+            Command::Verify { json: true, .. } => Some("verify"),
+            _ => None,
+        }
     }
 }
 
@@ -53,7 +85,11 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
         artifacts: args.artifacts,
     };
     let report = pipeline::build(plan, &opts)?;
-    report::build(&report);
+    if args.json {
+        report::build_json(&report)?;
+    } else {
+        report::build(&report);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -87,11 +123,22 @@ fn boot(image: &Path, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn test(image: &Path, timeout: u64, serial_log: Option<PathBuf>, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
+fn test(
+    image: &Path,
+    timeout: u64,
+    serial_log: Option<PathBuf>,
+    persist: bool,
+    vm: &VmArgs,
+    json: bool,
+) -> Result<ExitCode> {
     let log = serial_log.unwrap_or_else(|| vm::default_log(image));
     let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist)
         .with_context(|| format!("testing {}", image.display()))?;
-    Ok(report::test(&report, &log))
+    if json {
+        report::test_json(&report, image, &log)
+    } else {
+        Ok(report::test(&report, &log))
+    }
 }
 
 fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> Result<ExitCode> {
@@ -102,7 +149,11 @@ fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(image: &Path, key: Option<&Path>) -> Result<ExitCode> {
+fn verify(image: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
     let report = verify::verify(image, key)?;
-    Ok(report::verify(&report))
+    if json {
+        report::verify_json(&report, image)
+    } else {
+        Ok(report::verify(&report))
+    }
 }

@@ -52,3 +52,49 @@ impl Progress {
         &self.timings
     }
 }
+
+/// Milestones of something kiln waits for (a guest's boot), each with the time since it began:
+/// one line per milestone; on a terminal also a spinner below them with the time running.
+pub struct Milestones {
+    what: String,
+    start: Instant,
+    bar: Option<ProgressBar>,
+}
+
+impl Milestones {
+    /// Wait for `what`, which began at `since` with the milestone `first`.
+    pub fn start(what: &str, first: &str, since: Instant) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new_spinner();
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        let mut m = Milestones { what: what.to_string(), start: since, bar };
+        m.reached(first);
+        m
+    }
+
+    /// `name` was reached now.
+    pub fn reached(&mut self, name: &str) {
+        let line = format!("kiln: {}: {name} at {:.1}s", self.what, self.start.elapsed().as_secs_f64());
+        match &self.bar {
+            Some(bar) => {
+                bar.println(line);
+                bar.set_message(format!("{}: after {name}", self.what));
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+impl Drop for Milestones {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

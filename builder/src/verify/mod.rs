@@ -11,11 +11,13 @@ use crate::release::sign;
 use anyhow::{bail, Context, Result};
 use minisign::PublicKey;
 use scan::Range;
+use serde::Serialize;
 use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
     Fail,
@@ -24,7 +26,7 @@ pub enum Status {
 }
 
 /// One finding: the file (or `file: partition N (label)`) and what was found.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     pub status: Status,
     pub subject: String,

@@ -3,6 +3,7 @@
 //! here. Nothing sleeps and hopes: every wait ends on a marker, the guest powering off, or the deadline.
 use super::{machine, VmOptions};
 use crate::host::cmd;
+use crate::host::progress::Milestones;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Write};
@@ -14,9 +15,20 @@ use std::time::{Duration, Instant};
 
 const SERIAL_TAIL: usize = 40;
 
+/// Milestones of a boot after the firmware's start, and the serial console text that marks each
+/// (UEFI boot manager, EFI stub kernel, initramfs, systemd as PID 1); `ready` is the agent's line.
+const BOOT_MILESTONES: &[(&str, &str)] = &[
+    ("BdsDxe: starting ", "boot loader"),
+    ("Linux version ", "kernel"),
+    ("Run /init as init process", "initrd"),
+    ("systemd[1]: systemd ", "systemd"),
+];
+
+/// One check the guest ran (`"ok"` in JSON, as `kiln test --json` prints it).
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
     pub name: String,
+    #[serde(rename = "ok")]
     pub passed: bool,
     pub detail: String,
 }
@@ -43,6 +55,11 @@ enum Event {
 pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
     let m = machine(image, opts, persist, Some("kiln.test"))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
+    eprintln!(
+        "kiln: booting {} with {}",
+        image.display(),
+        if m.accel == "tcg" { "TCG (software emulation: slow, a boot can take minutes)" } else { "KVM" }
+    );
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
     let (rx, err_thread) = read_output(&mut child)?;
@@ -113,6 +130,8 @@ fn read_serial(
     let mut checks = Vec::new();
     let mut verdict: Option<bool> = None;
     let deadline = start + timeout;
+    let mut milestones = Milestones::start("boot", "firmware", start);
+    let mut next = 0;
     loop {
         cmd::check_interrupted()?;
         let left = deadline.saturating_duration_since(Instant::now());
@@ -130,13 +149,19 @@ fn read_serial(
         match rx.recv_timeout(left.min(Duration::from_millis(500))) {
             Ok(Event::Line(line)) => {
                 let _ = writeln!(log_file, "{line}");
+                if let Some(i) = BOOT_MILESTONES[next..].iter().position(|(tag, _)| line.contains(tag)) {
+                    next += i + 1;
+                    milestones.reached(BOOT_MILESTONES[next - 1].1);
+                }
                 if let Some(rest) = marker(&line, "KILN-READY ") {
+                    milestones.reached("ready");
                     let state =
                         rest.split_whitespace().find_map(|w| w.strip_prefix("state=")).unwrap_or("unknown").to_string();
                     ready = Some((start.elapsed().as_secs_f64(), state));
                 } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
                     checks.push(parse_check(rest));
                 } else if let Some(rest) = marker(&line, "KILN-RESULT ") {
+                    milestones.reached("checks done");
                     verdict = Some(rest.trim() == "pass");
                     break;
                 }
