@@ -28,6 +28,8 @@ fn minimal_aarch64_builds_passes_outside_checks_and_boots() {
     // On an x86_64 host the bootstrap ran dpkg and arch-neutral tools natively (assist.rs).
     if std::env::consts::ARCH == "x86_64" {
         assert!(stderr.contains("arch-neutral programs ran natively (dash, sed"), "{stderr}");
+    } else {
+        skip("native help for foreign bootstraps is checked on x86_64 hosts only (this one builds aarch64 natively)");
     }
     let image = std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
     assert!(image.to_string_lossy().ends_with("minimal-0.1.0-aarch64.img"));

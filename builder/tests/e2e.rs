@@ -3,7 +3,9 @@
 //! these run when KILN_E2E=1, as `scripts/test` (the README's test command and CI) sets it.
 mod common;
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -39,21 +41,57 @@ fn minimal_image_passes_outside_checks() {
     // Contents, read with debugfs (no mount): settings applied, per-box secrets absent.
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
     assert_eq!(debugfs("cat /etc/hostname").trim(), "kiln-minimal");
+    // `debugfs cat` of a missing file prints nothing too: the file must be there, and empty.
+    assert!(
+        exists_in(&root, "/etc/machine-id"),
+        "/etc/machine-id missing (systemd needs it, empty, to make one per box)"
+    );
     assert_eq!(debugfs("cat /etc/machine-id"), "", "machine-id must be empty in the image");
+    // The rest of the machine-specific state: random seeds, logs, apt's lists and caches.
+    for gone in ["/var/lib/systemd/random-seed", "/var/lib/dbus/machine-id"] {
+        assert!(!exists_in(&root, gone), "{gone} must not be in the image");
+    }
+    for dir in ["/var/log", "/var/lib/apt/lists", "/var/cache/apt", "/tmp", "/var/tmp"] {
+        let files = files_below(&root, dir);
+        assert!(files.is_empty(), "files left below {dir}: {files:?}");
+    }
     let ssh = debugfs("ls -l /etc/ssh");
     assert!(ssh.contains("sshd_config") && !ssh.contains("ssh_host_"), "host keys must not be in the image:\n{ssh}");
     assert!(debugfs("cat /usr/lib/kiln/checks.tsv").contains("unit\t60\tnetworkd running\tsystemd-networkd.service"));
 }
 
+/// Every non-directory below `dir` in the ext4 image `fs` (debugfs `ls -p`, recursively).
+fn files_below(fs: &Path, dir: &str) -> Vec<String> {
+    assert!(exists_in(fs, dir), "{dir} is not in the image");
+    let mut files = Vec::new();
+    for line in run("debugfs", &["-R", &format!("ls -p {dir}"), fs.to_str().unwrap()]).lines() {
+        // /INODE/MODE/UID/GID/NAME/SIZE/
+        let f: Vec<&str> = line.split('/').collect();
+        if f.len() < 7 || f[5] == "." || f[5] == ".." {
+            continue;
+        }
+        let path = format!("{}/{}", dir.trim_end_matches('/'), f[5]);
+        if u32::from_str_radix(f[2], 8).unwrap() & 0o170000 == 0o040000 {
+            files.extend(files_below(fs, &path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 #[test]
 fn minimal_image_boots_and_passes_its_checks() {
     let Some(fx) = minimal() else { return };
+    // The tested image is the shipped image: a boot (without --persist) changes no byte of it.
+    let before = sha256sum(&fx.image);
     let out = kiln(&["test", fx.image.to_str().unwrap(), "--timeout", "600"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok   ssh answers (port 22 open)"), "{stdout}");
     assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (5 checks)"), "{stdout}");
+    assert_eq!(sha256sum(&fx.image), before, "kiln test changed the image");
 
     let out = kiln(&["test", "--json", fx.image.to_str().unwrap(), "--timeout", "600"]);
     assert!(out.status.success(), "kiln test --json failed:\n{}", String::from_utf8_lossy(&out.stderr));
@@ -125,9 +163,14 @@ fn sigint_during_bootstrap_leaves_nothing_behind() {
     }
     let base = e2e_dir().join("sigint-bootstrap");
     let (out_dir, work) = (base.join("out"), base.join("work"));
-    // --no-cache: mmdebstrap really runs (and mounts /proc, /dev ... in its chroot).
-    let mut child =
-        spawn_build("../recipes/minimal.toml", &out_dir, &["--no-cache", "--work-dir", work.to_str().unwrap()]);
+    // --no-cache: mmdebstrap really runs (and mounts /proc, /dev ... in its chroot). The tools
+    // tree comes from the run's cache (never the caller's ~/.cache/kiln).
+    let cache = shared_cache();
+    let mut child = spawn_build(
+        "../recipes/minimal.toml",
+        &out_dir,
+        &["--no-cache", "--cache", cache.to_str().unwrap(), "--work-dir", work.to_str().unwrap()],
+    );
     // Interrupt once dpkg is unpacking inside the chroot, the moment mmdebstrap has mounts.
     let deadline = Instant::now() + Duration::from_secs(300);
     while !has_mounts_below(&work) {
@@ -138,26 +181,275 @@ fn sigint_during_bootstrap_leaves_nothing_behind() {
     interrupt_and_check(child, &out_dir, &work);
 }
 
-#[test]
-fn sigint_during_image_assembly_leaves_no_partial_image() {
-    let Some(fx) = minimal() else { return };
-    let base = fx.dir.join("sigint-assemble");
-    let (out_dir, work) = (base.join("out"), base.join("work"));
-    let cache = fx.cache.to_str().unwrap().to_string();
-    let mut child =
-        spawn_build("../recipes/minimal.toml", &out_dir, &["--cache", &cache, "--work-dir", work.to_str().unwrap()]);
-    // The partial image appears in the output directory when assembly starts.
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while !dir_has_partial(&out_dir) {
-        assert!(Instant::now() < deadline, "assembly never started");
-        assert!(child.try_wait().unwrap().is_none(), "build ended before assembly could be interrupted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    interrupt_and_check(child, &out_dir, &work);
+const PASSPHRASE: &str = "e2e pass phrase";
+
+/// recipes/minimal.toml built a second time (warm: the root from the run's cache) into its own
+/// directory, signed with a key from `kiln keygen`, in every format; with the state of the
+/// cache's roots/ and tools/ before and after.
+struct Signed {
+    out: PathBuf,
+    image: PathBuf,
+    public_key: PathBuf,
+    stderr: String,
+    cache_before: Vec<String>,
+    cache_after: Vec<String>,
 }
 
-fn dir_has_partial(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|d| d.flatten().any(|e| e.file_name().to_string_lossy().ends_with(".partial")))
-        .unwrap_or(false)
+fn signed() -> Option<&'static Signed> {
+    static FX: OnceLock<Signed> = OnceLock::new();
+    let fx = minimal()?;
+    Some(FX.get_or_init(|| {
+        let base = fx.dir.join("signed");
+        if base.exists() {
+            run("rm", &["-rf", "--one-file-system", base.to_str().unwrap()]);
+        }
+        let keys = base.join("keys");
+        let gen = kiln_env(&["keygen", "--out", keys.to_str().unwrap()], &[("KILN_PASSPHRASE", PASSPHRASE)]);
+        assert!(gen.status.success(), "kiln keygen: {}", String::from_utf8_lossy(&gen.stderr));
+        let cache_state = || [tree_state(&fx.cache.join("roots")), tree_state(&fx.cache.join("tools"))].concat();
+        let cache_before = cache_state();
+        assert!(cache_before.len() > 1000, "the cache holds no root and tools tree: {} entries", cache_before.len());
+        let out_dir = base.join("out");
+        let out = kiln_env(
+            &[
+                "build",
+                "../recipes/minimal.toml",
+                "--out",
+                out_dir.to_str().unwrap(),
+                "--cache",
+                fx.cache.to_str().unwrap(),
+                "--sign",
+                keys.join("kiln.key").to_str().unwrap(),
+                "--format",
+                "zst",
+                "--format",
+                "qcow2",
+            ],
+            &[("KILN_PASSPHRASE", PASSPHRASE)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{stderr}");
+        assert!(out.status.success(), "signed build failed:\n{stderr}");
+        let image = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+        Signed {
+            out: out_dir,
+            image,
+            public_key: keys.join("kiln.pub"),
+            stderr,
+            cache_before,
+            cache_after: cache_state(),
+        }
+    }))
+}
+
+/// "The cache is read-only to builds": a warm build adds, removes, resizes and rewrites nothing
+/// in the cache's roots/ and tools/ trees (the build sees the root through an overlay).
+#[test]
+fn warm_build_leaves_the_cached_root_and_tools_tree_unchanged() {
+    let Some(s) = signed() else { return };
+    assert!(s.stderr.contains("] bootstrap Debian root (mmdebstrap, or cached) done"), "{}", s.stderr);
+    let (before, after) = (&s.cache_before, &s.cache_after);
+    let gone: Vec<_> = before.iter().filter(|e| !after.contains(e)).take(20).collect();
+    let new: Vec<_> = after.iter().filter(|e| !before.contains(e)).take(20).collect();
+    assert!(gone.is_empty() && new.is_empty(), "the build changed the cache:\nbefore: {gone:#?}\nafter: {new:#?}");
+}
+
+/// Every output of a signed build in every format, checked by the tools a user would use:
+/// Debian's minisign, sha256sum, pyspdxtools, qemu-img, zstd, systemd-dissect, mtools, blkid.
+#[test]
+fn signed_outputs_in_every_format_pass_outside_tools() {
+    let Some(s) = signed() else { return };
+    let fx = minimal().unwrap();
+    let stem = "minimal-0.1.0-x86_64";
+    let mut names: Vec<String> =
+        std::fs::read_dir(&s.out).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let want = ["SHA256SUMS", "SHA256SUMS.minisig"]
+        .iter()
+        .map(|n| n.to_string())
+        .chain(["img", "img.zst", "manifest.json", "qcow2", "spdx.json"].iter().map(|x| format!("{stem}.{x}")))
+        .collect::<Vec<_>>();
+    assert_eq!(names, want, "outputs of a signed build in every format");
+    let in_out = |tool: &str, args: &[&str]| {
+        let o = Command::new(tool).args(args).current_dir(&s.out).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "{tool} {args:?} failed ({}):\n{text}", o.status);
+        text
+    };
+    // Debian's minisign accepts kiln's signature; sha256sum agrees with every listed file.
+    let v = in_out("minisign", &["-Vm", "SHA256SUMS", "-p", s.public_key.to_str().unwrap()]);
+    assert!(v.contains("Signature and comment signature verified"), "{v}");
+    let c = in_out("sha256sum", &["-c", "--strict", "SHA256SUMS"]);
+    for n in want.iter().filter(|n| !n.starts_with("SHA256SUMS")) {
+        assert!(c.contains(&format!("{n}: OK")), "{n} not checked by sha256sum -c:\n{c}");
+    }
+    let sbom = format!("{stem}.spdx.json");
+    in_out("pyspdxtools", &["-i", &sbom]);
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(s.out.join(&sbom)).unwrap()).unwrap();
+    let pkgs = doc["packages"].as_array().unwrap();
+    for p in ["systemd", "openssh-server", "linux-image-amd64"] {
+        assert!(pkgs.iter().any(|x| x["name"] == p), "{p} missing from the SBOM");
+    }
+    // qcow2 and zst: intact, and holding the image.
+    let qcow = format!("{stem}.qcow2");
+    let check = in_out("qemu-img", &["check", &qcow]);
+    assert!(check.contains("No errors were found"), "{check}");
+    let info: serde_json::Value = serde_json::from_str(&in_out("qemu-img", &["info", "--output=json", &qcow])).unwrap();
+    let size = std::fs::metadata(&s.image).unwrap().len();
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(info["virtual-size"].as_u64(), Some(size), "{info}");
+    in_out("zstd", &["-t", &format!("{stem}.img.zst")]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.out.join(format!("{stem}.manifest.json"))).unwrap()).unwrap();
+    assert_eq!(m["image"]["size"].as_u64(), Some(size));
+    assert_eq!(m["image"]["sha256"].as_str().unwrap(), sha256sum(&s.image));
+    assert_eq!(
+        m["signing_key"]["public_key"].as_str().unwrap(),
+        std::fs::read_to_string(&s.public_key).unwrap().lines().nth(1).unwrap()
+    );
+
+    // systemd's own image dissection finds the partitions by their GPT types and reads the OS.
+    let dissect: serde_json::Value =
+        serde_json::from_str(&run("systemd-dissect", &["--json=short", s.image.to_str().unwrap()])).unwrap();
+    eprintln!("{dissect:#}");
+    let part = |designator: &str| {
+        dissect["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["designator"] == designator)
+            .unwrap_or_else(|| panic!("systemd-dissect found no {designator} partition:\n{dissect:#}"))
+            .clone()
+    };
+    let (root_part, esp_part) = (part("root"), part("esp"));
+    assert_eq!(root_part["fstype"], "ext4", "{dissect:#}");
+    assert_eq!(esp_part["fstype"], "vfat", "{dissect:#}");
+    assert_eq!(root_part["partition_uuid"].as_str(), m["partitions"][1]["part_guid"].as_str());
+    assert_eq!(esp_part["partition_uuid"].as_str(), m["partitions"][0]["part_guid"].as_str());
+    assert_eq!(dissect["hostname"], "kiln-minimal");
+    assert_eq!(dissect["useBootableUefi"], true, "{dissect:#}");
+
+    // mtools reads the ESP in place (no mount): the loader entry names the kernel and command line.
+    let esp_at = format!("{}@@{}", s.image.display(), m["partitions"][0]["offset"].as_u64().unwrap());
+    let dir = run("mdir", &["-i", &esp_at, "-b", "::/loader/entries"]);
+    assert!(dir.contains("minimal.conf"), "{dir}");
+    let entry = run("mtype", &["-i", &esp_at, "::/loader/entries/minimal.conf"]);
+    let kver = m["kernel_version"].as_str().unwrap();
+    assert!(entry.contains(&format!("linux /minimal/{kver}/linux")), "{entry}");
+    assert!(entry.contains(&format!("options {}", fx.plan["kernel_cmdline"].as_str().unwrap())), "{entry}");
+    let kdir = run("mdir", &["-i", &esp_at, "-b", &format!("::/minimal/{kver}")]);
+    assert!(kdir.contains("/linux") && kdir.contains("/initrd"), "kernel and initrd the entry names:\n{kdir}");
+
+    // The file system identifiers are the deterministic ones of the plan, the partitions the manifest's.
+    let tmp = tempfile::tempdir_in(s.out.parent().unwrap()).unwrap();
+    let esp = cut_partition(&s.image, &m["partitions"][0], &tmp.path().join("esp"));
+    let root = cut_partition(&s.image, &m["partitions"][1], &tmp.path().join("root"));
+    let blkid =
+        |p: &Path, tag: &str| run("blkid", &["-p", "-o", "value", "-s", tag, p.to_str().unwrap()]).trim().to_string();
+    assert_eq!(blkid(&root, "TYPE"), "ext4");
+    assert_eq!(blkid(&root, "UUID"), fx.plan["root_fs_uuid"].as_str().unwrap());
+    let serial = fx.plan["esp_volume_id"].as_u64().unwrap();
+    assert_eq!(blkid(&esp, "TYPE"), "vfat");
+    assert_eq!(blkid(&esp, "UUID"), format!("{:04X}-{:04X}", serial >> 16, serial & 0xffff));
+    let table: serde_json::Value =
+        serde_json::from_str(&run("sfdisk", &["--json", s.image.to_str().unwrap()])).unwrap();
+    for (got, want) in
+        table["partitiontable"]["partitions"].as_array().unwrap().iter().zip(m["partitions"].as_array().unwrap())
+    {
+        assert_eq!(got["uuid"].as_str().unwrap().to_lowercase(), want["part_guid"].as_str().unwrap());
+    }
+}
+
+/// `kiln verify` on a real signed image: passes untouched; a flipped byte in the root file
+/// system is named by partition; a missing manifest or signature fails and is named, a missing
+/// other format is named and skipped (docs/signing.md).
+#[test]
+fn verify_checks_a_real_image_and_names_what_is_wrong() {
+    let Some(s) = signed() else { return };
+    let verify = |image: &Path| {
+        let out = kiln(&["verify", image.to_str().unwrap(), "--key", s.public_key.to_str().unwrap()]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "kiln verify crashed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, out) = verify(&s.image);
+    assert!(ok && out.contains("result: ok (signature, checksums and manifest)"), "{out}");
+    let m = kiln::release::manifest::Manifest::read(&s.image.with_extension("manifest.json")).unwrap();
+    let copy = tempfile::tempdir_in(s.out.parent().unwrap()).unwrap();
+    run("cp", &["--sparse=always", "-r", &format!("{}/.", s.out.display()), copy.path().to_str().unwrap()]);
+    let name = s.image.file_name().unwrap().to_str().unwrap();
+    let image = copy.path().join(name);
+    let stem = kiln::release::export::stem(name).to_string();
+    // A listed file that is not there (only some formats downloaded) is named, and skipped.
+    let qcow2 = format!("{stem}.qcow2");
+    std::fs::remove_file(copy.path().join(&qcow2)).unwrap();
+    let (ok, out) = verify(&image);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("note {qcow2}: listed but not present: skipped")), "{qcow2} not named:\n{out}");
+    // The manifest and, with --key, the signature cannot be missing: the check fails, naming them.
+    for required in [format!("{stem}.manifest.json"), "SHA256SUMS.minisig".to_string()] {
+        let kept = copy.path().join(format!("{required}.kept"));
+        std::fs::rename(copy.path().join(&required), &kept).unwrap();
+        let (ok, out) = verify(&image);
+        assert!(!ok, "a missing {required} went unnoticed:\n{out}");
+        assert!(out.lines().any(|l| l.starts_with("FAIL") && l.contains(&required)), "{required} not named:\n{out}");
+        std::fs::rename(&kept, copy.path().join(&required)).unwrap();
+    }
+    let root = &m.partitions[1].placed;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&image).unwrap();
+        let at = root.offset + 1024 + 0x30;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[b[0] ^ 1], at).unwrap();
+    }
+    let (ok, out) = verify(&image);
+    assert!(!ok);
+    assert!(
+        out.contains(&format!("FAIL {name}: partition {} ({}): contents differ", root.number, root.label)),
+        "{out}"
+    );
+}
+
+/// "changing an overlay ... reuses it": a copy of the recipe tree with one overlay file changed
+/// builds warm from the cached root (no bootstrap), and the change reaches the image.
+#[test]
+fn changed_overlay_file_reuses_the_cached_root() {
+    let Some(fx) = minimal() else { return };
+    let base = fx.dir.join("overlay-changed");
+    if base.exists() {
+        run("rm", &["-rf", "--one-file-system", base.to_str().unwrap()]);
+    }
+    let src = base.join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    run("cp", &["-r", "../recipes", "../overlays", src.to_str().unwrap()]);
+    let file = src.join("overlays/debian-base/etc/systemd/network/80-kiln-dhcp.network");
+    let changed = std::fs::read_to_string(&file).unwrap() + "# changed by the overlay test\n";
+    std::fs::write(&file, &changed).unwrap();
+    let roots_before = tree_state(&fx.cache.join("roots")).into_iter().filter(|l| !l.contains('/')).collect::<Vec<_>>();
+    let out = kiln(&[
+        "build",
+        src.join("recipes/minimal.toml").to_str().unwrap(),
+        "-v",
+        "--out",
+        base.join("out").to_str().unwrap(),
+        "--cache",
+        fx.cache.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{stderr}");
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("reusing cached root"), "the root did not come from the cache:\n{stderr}");
+    let roots_after = tree_state(&fx.cache.join("roots")).into_iter().filter(|l| !l.contains('/')).collect::<Vec<_>>();
+    assert_eq!(roots_before, roots_after, "a root was added to the cache");
+    let image = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last().unwrap());
+    assert_ne!(sha256sum(&image), sha256sum(&fx.image), "the changed overlay did not change the image");
+    let root = cut_partition(&image, &fx.plan["layout"]["partitions"][1], &base.join("root.img"));
+    let got = run("debugfs", &["-R", "cat /etc/systemd/network/80-kiln-dhcp.network", root.to_str().unwrap()]);
+    assert_eq!(got, changed, "the changed overlay file is not in the image");
 }

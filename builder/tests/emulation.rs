@@ -1,12 +1,14 @@
 //! Foreign-architecture builds need qemu-user through binfmt_misc. When it is missing and
 //! cannot be registered, kiln says exactly what to run. (Paths are redirected to empty temp
 //! directories, so this runs anywhere, root or not, without touching the host's registrations.)
+mod common;
 use kiln::recipe::arch::Arch;
 
 #[test]
 fn missing_emulation_that_cannot_be_registered_is_a_clear_error() {
     if kiln::recipe::arch::Arch::host() == Some(Arch::Aarch64) {
-        return; // aarch64 runs natively there: nothing to register
+        common::skip("aarch64 runs natively on this host: there is no emulation to register");
+        return;
     }
     let misc = tempfile::tempdir().unwrap();
     let confs = tempfile::tempdir().unwrap();

@@ -393,3 +393,49 @@ fn offline_build_names_a_deb_missing_from_the_cache() {
     );
     assert!(!err.contains("kiln: [1/"), "a stage started before the check:\n{err}");
 }
+
+/// Versions of an existing lock are kept (a version the mirror no longer has stops `kiln lock`,
+/// which points at `--update`, and leaves the file alone); `kiln lock --update` ignores the lock
+/// and the cached roots, bootstraps afresh and writes the mirror's current versions.
+#[test]
+fn lock_update_replaces_a_stale_lock_with_the_mirrors_versions() {
+    let Some(fx) = locked() else { return };
+    let src = fx.dir.join("update");
+    if src.exists() {
+        run("rm", &["-rf", "--one-file-system", src.to_str().unwrap()]);
+    }
+    std::fs::create_dir_all(&src).unwrap();
+    run("cp", &["-r", "../recipes", "../overlays", src.to_str().unwrap()]);
+    let recipe = src.join("recipes/minimal.toml");
+    let path = kiln::lock::path_for(&recipe);
+    let dbus = &fx.lock.packages.iter().find(|p| p.name == "dbus").unwrap().version;
+    let stale = fx
+        .lock_text
+        .replace(&format!("name = \"dbus\"\nversion = \"{dbus}\""), "name = \"dbus\"\nversion = \"0.0-kiln-stale\"");
+    assert_ne!(stale, fx.lock_text);
+    std::fs::write(&path, &stale).unwrap();
+    let cache = fx.cache.to_str().unwrap();
+
+    let out = kiln(&["lock", recipe.to_str().unwrap(), "--cache", cache]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "kiln lock kept a version the mirror lacks:\n{err}");
+    assert!(err.contains("dbus 0.0-kiln-stale") && err.contains("kiln lock --update"), "{err}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), stale, "kiln lock changed the lock it refused");
+
+    let start = Instant::now();
+    let out = kiln(&["lock", "--update", recipe.to_str().unwrap(), "--cache", cache]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("{err}\nkiln lock --update took {:.1}s", start.elapsed().as_secs_f64());
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("bootstrap Debian root (mmdebstrap, afresh: --update) done"),
+        "--update did not bootstrap afresh:\n{err}"
+    );
+    assert!(err.contains(&format!("{} written", path.display())), "{err}");
+    let updated = Lock::read(&path).unwrap();
+    let got = &updated.packages.iter().find(|p| p.name == "dbus").unwrap().version;
+    assert_ne!(got, "0.0-kiln-stale", "the stale version survived --update");
+    assert_eq!(got, dbus, "dbus is not the mirror's version (the one `kiln lock` resolved)");
+    let names = |l: &Lock| l.packages.iter().map(|p| (p.name.clone(), p.architecture.clone())).collect::<Vec<_>>();
+    assert_eq!(names(&updated), names(&fx.lock), "--update resolved another package set");
+}

@@ -3,9 +3,8 @@
 //! and `kiln verify` names whatever byte was flipped.
 //!
 //! Everything runs on a small synthetic root and a 16 MiB image made with `kiln::disk`, through
-//! the same functions `kiln build` uses after the root filesystem is made. Set KILN_TEST_IMAGE
-//! to a kiln-built image (with its outputs beside it, KILN_TEST_PUBKEY for its key) to also
-//! check a real one.
+//! the same functions `kiln build` uses after the root filesystem is made. A real signed build
+//! in every format is checked the same way by tests/e2e.rs (`signed_outputs_*`, `verify_*`).
 use kiln::disk::{self, gpt::plan_layout, PartitionSpec};
 use kiln::image::boot::BootInfo;
 use kiln::plan::Plan;
@@ -443,40 +442,42 @@ fn outputs_are_deterministic_and_hold_no_secret() {
     assert!(m.contains("\"signing_key\": null"), "{m}");
 }
 
-/// A real image built by `kiln build` (with its outputs beside it): verify it, then flip a
-/// byte of its root filesystem's superblock in a sparse copy and expect partition 2 named.
+/// Keys work both ways between kiln and Debian's minisign: a key pair made by `minisign -G -W`
+/// (no password) signs through kiln (`Signer::load`, what `kiln build --sign KEY` calls; no
+/// passphrase is asked for), and minisign and `kiln verify` accept the signature; a key from
+/// `kiln keygen --unencrypted` signs what minisign accepts too (the encrypted one:
+/// `debian_minisign_accepts_the_signature_and_rejects_tampering`).
 #[test]
-fn real_image_from_kiln_test_image() {
-    let Some(image) = std::env::var_os("KILN_TEST_IMAGE").map(PathBuf::from) else {
-        eprintln!("KILN_TEST_IMAGE not set: skipping the real-image check");
-        return;
-    };
-    let key = std::env::var_os("KILN_TEST_PUBKEY").map(PathBuf::from);
-    let (ok, out) = verify(&image, key.as_deref());
-    assert!(ok, "{out}");
-    let dir = tempfile::tempdir_in(image.parent().unwrap()).unwrap();
-    let name = image.file_name().unwrap().to_str().unwrap().to_string();
-    let stem = kiln::release::export::stem(&name).to_string();
-    for f in [name.clone(), "SHA256SUMS".into(), "SHA256SUMS.minisig".into(), format!("{stem}.manifest.json")] {
-        if image.with_file_name(&f).exists() {
-            let s = Command::new("cp")
-                .arg("--sparse=always")
-                .arg(image.with_file_name(&f))
-                .arg(dir.path())
-                .status()
-                .unwrap();
-            assert!(s.success());
-        }
-    }
-    let m = kiln::release::manifest::Manifest::read(&dir.path().join(format!("{stem}.manifest.json"))).unwrap();
-    let root = &m.partitions[1].placed;
-    if name.ends_with(".img") {
-        flip(&dir.path().join(&name), root.offset + 1024 + 0x30);
-        let (ok, out) = verify(&dir.path().join(&name), key.as_deref());
-        assert!(!ok);
+fn minisign_made_key_signs_through_kiln_and_kiln_keys_verify_with_minisign() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (pk, sk) = (tmp.path().join("minisign.pub"), tmp.path().join("minisign.key"));
+    let g = tool("minisign", "apt-get install minisign (scripts/setup-host)")
+        .args(["-G", "-W", "-p"])
+        .arg(&pk)
+        .arg("-s")
+        .arg(&sk)
+        .output()
+        .unwrap();
+    assert!(g.status.success(), "minisign -G -W: {}", String::from_utf8_lossy(&g.stderr));
+    std::env::remove_var("KILN_PASSPHRASE");
+    let signer = Signer::load(&sk).unwrap_or_else(|e| panic!("kiln cannot load minisign's key: {e:#}"));
+    let root = tmp.path().join("root");
+    synthetic_root(&root);
+    let kiln_key = KeyPaths::with_prefix(&tmp.path().join("kiln-plain"));
+    let gen = kiln(&["keygen", "--unencrypted", "-o", tmp.path().join("kiln-plain").to_str().unwrap()], &[]);
+    assert!(gen.status.success(), "keygen: {}", String::from_utf8_lossy(&gen.stderr));
+    let kiln_signer = Signer::load(&kiln_key.secret).unwrap();
+    for (name, signer, public) in [("by-minisign-key", &signer, &pk), ("by-kiln-key", &kiln_signer, &kiln_key.public)] {
+        let out = tmp.path().join(name);
+        write_outputs(&root, &out, Some(signer));
+        let v = tool("minisign", "").args(["-Vm", "SHA256SUMS", "-p"]).arg(public).current_dir(&out).output().unwrap();
         assert!(
-            out.contains(&format!("FAIL {name}: partition {} ({}): contents differ", root.number, root.label)),
-            "{out}"
+            v.status.success(),
+            "{name}: minisign -V rejected the signature: {}{}",
+            String::from_utf8_lossy(&v.stdout),
+            String::from_utf8_lossy(&v.stderr)
         );
+        let (ok, text) = verify(&out.join(IMAGE), Some(public));
+        assert!(ok && text.contains("result: ok (signature, checksums and manifest)"), "{name}: {text}");
     }
 }

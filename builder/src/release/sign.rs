@@ -126,6 +126,10 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// Length of a decoded secret key line: algorithms (6), KDF salt and limits (48), key id (8),
+/// Ed25519 secret and public key (64), checksum (32).
+const UNENCRYPTED_KEY_BYTES: usize = 158;
+
 impl Signer {
     /// Read a secret key file; an encrypted key is decrypted with [`passphrase`].
     pub fn load(path: &Path) -> Result<Signer> {
@@ -136,7 +140,8 @@ impl Signer {
     pub fn load_with(path: &Path, get_passphrase: impl FnOnce() -> Result<String>) -> Result<Signer> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading secret key {}", path.display()))?;
         let encoded = text.lines().nth(1).map(str::trim).unwrap_or("");
-        let raw = Base64::decode_to_vec(encoded, None).ok().and_then(|b| SecretKey::from_bytes(&b).ok());
+        let bytes = Base64::decode_to_vec(encoded, None).unwrap_or_default();
+        let raw = SecretKey::from_bytes(&bytes).ok();
         let Some(raw) = raw else {
             bail!("{} is not a minisign secret key (expected a comment line and a base64 key line)", path.display());
         };
@@ -151,9 +156,18 @@ impl Signer {
                 Err(e) => bail!("decrypting the secret key {}: {e}", path.display()),
             }
         } else {
-            boxed
-                .into_unencrypted_secret_key()
-                .map_err(|e| anyhow::anyhow!("reading the secret key {}: {e}", path.display()))?
+            match boxed.into_unencrypted_secret_key() {
+                Ok(sk) => sk,
+                // minisign (C, up to 0.11 as in Debian 12) writes keys made with -W (no password)
+                // without a checksum: its 32 bytes at the end are zero. There is nothing to check.
+                Err(_)
+                    if bytes.len() == UNENCRYPTED_KEY_BYTES
+                        && bytes[UNENCRYPTED_KEY_BYTES - 32..].iter().all(|&b| b == 0) =>
+                {
+                    raw
+                }
+                Err(e) => bail!("reading the secret key {}: {e}", path.display()),
+            }
         };
         let pk = PublicKey::from_secret_key(&sk)
             .map_err(|e| anyhow::anyhow!("deriving the public key of {}: {e}", path.display()))?;

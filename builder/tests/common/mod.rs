@@ -14,6 +14,16 @@ pub fn e2e_enabled() -> bool {
     on
 }
 
+/// A test that cannot do its job here says so loudly, and under `KILN_E2E=1` (scripts/test,
+/// CI) fails instead: no end-to-end test may pass without having checked anything. Callers
+/// return right after (when KILN_E2E is not 1).
+pub fn skip(reason: &str) {
+    eprintln!("E2E TEST SKIPPED: {reason}");
+    if std::env::var_os("KILN_E2E").is_some_and(|v| v == "1") {
+        panic!("E2E TEST SKIPPED: {reason} (not allowed with KILN_E2E=1: the check would not have run)");
+    }
+}
+
 /// Scratch space of this test run. `scripts/test` sets KILN_E2E_DIR to one fresh directory for
 /// all test binaries, so they share one cache (the tools tree and each root are bootstrapped
 /// once per run, the first time cold); otherwise each test binary gets its own.
@@ -36,6 +46,16 @@ pub fn shared_cache() -> PathBuf {
 
 pub fn kiln(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).stdin(Stdio::null()).output().expect("running kiln")
+}
+
+/// `kiln` with extra environment variables.
+pub fn kiln_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.args(args).stdin(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("running kiln")
 }
 
 /// Run an outside tool; panic with its output unless it exits 0. Returns stdout.
@@ -173,4 +193,46 @@ pub fn interrupt_and_check(mut child: Child, out_dir: &Path, work: &Path) {
     assert!(!has_mounts_below(work), "mounts left below {}", work.display());
     let procs = processes_mentioning(work.to_str().unwrap());
     assert!(procs.is_empty(), "processes left running: {procs:?}");
+}
+
+/// Every entry below `dir` (not following symlinks) as "path type size mtime mode", sorted:
+/// two equal states mean no file was added, removed, resized, rewritten or re-moded.
+pub fn tree_state(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(top: &Path, dir: &Path, out: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let kind = if m.is_dir() {
+                'd'
+            } else if m.file_type().is_symlink() {
+                'l'
+            } else {
+                'f'
+            };
+            out.push(format!(
+                "{} {kind} {} {}.{:09} {:o}",
+                e.path().strip_prefix(top).unwrap().display(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.mode()
+            ));
+            if m.is_dir() {
+                walk(top, &e.path(), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// sha256 of a file, by coreutils' sha256sum.
+pub fn sha256sum(path: &Path) -> String {
+    run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
 }
