@@ -23,7 +23,7 @@ struct BootstrapInputs<'a> {
     arch: &'a str,
     suite: &'a str,
     mirror: &'a str,
-    components: &'a [String],
+    components: &'a [crate::recipe::ArchiveComponent],
     packages: &'a [String],
     initramfs_modules: &'a InitramfsModules,
     locale: &'a str,
@@ -41,7 +41,7 @@ struct RepoInputs<'a> {
     name: &'a str,
     url: &'a str,
     suite: &'a str,
-    components: &'a [String],
+    components: &'a [crate::recipe::ArchiveComponent],
     fingerprint: &'a str,
     pin: Option<String>,
 }

@@ -23,7 +23,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     write_file(root, "etc/hostname", format!("{}\n", sys.hostname).as_bytes(), 0o644)?;
     let short = sys.hostname.split('.').next().unwrap_or(&sys.hostname);
-    let alias = if short != sys.hostname { format!("{} {short}", sys.hostname) } else { short.to_string() };
+    let alias = if short != sys.hostname.as_str() { format!("{} {short}", sys.hostname) } else { short.to_string() };
     let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{alias}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
     write_file(root, "etc/hosts", hosts.as_bytes(), 0o644)?;
     timezone(root, &sys.timezone)?;
@@ -48,9 +48,9 @@ pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     let mut enable = vec!["kiln-check.service".to_string()];
     enable.extend(plan.recipe.first_boot.iter().map(crate::customize::firstboot::unit_name));
-    enable.extend(sys.enable.iter().cloned());
+    enable.extend(sys.enable.iter().map(|u| u.to_string()));
     systemctl(root, "enable", &enable)?;
-    systemctl(root, "disable", &sys.disable)
+    systemctl(root, "disable", &crate::recipe::values::strings(&sys.disable))
 }
 
 /// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook

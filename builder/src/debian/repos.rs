@@ -76,7 +76,7 @@ pub fn keyrings(plan: &Plan, work: &Path) -> Result<Vec<Keyring>> {
             .args(["--export", &r.fingerprint])
             .run()
             .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
-        out.push(Keyring { name: r.name.clone(), armored, binary });
+        out.push(Keyring { name: r.name.to_string(), armored, binary });
     }
     Ok(out)
 }
