@@ -161,7 +161,7 @@ fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>) -> Re
         .with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
     if let Some((uid, gid)) = ids {
         Cmd::new("chown")
-            .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
+            .args(["-R", "--no-dereference", &format!("{uid}:{gid}"), "--"])
             .arg(staged)
             .run()
             .with_context(|| format!("artifact `{}`: setting owner", a.name))?;

@@ -150,6 +150,7 @@ fn curl(url: &str, dest: &Path) -> Result<()> {
     Cmd::new("curl")
         .args(["--fail", "--silent", "--show-error", "--location", "--retry", "3", "--output"])
         .arg(dest)
+        .arg("--")
         .arg(url)
         .run()
 }

@@ -39,6 +39,7 @@ pub fn probe(url: &str) -> Result<(), String> {
             "5",
             "--max-time",
             "20",
+            "--",
         ])
         .arg(url)
         .run()
@@ -83,6 +84,7 @@ pub fn download(url: &str, dest: &Path) -> Result<()> {
             "--output",
         ])
         .arg(dest)
+        .arg("--")
         .arg(url)
         .run()
         .with_context(|| format!("downloading {url}"))

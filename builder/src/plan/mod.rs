@@ -210,6 +210,17 @@ fn mirror_in(text: &str) -> Option<String> {
         .find(|u| u.ends_with("/debian"))
 }
 
+/// The plan of a recipe `name = "x"`, `version = "1"` plus `body` (written to a temporary
+/// file), or the recipe error as text: for tests of what kiln makes of recipe values.
+#[cfg(test)]
+pub fn plan_of(body: &str) -> Result<Plan, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(&file, format!("name = \"x\"\nversion = \"1\"\n{body}")).unwrap();
+    let recipe = crate::recipe::load(&file).map_err(|e| e.to_string())?;
+    Ok(Plan::new(recipe).unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
