@@ -3,7 +3,7 @@
 //! (with positions; key files are checked against their fingerprints here, before anything
 //! else happens) and the resolution of the merged lists.
 use super::error::{Origin, RecipeError};
-use super::layer::{ArtifactLayer, FirstBootLayer, Layer, RepositoryLayer};
+use super::layer::{ArtifactLayer, FirstBootLayer, Layer, Origins, RepositoryLayer};
 use super::values::PinPattern;
 use super::{normalize, relative_to, Artifact, FirstBoot, FirstBootRun, Pin, Repository};
 use std::collections::{BTreeMap, BTreeSet};
@@ -179,8 +179,7 @@ fn run_of(f: &FirstBootLayer) -> Result<FirstBootRun, String> {
 pub type Externals = (Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>);
 
 /// Resolve the merged lists: defaults, and names unique across all layers.
-pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<Externals, RecipeError> {
-    let origins = std::mem::take(&mut layer.origins);
+pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer, origins: &Origins) -> Result<Externals, RecipeError> {
     let mut names = Unique::new("repositories", "repositories", &origins.repositories);
     let mut repos = Vec::new();
     for (i, r) in layer.repositories.take().unwrap_or_default().into_iter().map(Spanned::into_inner).enumerate() {

@@ -76,7 +76,7 @@ pub struct BaseLayer {
     pub mirror: Option<Url>,
     pub components: Option<Vec<ArchiveComponent>>,
     pub packages: Option<Vec<DebName>>,
-    pub initramfs_modules: Option<ModulesSetting>,
+    pub initramfs_modules: Option<Spanned<ModulesSetting>>,
     /// Kernel package instead of the architecture's Debian kernel (e.g. Proxmox's).
     pub kernel: Option<DebName>,
     /// Packages only installed on one architecture (`x86_64 = ["ovmf"]`).

@@ -206,6 +206,9 @@ pub mod defaults {
     pub const SOURCE_DATE_EPOCH: i64 = 1_735_689_600;
 }
 
+/// Largest recipe or layer file.
+pub const MAX_RECIPE: u64 = 1 << 20;
+
 /// Read a recipe file, resolve its includes and return the resolved recipe.
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
     let mut sources = Vec::new();
@@ -221,8 +224,13 @@ fn load_layer(
     stack: &mut Vec<PathBuf>,
     sources: &mut Vec<PathBuf>,
 ) -> Result<Layer, RecipeError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| RecipeError::file(path, None, format!("cannot read recipe: {e}")))?;
+    let text = crate::host::files::read_regular(path, MAX_RECIPE).map_err(|e| {
+        RecipeError::file(
+            path,
+            None,
+            format!("cannot read recipe: {e} (recipes and layers are regular files of at most 1MiB)"),
+        )
+    })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     stack.push(canonical);
     sources.push(path.to_path_buf());
@@ -242,6 +250,13 @@ fn load_layer(
                 format!("cannot read included file `{}` ({}): {e}", inc.get_ref(), inc_path.display()),
             )
         })?;
+        if let Err(e) = crate::host::files::check_regular(&canonical, MAX_RECIPE) {
+            let msg = format!(
+                "cannot read included file `{}`: {e} (layers are regular files of at most 1MiB)",
+                inc.get_ref()
+            );
+            return Err(RecipeError::at(path, &text, inc.span().start, key, msg));
+        }
         if let Some(pos) = stack.iter().position(|p| *p == canonical) {
             let mut cycle: Vec<String> =
                 stack[pos..].iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();

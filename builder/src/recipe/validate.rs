@@ -44,7 +44,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     check_disk(layer, &err)?;
     super::external::per_file(layer, file, text, top_dir)?;
     if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
-        initramfs_modules(m, file)?;
+        initramfs_modules(m.get_ref()).map_err(|msg| err(m.span().start, "base.initramfs_modules", msg))?;
     }
     Ok(())
 }
@@ -87,19 +87,22 @@ fn check_disk(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError) 
     Ok(())
 }
 
-fn initramfs_modules(m: &ModulesSetting, file: &Path) -> Result<InitramfsModules, RecipeError> {
+/// The typed setting, or what is wrong with it.
+fn initramfs_modules(m: &ModulesSetting) -> Result<InitramfsModules, String> {
+    if let ModulesSetting::List(list) = m {
+        if let Some(bad) = list.iter().find(|x| !is_module_name(x)) {
+            return Err(format!(
+                "`{}` is not a kernel module name: letters, digits, `_` and `-`, at most 64 characters",
+                truncate(bad, 40).escape_debug()
+            ));
+        }
+    }
     m.typed().ok_or_else(|| {
         let p = match m {
             ModulesSetting::Policy(p) => p.as_str(),
             ModulesSetting::List(_) => "",
         };
-        RecipeError::file(
-            file,
-            Some("base.initramfs_modules".into()),
-            format!(
-                "`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names"
-            ),
-        )
+        format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")
     })
 }
 
@@ -128,12 +131,12 @@ fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
 
 /// Fill defaults into the merged layer and check what spans files.
 pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
+    let origins = std::mem::take(&mut layer.origins);
     let (repositories, artifacts, first_boot) =
-        super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer)?;
+        super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer, &origins)?;
     let missing = |key: &str| {
         RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string())
     };
-    let origins = std::mem::take(&mut layer.origins);
     let name = layer.name.ok_or_else(|| missing("name"))?.into_inner();
     let version = layer.version.ok_or_else(|| missing("version"))?;
     let top_dir = file.parent().unwrap_or(Path::new(""));
@@ -193,7 +196,12 @@ fn resolve_base(base: BaseLayer, file: &Path) -> Result<Base, RecipeError> {
         mirror: base.mirror,
         components,
         packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules.as_ref().map(|m| initramfs_modules(m, file)).transpose()?,
+        initramfs_modules: base
+            .initramfs_modules
+            .as_ref()
+            .map(|m| initramfs_modules(m.get_ref()))
+            .transpose()
+            .map_err(|msg| RecipeError::file(file, Some("base.initramfs_modules".into()), msg))?,
         kernel: base.kernel,
         arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
     })
@@ -301,11 +309,15 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
+fn is_module_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
+}
+
 fn is_ssh_key(s: &str) -> bool {
     let mut parts = s.split_whitespace();
     let kind = parts.next().unwrap_or("");
     let blob = parts.next().unwrap_or("");
     (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
         && blob.starts_with("AAAA")
-        && !s.contains('\n')
+        && !s.chars().any(|c| c.is_control())
 }
