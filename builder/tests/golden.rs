@@ -96,6 +96,7 @@ cases!(bad:
     include_directory => "include-directory",
     duplicate_user => "duplicate-user",
     default_hostname => "default-hostname",
+    duplicate_check => "duplicate-check",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.

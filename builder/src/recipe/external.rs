@@ -225,6 +225,7 @@ pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer, origins: &Origins
 pub struct Unique<'a> {
     what: &'static str,
     list: &'static str,
+    hint: &'static str,
     origins: &'a [Origin],
     seen: BTreeMap<String, usize>,
 }
@@ -232,7 +233,12 @@ pub struct Unique<'a> {
 impl<'a> Unique<'a> {
     /// `origins`: where each entry of the merged list was written, in list order.
     pub fn new(what: &'static str, list: &'static str, origins: &'a [Origin]) -> Unique<'a> {
-        Unique { what, list, origins, seen: BTreeMap::new() }
+        Unique { what, list, hint: "", origins, seen: BTreeMap::new() }
+    }
+
+    /// Words added to the error (`; give one a name`).
+    pub fn hint(self, hint: &'static str) -> Unique<'a> {
+        Unique { hint, ..self }
     }
 
     /// Entry `i` is named `name`: an error if an earlier entry has that name too.
@@ -241,13 +247,15 @@ impl<'a> Unique<'a> {
             self.seen.insert(name.to_string(), i);
             return Ok(());
         };
-        let (what, list) = (self.what, self.list);
+        let (what, list, hint) = (self.what, self.list, self.hint);
         Err(match (self.origins.get(first), self.origins.get(i)) {
-            (Some(a), Some(b)) => b.error(None, format!("two {what} are named `{name}`: this one and the one at {a}")),
+            (Some(a), Some(b)) => {
+                b.error(None, format!("two {what} are named `{name}`: this one and the one at {a}{hint}"))
+            }
             _ => RecipeError::file(
                 file,
                 Some(list.into()),
-                format!("two {what} are named `{name}` (in the recipe or its layers)"),
+                format!("two {what} are named `{name}` (in the recipe or its layers){hint}"),
             ),
         })
     }

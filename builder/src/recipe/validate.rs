@@ -269,7 +269,7 @@ fn resolve_checks(
     file: &Path,
 ) -> Result<Vec<Check>, RecipeError> {
     let mut checks: Vec<Check> = Vec::new();
-    let mut names = Unique::new("checks", "checks", origins);
+    let mut names = Unique::new("checks", "checks", origins).hint("; give one a `name`");
     for (i, c) in checks_in.into_iter().enumerate() {
         let c = c.into_inner();
         let kind = check_kind(&c).map_err(|m| RecipeError::file(file, Some("checks".into()), m))?;
