@@ -121,7 +121,6 @@ fn check_artifact(
     i: usize,
     err: &impl Fn(usize, String, String) -> RecipeError,
 ) -> Result<(), RecipeError> {
-    let at = a.span().start;
     let a = a.get_ref();
     let key = |k: &str| format!("artifacts[{i}].{k}");
     if !is_sha256(a.sha256.get_ref()) {
@@ -141,7 +140,6 @@ fn check_artifact(
             ));
         }
     }
-    let _ = at;
     Ok(())
 }
 
