@@ -73,7 +73,9 @@ impl Mmdebstrap<'_> {
         if let Some(cpu) = self.qemu_cpu {
             cmd = cmd.env("QEMU_CPU", cpu);
         }
-        Ok(cmd.arg(self.suite).arg(self.target).arg(&src.mirror).args(self.extra_lines))
+        // `--` ends mmdebstrap's options (Getopt::Long): suite, target and mirrors are never read
+        // as options, whatever they hold (the recipe's types already refuse a leading `-`).
+        Ok(cmd.arg("--").arg(self.suite).arg(self.target).arg(&src.mirror).args(self.extra_lines))
     }
 }
 
@@ -120,5 +122,57 @@ impl CacheKey {
             Kind::Tools => cache.tools(),
         };
         kind.join(&self.hash)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::debian::source::Args;
+
+    fn plan(base: &str) -> Result<crate::plan::Plan, String> {
+        crate::plan::plan_of(&format!("[base]\n{base}"))
+    }
+
+    /// Suite, target and mirror come after `--`, last, in this order.
+    #[test]
+    fn positional_arguments_follow_the_end_of_options() {
+        let plan = plan("suite = \"trixie\"\nmirror = \"http://deb.example/debian\"\n").unwrap();
+        let work = WorkDir::new(None, false).unwrap();
+        let src = Args {
+            pins: None,
+            pin_file: "etc/apt/preferences.d/kiln",
+            sources_line: String::new(),
+            components: Some(vec!["main".into()]),
+            mirror: plan.mirror.clone(),
+        };
+        let run = Mmdebstrap {
+            arch: plan.arch().debian(),
+            include: &plan.packages,
+            aptopts: &[],
+            source: &src,
+            hooks: Vec::new(),
+            source_date_epoch: Some(plan.recipe.source_date_epoch),
+            qemu_cpu: None,
+            private_path: None,
+            suite: &plan.recipe.base.suite,
+            target: Path::new("/tmp/kiln-target"),
+            extra_lines: &[],
+        };
+        let argv = run.command(&work).unwrap().argv();
+        let dashes = argv.iter().position(|a| a == "--").expect("an end of options");
+        assert_eq!(argv[dashes..], ["--", "trixie", "/tmp/kiln-target", "http://deb.example/debian"]);
+        assert!(argv[1..dashes].iter().all(|a| a.starts_with("--")), "only options before `--`: {argv:?}");
+    }
+
+    /// Values that would read as options never reach the command line: the recipe is refused.
+    #[test]
+    fn option_like_suite_and_mirror_are_refused() {
+        let e = plan("suite = \"--aptopt=APT::Get::AllowUnauthenticated=1\"\n").unwrap_err();
+        assert!(e.contains("key `base.suite`") && e.contains("not a Debian package or suite name"), "{e}");
+        let e = plan("mirror = \"--hook-dir=/tmp/evil\"\n").unwrap_err();
+        assert!(e.contains("key `base.mirror`") && e.contains("http:// or https://"), "{e}");
+        let e = plan("mirror = \"http://deb.example/debian\\ninjected\"\n").unwrap_err();
+        assert!(e.contains("key `base.mirror`"), "{e}");
     }
 }

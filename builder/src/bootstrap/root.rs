@@ -24,7 +24,7 @@ struct BootstrapInputs<'a> {
     arch: &'a str,
     suite: &'a str,
     mirror: &'a str,
-    components: &'a [String],
+    components: &'a [crate::recipe::ArchiveComponent],
     packages: &'a [String],
     initramfs_modules: &'a InitramfsModules,
     locale: &'a str,
@@ -42,7 +42,7 @@ struct RepoInputs<'a> {
     name: &'a str,
     url: &'a str,
     suite: &'a str,
-    components: &'a [String],
+    components: &'a [crate::recipe::ArchiveComponent],
     fingerprint: &'a str,
     pin: Option<String>,
 }

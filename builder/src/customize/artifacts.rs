@@ -97,7 +97,7 @@ pub fn missing<'a>(artifacts: &'a [Artifact], store: &Store) -> Result<(Located<
 }
 
 pub fn needs(missing: &[&Artifact]) -> Vec<Need> {
-    missing.iter().map(|a| Need { what: format!("artifact `{}`", a.name), url: a.url.clone() }).collect()
+    missing.iter().map(|a| Need { what: format!("artifact `{}`", a.name), url: a.url.to_string() }).collect()
 }
 
 /// Lay each artifact into the root: a file with its mode and owner, or an unpacked archive
@@ -154,7 +154,7 @@ fn unpack(a: &Artifact, file: &Path, dest: &Path, ids: Option<(u32, u32)>) -> Re
         .with_context(|| format!("artifact `{}`: unpacking {}", a.name, a.url))?;
     if let Some((uid, gid)) = ids {
         Cmd::new("chown")
-            .args(["-R", "--no-dereference", &format!("{uid}:{gid}")])
+            .args(["-R", "--no-dereference", &format!("{uid}:{gid}"), "--"])
             .arg(staged)
             .run()
             .with_context(|| format!("artifact `{}`: setting owner", a.name))?;
@@ -197,10 +197,10 @@ mod tests {
 
     fn artifact(sha: &str) -> Artifact {
         Artifact {
-            name: "x".into(),
-            url: "http://127.0.0.1:9/dl/x.tar.gz?y=1".into(),
+            name: "x".try_into().unwrap(),
+            url: "http://127.0.0.1:9/dl/x.tar.gz?y=1".try_into().unwrap(),
             sha256: sha.into(),
-            dest: "/opt/x".into(),
+            dest: "/opt/x".try_into().unwrap(),
             extract: None,
             mode: 0o644,
             owner: None,
@@ -215,7 +215,7 @@ mod tests {
         std::fs::write(src.join("app/run.sh"), "echo app\n").unwrap();
         let tarball = dir.path().join("app.tar");
         Cmd::new("tar").arg("-cf").arg(&tarball).arg("-C").arg(&src).arg("app").run().unwrap();
-        let a = Artifact { dest: "/opt".into(), extract: Some(Extract::Tar), ..artifact(&"0".repeat(64)) };
+        let a = Artifact { dest: "/opt".try_into().unwrap(), extract: Some(Extract::Tar), ..artifact(&"0".repeat(64)) };
         install(&[(&a, tarball.clone())], &root).unwrap();
         assert_eq!(std::fs::read_to_string(root.join("opt/app/run.sh")).unwrap(), "echo app\n");
         let names: Vec<_> = std::fs::read_dir(root.join("opt")).unwrap().flatten().map(|e| e.file_name()).collect();

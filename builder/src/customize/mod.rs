@@ -4,3 +4,4 @@ pub mod artifacts;
 pub mod firstboot;
 pub mod overlay;
 pub mod system;
+pub mod template;

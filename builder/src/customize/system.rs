@@ -23,11 +23,11 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     write_file(root, "etc/hostname", format!("{}\n", sys.hostname).as_bytes(), 0o644)?;
     let short = sys.hostname.split('.').next().unwrap_or(&sys.hostname);
-    let alias = if short != sys.hostname { format!("{} {short}", sys.hostname) } else { short.to_string() };
+    let alias = if short != sys.hostname.as_str() { format!("{} {short}", sys.hostname) } else { short.to_string() };
     let hosts = format!("127.0.0.1\tlocalhost\n127.0.1.1\t{alias}\n\n::1\tlocalhost ip6-localhost ip6-loopback\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n");
     write_file(root, "etc/hosts", hosts.as_bytes(), 0o644)?;
     timezone(root, &sys.timezone)?;
-    let locale = format!("LANG={}\n", sys.locale);
+    let locale = locale_file(&sys.locale);
     write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
     write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
     apt_sources(root)?;
@@ -48,9 +48,9 @@ pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
     let mut enable = vec!["kiln-check.service".to_string()];
     enable.extend(plan.recipe.first_boot.iter().map(crate::customize::firstboot::unit_name));
-    enable.extend(sys.enable.iter().cloned());
+    enable.extend(sys.enable.iter().map(|u| u.to_string()));
     systemctl(root, "enable", &enable)?;
-    systemctl(root, "disable", &sys.disable)
+    systemctl(root, "disable", &crate::recipe::values::strings(&sys.disable))
 }
 
 /// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook
@@ -64,13 +64,14 @@ fn apt_sources(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `/etc/localtime` and `/etc/timezone`. The zone is looked up in the image only: `tz` is a
+/// `TimeZone` (never a path), and links in the image's zoneinfo are followed inside the root.
 fn timezone(root: &Path, tz: &str) -> Result<()> {
-    let zone = root.join("usr/share/zoneinfo").join(tz);
     let link = root.join("etc/localtime");
-    if tz.contains("..") {
+    if tz.contains("..") || tz.starts_with('/') {
         bail!("time zone `{tz}` is not a zoneinfo name");
     }
-    if !zone.is_file() {
+    if !zone_in_image(root, &format!("usr/share/zoneinfo/{tz}")) {
         if matches!(tz, "UTC" | "Etc/UTC") {
             // Without tzdata the system runs in UTC anyway.
             let _ = std::fs::remove_file(&link);
@@ -83,17 +84,60 @@ fn timezone(root: &Path, tz: &str) -> Result<()> {
     write_file(root, "etc/timezone", format!("{tz}\n").as_bytes(), 0o644)
 }
 
+/// The image's useradd for `user`; the name comes after `--`.
+fn useradd(root: &Path, user: &User, epoch: i64) -> Cmd {
+    // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
+    let mut cmd = in_root(root, "useradd")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .args(["--create-home", "--user-group", "--shell"])
+        .arg(&user.shell);
+    if !user.groups.is_empty() {
+        cmd = cmd.arg("--groups").arg(user.groups.join(","));
+    }
+    cmd.arg("--").arg(&user.name)
+}
+
+/// `rel` names a regular file inside `root`, symbolic links followed as the image would see them
+/// (an absolute target starts again at `root`; `..` stops at it): the host's files are never looked at.
+fn zone_in_image(root: &Path, rel: &str) -> bool {
+    use std::path::Component;
+    let mut pending: Vec<std::ffi::OsString> = Path::new(rel).iter().rev().map(|c| c.to_owned()).collect();
+    let mut at = std::path::PathBuf::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        match Path::new(&c).components().next() {
+            Some(Component::Normal(name)) => at.push(name),
+            Some(Component::ParentDir) => {
+                at.pop();
+                continue;
+            }
+            _ => continue,
+        }
+        let Ok(meta) = std::fs::symlink_metadata(root.join(&at)) else { return false };
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            let Ok(target) = std::fs::read_link(root.join(&at)) else { return false };
+            if hops > 40 {
+                return false;
+            }
+            at.pop();
+            if target.is_absolute() {
+                at.clear();
+            }
+            pending.extend(target.iter().rev().filter(|c| *c != "/").map(|c| c.to_owned()));
+        }
+    }
+    std::fs::symlink_metadata(root.join(&at)).is_ok_and(|m| m.is_file())
+}
+
+/// `/etc/default/locale` and `/etc/locale.conf`.
+fn locale_file(locale: &str) -> String {
+    format!("LANG={locale}\n")
+}
+
 fn add_user(root: &Path, user: &User, epoch: i64) -> Result<()> {
     if user.name != "root" {
-        // SOURCE_DATE_EPOCH: the "last password change" day in /etc/shadow, not today.
-        let mut cmd = in_root(root, "useradd")
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
-            .args(["--create-home", "--user-group", "--shell"])
-            .arg(&user.shell);
-        if !user.groups.is_empty() {
-            cmd = cmd.arg("--groups").arg(user.groups.join(","));
-        }
-        cmd.arg(&user.name).run()?;
+        useradd(root, user, epoch).run()?;
     }
     if user.ssh_authorized_keys.is_empty() {
         return Ok(());
@@ -128,11 +172,12 @@ fn systemctl(root: &Path, verb: &str, units: &[String]) -> Result<()> {
     if units.is_empty() {
         return Ok(());
     }
-    in_root(root, "systemctl")
-        .arg(verb)
-        .args(units)
-        .run()
-        .with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+    systemctl_cmd(root, verb, units).run().with_context(|| format!("systemctl {verb} {}", units.join(" ")))
+}
+
+/// The image's systemctl; unit names come after `--` (`-.mount` is a unit, not an option).
+fn systemctl_cmd(root: &Path, verb: &str, units: &[String]) -> Cmd {
+    in_root(root, "systemctl").arg(verb).arg("--").args(units)
 }
 
 /// A program of the image itself, run chrooted into it: its systemctl and useradd write what
@@ -261,6 +306,57 @@ fn empty_dir(root: &Path, rel: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::plan::plan_of;
+
+    #[test]
+    fn locale_file_is_one_line() {
+        let plan =
+            plan_of("[system]\nlocale = \"de_DE.UTF-8\"\n[base]\nmirror = \"http://deb.example/debian\"\n").unwrap();
+        assert_eq!(locale_file(&plan.recipe.system.locale), "LANG=de_DE.UTF-8\n");
+        let e = plan_of("[system]\nlocale = \"de_DE.UTF-8\\nLC_ALL=C\"\n").unwrap_err();
+        assert!(e.contains("r.toml:4:") && e.contains("key `system.locale`") && e.contains("not a locale"), "{e}");
+    }
+
+    /// User names and groups are single names, after `--` where they are positional.
+    #[test]
+    fn useradd_arguments() {
+        let body = "[base]\nmirror = \"http://deb.example/debian\"\n[[users]]\nname = \"admin\"\ngroups = [\"sudo\", \"adm\"]\n";
+        let plan = plan_of(body).unwrap();
+        let argv = useradd(Path::new("/r"), &plan.recipe.users[0], 0).argv();
+        let tail = ["--shell", "/bin/bash", "--groups", "sudo,adm", "--", "admin"];
+        assert_eq!(argv[..5], ["chroot", "/r", "useradd", "--create-home", "--user-group"]);
+        assert_eq!(argv[5..], tail);
+        let e = plan_of("[[users]]\nname = \"admin\"\ngroups = [\"sudo,root\"]\n").unwrap_err();
+        assert!(e.contains("key `users[0].groups[0]`") && e.contains("one name"), "{e}");
+        let e = plan_of("[[users]]\nname = \"-oroot\"\n").unwrap_err();
+        assert!(e.contains("key `users[0].name`"), "{e}");
+    }
+
+    #[test]
+    fn systemctl_units_follow_the_end_of_options() {
+        let argv = systemctl_cmd(Path::new("/r"), "enable", &["-.mount".into(), "a.service".into()]).argv();
+        assert_eq!(argv, ["chroot", "/r", "systemctl", "enable", "--", "-.mount", "a.service"]);
+    }
+
+    /// The zone is looked up in the image: links out of it lead nowhere, never to the host.
+    #[test]
+    fn zones_resolve_inside_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        let zi = root.path().join("usr/share/zoneinfo");
+        std::fs::create_dir_all(zi.join("Europe")).unwrap();
+        std::fs::create_dir_all(zi.join("Etc")).unwrap();
+        std::fs::write(zi.join("Europe/Berlin"), b"TZif").unwrap();
+        std::os::unix::fs::symlink("../Europe/Berlin", zi.join("Etc/Here")).unwrap();
+        std::os::unix::fs::symlink("/usr/share/zoneinfo/Europe/Berlin", zi.join("Etc/Abs")).unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", zi.join("Etc/Host")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../../../etc/hostname", zi.join("Etc/Up")).unwrap();
+        let z = |tz: &str| zone_in_image(root.path(), &format!("usr/share/zoneinfo/{tz}"));
+        assert!(z("Europe/Berlin") && z("Etc/Here") && z("Etc/Abs"));
+        assert!(Path::new("/etc/hostname").is_file(), "the host has the file the links point at");
+        assert!(!z("Etc/Host") && !z("Etc/Up") && !z("Europe/Paris"));
+    }
+
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     /// Whatever apt left (here: root-owned, 0755, with a stale download), `clean` leaves the

@@ -40,8 +40,8 @@ pub fn sources(plan: &Plan, offline: bool) -> Result<(Source, Source)> {
     let r = &plan.recipe;
     let root = Source {
         mirror: plan.mirror.clone(),
-        suite: r.base.suite.clone(),
-        components: r.base.components.clone(),
+        suite: r.base.suite.to_string(),
+        components: crate::recipe::values::strings(&r.base.components),
         arch: plan.arch().debian().into(),
         pins: lock.map(|l| l.packages.clone()),
         exact: true,

@@ -58,7 +58,7 @@ pub fn keyrings(plan: &Plan, work: &Path) -> Result<Vec<Keyring>> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
         gpg(home.path())
-            .arg("--import")
+            .args(["--import", "--"])
             .arg(&r.key_path)
             .run()
             .with_context(|| format!("repository `{}`: importing key file {}", r.name, r.key.display()))?;
@@ -76,7 +76,7 @@ pub fn keyrings(plan: &Plan, work: &Path) -> Result<Vec<Keyring>> {
             .args(["--export", &r.fingerprint])
             .run()
             .with_context(|| format!("repository `{}`: exporting key {}", r.name, r.fingerprint))?;
-        out.push(Keyring { name: r.name.clone(), armored, binary });
+        out.push(Keyring { name: r.name.to_string(), armored, binary });
     }
     Ok(out)
 }
@@ -190,4 +190,30 @@ fn drop_build_sources(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    fn repo(pin_packages: &str) -> String {
+        format!(
+            "[[repositories]]\nname = \"vendor\"\nurl = \"http://apt.example.org:8080/debian\"\nsuite = \"trixie\"\ncomponents = [\"main\"]\nkey = \"{}/tests/recipes/keys/test-repo.asc\"\nfingerprint = \"CCFC5FF3A32B8B6C628838BAD04DD4C859054D90\"\npin_priority = 990\npin_packages = [{pin_packages}]\n",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    }
+
+    /// Pin patterns are one pattern each: a newline cannot add a field to the pin file.
+    #[test]
+    fn pin_file_has_one_package_line() {
+        let plan = crate::plan::plan_of(&repo(r#""vendor-*", "libvendor1""#)).unwrap();
+        let pin = super::pin_file(&plan.recipe.repositories[0]).unwrap();
+        assert_eq!(
+            pin,
+            "# kiln: repository `vendor`\nPackage: vendor-* libvendor1\nPin: origin \"apt.example.org\"\nPin-Priority: 990\n"
+        );
+        for bad in [r#""vendor-*\nPin: release a=evil""#, r#""vendor-* evil""#] {
+            let e = crate::plan::plan_of(&repo(bad)).unwrap_err();
+            assert!(e.contains("r.toml:11:") && e.contains("key `repositories[0].pin_packages[0]`"), "{e}");
+            assert!(e.contains("not an apt package pattern"), "{e}");
+        }
+    }
 }

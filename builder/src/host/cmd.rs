@@ -100,6 +100,11 @@ impl Cmd {
         self
     }
 
+    /// The program and its arguments, as they will be passed (for tests of command lines).
+    pub fn argv(&self) -> Vec<String> {
+        std::iter::once(&self.program).chain(&self.args).map(|a| a.to_string_lossy().into_owned()).collect()
+    }
+
     /// The command line as a shell would show it (for errors and logs).
     pub fn display(&self) -> String {
         std::iter::once(&self.program)

@@ -169,6 +169,57 @@ pub fn sha256_file(path: &Path) -> Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
+/// `path` (symbolic links followed) is a regular file of at most `limit` bytes. Looks at the
+/// file type before anything opens it: a named pipe or a device is refused unopened.
+pub fn check_regular(path: &Path, limit: u64) -> std::result::Result<std::fs::Metadata, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!("not a regular file (a {})", kind_of(&meta.file_type())));
+    }
+    if meta.len() > limit {
+        return Err(format!("{} bytes, more than the limit of {limit}", meta.len()));
+    }
+    Ok(meta)
+}
+
+/// Read a regular file of at most `limit` bytes as text (see `check_regular`); the open file is
+/// checked again, so a file swapped after the first look is not read past the limit either.
+pub fn read_regular(path: &Path, limit: u64) -> std::result::Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    check_regular(path, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err(format!("not a regular file (a {})", kind_of(&meta.file_type())));
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > limit {
+        return Err(format!("more than the limit of {limit} bytes"));
+    }
+    Ok(text)
+}
+
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "named pipe"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else {
+        "special file"
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +271,27 @@ mod tests {
         assert!(names(&out).iter().all(|n| n.ends_with(".partial")));
         assert_eq!(set.commit(0o644).unwrap(), [out.join("b"), out.join("c")]);
         assert_eq!(names(&out), ["b", "c"]);
+    }
+}
+
+#[cfg(test)]
+mod regular_tests {
+    use super::*;
+
+    #[test]
+    fn pipes_and_devices_are_refused_unopened() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Opening a pipe for reading would block: the check must not open it.
+        assert!(read_regular(&fifo, 100).unwrap_err().contains("named pipe"));
+        assert!(read_regular(Path::new("/dev/zero"), 100).unwrap_err().contains("device"));
+        assert!(read_regular(dir.path(), 100).unwrap_err().contains("directory"));
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 101]).unwrap();
+        assert!(read_regular(&big, 100).unwrap_err().contains("limit"));
+        std::fs::write(&big, b"ok").unwrap();
+        assert_eq!(read_regular(&big, 100).unwrap(), "ok");
     }
 }

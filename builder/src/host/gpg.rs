@@ -6,7 +6,7 @@ use std::path::Path;
 /// Primary-key fingerprints in a key file (armored or binary), via `gpg --show-keys`.
 pub fn fingerprints(key_file: &Path) -> Result<Vec<String>> {
     let home = tempfile::tempdir().context("creating a temporary GnuPG home")?;
-    let out = gpg(home.path()).args(["--show-keys", "--with-colons"]).arg(key_file).output()?;
+    let out = gpg(home.path()).args(["--show-keys", "--with-colons", "--"]).arg(key_file).output()?;
     let mut fprs = Vec::new();
     let mut last = "";
     for line in out.lines() {

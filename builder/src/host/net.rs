@@ -40,6 +40,7 @@ pub fn probe(url: &str) -> Result<(), String> {
             "5",
             "--max-time",
             "20",
+            "--",
         ])
         .arg(url)
         .run()
@@ -84,6 +85,7 @@ pub fn download_checked<T>(url: &str, dest: &Path, check: impl FnOnce(&Path) -> 
             .args(["--fail", "--silent", "--show-error", "--location", "--connect-timeout", "10"])
             .args(["--retry", "3", "--retry-connrefused", "--output"])
             .arg(tmp)
+            .arg("--")
             .arg(url)
             .run()
             .with_context(|| format!("downloading {url}"))?;

@@ -30,12 +30,7 @@ pub fn esp_files(plan: &Plan, root: &Path) -> Result<(Vec<EspFile>, BootInfo)> {
     }
     let r = &plan.recipe;
     let entry_name = format!("{}.conf", r.name);
-    let entry = format!(
-        "title {name} {version}\nversion {kver}\nsort-key {name}\nlinux /{name}/{kver}/linux\ninitrd /{name}/{kver}/initrd\noptions {cmdline}\n",
-        name = r.name,
-        version = r.version,
-        cmdline = plan.kernel_cmdline,
-    );
+    let entry = loader_entry(plan, &kver);
     let loader = format!("timeout {}\ndefault {entry_name}\neditor no\nconsole-mode keep\n", r.boot.menu_timeout);
     let files = vec![
         EspFile { path: arch.efi_boot_path().into(), contents: EspSource::File(sdboot) },
@@ -51,6 +46,16 @@ pub fn esp_files(plan: &Plan, root: &Path) -> Result<(Vec<EspFile>, BootInfo)> {
 }
 
 /// The version of the one kernel in /boot (the newest, if there are several).
+/// The Boot Loader Specification entry of the image's kernel `kver`.
+pub fn loader_entry(plan: &Plan, kver: &str) -> String {
+    format!(
+        "title {name} {version}\nversion {kver}\nsort-key {name}\nlinux /{name}/{kver}/linux\ninitrd /{name}/{kver}/initrd\noptions {cmdline}\n",
+        name = plan.recipe.name,
+        version = plan.recipe.version,
+        cmdline = plan.kernel_cmdline,
+    )
+}
+
 pub fn kernel_version(root: &Path) -> Result<String> {
     let boot = root.join("boot");
     let mut versions: Vec<String> = std::fs::read_dir(&boot)
@@ -95,6 +100,22 @@ fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 
 #[cfg(test)]
 mod tests {
+    /// Kernel command-line values are words: a newline cannot add a line to the loader entry.
+    #[test]
+    fn loader_entry_has_one_options_line() {
+        let body =
+            "[base]\nmirror = \"http://deb.example/debian\"\n[boot]\nkernel_cmdline = [\"quiet\", \"loglevel=3\"]\n";
+        let entry = super::loader_entry(&crate::plan::plan_of(body).unwrap(), "6.12.9-amd64");
+        let lines: Vec<&str> = entry.lines().collect();
+        assert_eq!(lines.len(), 6, "{entry}");
+        assert!(lines[5].starts_with("options root=PARTUUID=") && lines[5].ends_with(" quiet loglevel=3"), "{entry}");
+        for bad in [r#"quiet\ninitrd /evil"#, "quiet init=/bin/sh", r#"quiet\r"#] {
+            let e = crate::plan::plan_of(&format!("[boot]\nkernel_cmdline = [\"{bad}\"]\n")).unwrap_err();
+            assert!(e.contains("r.toml:4:") && e.contains("key `boot.kernel_cmdline[0]`"), "{e}");
+            assert!(e.contains("not one kernel command-line word"), "{e}");
+        }
+    }
+
     #[test]
     fn kernel_versions_sort_numerically() {
         let mut v = vec!["6.12.10-amd64", "6.12.9-amd64", "6.1.0-amd64"];

@@ -79,7 +79,7 @@ pub struct Subject<'a> {
     pub requested: &'a [String],
     pub architecture: &'a str,
     pub suite: &'a str,
-    pub components: &'a [String],
+    pub components: Vec<String>,
     pub source_date_epoch: i64,
     pub mirror: &'a str,
     /// The packages of this kiln's tools tree.

@@ -81,8 +81,8 @@ fn sources(plan: &Plan, old: Option<&Lock>, host: Arch) -> Result<(Source, Sourc
     let r = &plan.recipe;
     let root_src = Source {
         mirror: plan.mirror.clone(),
-        suite: r.base.suite.clone(),
-        components: r.base.components.clone(),
+        suite: r.base.suite.to_string(),
+        components: crate::recipe::values::strings(&r.base.components),
         arch: plan.arch().debian().into(),
         pins: old.map(|l| l.packages.clone()),
         exact: false,
@@ -130,10 +130,10 @@ fn resolved_lock(
     requested.sort();
     let mut new = Lock {
         format: LOCK_FORMAT,
-        recipe: r.name.clone(),
+        recipe: r.name.to_string(),
         architecture: plan.arch().debian().into(),
-        suite: r.base.suite.clone(),
-        components: r.base.components.clone(),
+        suite: r.base.suite.to_string(),
+        components: crate::recipe::values::strings(&r.base.components),
         mirror: plan.mirror.clone(),
         source_date_epoch: r.source_date_epoch,
         archive_date: archive_date?,

@@ -75,16 +75,17 @@ impl Plan {
         if let Some(h) = &lock_hash {
             recipe_hash = crate::host::files::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
         }
-        let mirror = recipe.base.mirror.clone().unwrap_or_else(host_mirror);
+        let mirror = recipe.base.mirror.as_ref().map(|m| m.to_string()).unwrap_or_else(host_mirror);
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
-        packages.push(recipe.base.kernel.clone().unwrap_or_else(|| arch.kernel_package().into()));
+        packages.push(recipe.base.kernel.as_ref().map_or(arch.kernel_package(), |k| k.as_str()).to_string());
         if !matches!(recipe.system.locale.as_str(), "C" | "C.UTF-8" | "POSIX") {
             packages.push("locales".into());
         }
         let for_arch = recipe.base.arch_packages.get(&arch).into_iter().flatten();
+        let mut seen: std::collections::BTreeSet<String> = packages.iter().cloned().collect();
         for p in recipe.base.packages.iter().chain(for_arch) {
-            if !packages.contains(p) {
-                packages.push(p.clone());
+            if seen.insert(p.to_string()) {
+                packages.push(p.to_string());
             }
         }
         let specs = [
@@ -113,7 +114,7 @@ impl Plan {
             "console=tty0".into(),
             format!("console={console},115200"),
         ];
-        cmdline.extend(recipe.boot.kernel_cmdline.iter().cloned());
+        cmdline.extend(recipe.boot.kernel_cmdline.iter().map(|w| w.to_string()));
         let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
             formats: recipe.output.formats.clone(),
@@ -151,7 +152,7 @@ impl Plan {
             requested: &self.packages,
             architecture: self.arch().debian(),
             suite: &r.base.suite,
-            components: &r.base.components,
+            components: crate::recipe::values::strings(&r.base.components),
             source_date_epoch: r.source_date_epoch,
             mirror: &self.mirror,
             tools_packages: TOOLS_PACKAGES,
@@ -207,6 +208,17 @@ fn mirror_in(text: &str) -> Option<String> {
             words.into_iter().map(|w| w.trim_end_matches('/').to_string())
         })
         .find(|u| u.ends_with("/debian"))
+}
+
+/// The plan of a recipe `name = "x"`, `version = "1"` plus `body` (written to a temporary
+/// file), or the recipe error as text: for tests of what kiln makes of recipe values.
+#[cfg(test)]
+pub fn plan_of(body: &str) -> Result<Plan, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("r.toml");
+    std::fs::write(&file, format!("name = \"x\"\nversion = \"1\"\n{body}")).unwrap();
+    let recipe = crate::recipe::load(&file).map_err(|e| e.to_string())?;
+    Ok(Plan::new(recipe).unwrap())
 }
 
 #[cfg(test)]

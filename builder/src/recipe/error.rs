@@ -36,6 +36,40 @@ impl RecipeError {
     }
 }
 
+/// Where a value was written: file, line, column and its key there. Merged values keep it, so
+/// a check after merging (duplicate names, the default host name) points into the right layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub key: String,
+}
+
+impl Origin {
+    pub fn new(file: &Path, text: &str, offset: usize, key: String) -> Origin {
+        let (line, column) = line_col(text, offset);
+        Origin { file: file.to_path_buf(), line, column, key }
+    }
+
+    /// An error at this origin, about `key` (or the origin's own key).
+    pub fn error(&self, key: Option<String>, message: impl Into<String>) -> RecipeError {
+        RecipeError {
+            file: self.file.clone(),
+            line: self.line,
+            column: self.column,
+            key: Some(key.unwrap_or_else(|| self.key.clone())),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());

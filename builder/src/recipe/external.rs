@@ -2,10 +2,11 @@
 //! the box later: `[[repositories]]`, `[[artifacts]]`, `[[first_boot]]`. Per-file checks
 //! (with positions; key files are checked against their fingerprints here, before anything
 //! else happens) and the resolution of the merged lists.
-use super::error::RecipeError;
-use super::layer::{ArtifactLayer, FirstBootLayer, Layer, RepositoryLayer};
+use super::error::{Origin, RecipeError};
+use super::layer::{ArtifactLayer, FirstBootLayer, Layer, Origins, RepositoryLayer};
+use super::values::PinPattern;
 use super::{normalize, relative_to, Artifact, FirstBoot, FirstBootRun, Pin, Repository};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -36,24 +37,8 @@ fn check_repository(
     let at = r.span().start;
     let repo = r.get_mut();
     let key = |k: &str| format!("repositories[{i}].{k}");
-    if !is_name(&repo.name) {
-        return Err(err(
-            at,
-            key("name"),
-            format!("`{}` is not a valid repository name: use lower-case letters, digits and `-`", repo.name),
-        ));
-    }
-    check_url(repo.url.get_ref()).map_err(|m| err(repo.url.span().start, key("url"), m))?;
-    if repo.suite.is_empty()
-        || repo.suite.contains(char::is_whitespace)
-        || repo.components.is_empty()
-        || repo.components.iter().any(|c| c.is_empty() || c.contains(char::is_whitespace))
-    {
-        return Err(err(
-            at,
-            key("suite"),
-            "a repository needs a suite and at least one component, without spaces".into(),
-        ));
+    if repo.components.is_empty() {
+        return Err(err(at, key("components"), "a repository needs at least one component".into()));
     }
     let fpr = normalize_fingerprint(repo.fingerprint.get_ref()).ok_or_else(|| {
         err(
@@ -89,7 +74,7 @@ fn check_key_file(
     key: &impl Fn(&str) -> String,
     err: &impl Fn(usize, String, String) -> RecipeError,
 ) -> Result<(), RecipeError> {
-    if !path.is_file() {
+    if std::fs::metadata(path).is_err() {
         return Err(err(
             repo.key.span().start,
             key("key"),
@@ -101,6 +86,13 @@ fn check_key_file(
             ),
         ));
     }
+    crate::host::files::check_regular(path, MAX_KEY).map_err(|e| {
+        err(
+            repo.key.span().start,
+            key("key"),
+            format!("repository `{}`: key file `{}`: {e}", repo.name, repo.key.get_ref()),
+        )
+    })?;
     let found = crate::host::gpg::fingerprints(path).map_err(|e| {
         err(
             repo.key.span().start,
@@ -129,17 +121,8 @@ fn check_artifact(
     i: usize,
     err: &impl Fn(usize, String, String) -> RecipeError,
 ) -> Result<(), RecipeError> {
-    let at = a.span().start;
     let a = a.get_ref();
     let key = |k: &str| format!("artifacts[{i}].{k}");
-    if !is_name(&a.name) {
-        return Err(err(
-            at,
-            key("name"),
-            format!("`{}` is not a valid artifact name: use lower-case letters, digits and `-`", a.name),
-        ));
-    }
-    check_url(a.url.get_ref()).map_err(|m| err(a.url.span().start, key("url"), m))?;
     if !is_sha256(a.sha256.get_ref()) {
         return Err(err(
             a.sha256.span().start,
@@ -147,7 +130,6 @@ fn check_artifact(
             format!("`{}` is not a sha256 digest (64 hex digits)", a.sha256.get_ref()),
         ));
     }
-    check_image_path(a.dest.get_ref()).map_err(|m| err(a.dest.span().start, key("dest"), m))?;
     if let Some(mode) = &a.mode {
         parse_mode(mode.get_ref()).map_err(|m| err(mode.span().start, key("mode"), m))?;
         if a.extract.is_some() {
@@ -156,11 +138,6 @@ fn check_artifact(
                 key("mode"),
                 "mode applies to a single file; an extracted archive keeps the modes of its members".into(),
             ));
-        }
-    }
-    if let Some(owner) = &a.owner {
-        if owner.split(':').count() > 2 || owner.split(':').any(|p| p.is_empty()) {
-            return Err(err(at, key("owner"), format!("`{owner}` is not `user` or `user:group`")));
         }
     }
     Ok(())
@@ -174,20 +151,6 @@ fn check_first_boot(
 ) -> Result<(), RecipeError> {
     let at = f.span().start;
     run_of(f.get_ref()).map_err(|m| err(at, format!("first_boot[{i}]"), m))?;
-    if !is_name(&f.get_ref().name) {
-        return Err(err(
-            at,
-            format!("first_boot[{i}].name"),
-            format!("`{}` is not a valid action name: use lower-case letters, digits and `-`", f.get_ref().name),
-        ));
-    }
-    if let Some(u) = f.get_ref().before.iter().chain(&f.get_ref().after).find(|u| !is_unit_name(u)) {
-        return Err(err(
-            at,
-            format!("first_boot[{i}]"),
-            format!("`{u}` is not a systemd unit name (e.g. `nginx.service`)"),
-        ));
-    }
     if let Some(u) =
         f.get_ref().before.iter().find(|u| {
             u.ends_with(".socket") || matches!(u.as_str(), "sysinit.target" | "basic.target" | "sockets.target")
@@ -201,10 +164,7 @@ fn check_first_boot(
 fn run_of(f: &FirstBootLayer) -> Result<FirstBootRun, String> {
     match (&f.command, &f.script) {
         (Some(c), None) if !c.trim().is_empty() => Ok(FirstBootRun::Command(c.clone())),
-        (None, Some(s)) => {
-            check_image_path(s)?;
-            Ok(FirstBootRun::Script(s.clone()))
-        }
+        (None, Some(s)) => Ok(FirstBootRun::Script(s.clone())),
         (Some(_), Some(_)) => Err("a first-boot action takes either `command` or `script`, not both".into()),
         _ => Err(
             "a first-boot action needs `command` (a bash command line) or `script` (an executable's path in the image)"
@@ -217,26 +177,21 @@ fn run_of(f: &FirstBootLayer) -> Result<FirstBootRun, String> {
 pub type Externals = (Vec<Repository>, Vec<Artifact>, Vec<FirstBoot>);
 
 /// Resolve the merged lists: defaults, and names unique across all layers.
-pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<Externals, RecipeError> {
-    let dup = |what: &str, list: &str, name: &str| {
-        RecipeError::file(
-            file,
-            Some(list.into()),
-            format!("two {what} are named `{name}` (in the recipe or its layers)"),
-        )
-    };
+pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer, origins: &Origins) -> Result<Externals, RecipeError> {
+    let mut names = Unique::new("repositories", "repositories", &origins.repositories);
     let mut repos = Vec::new();
-    for r in layer.repositories.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
+    for (i, r) in layer.repositories.take().unwrap_or_default().into_iter().map(Spanned::into_inner).enumerate() {
         let RepositoryLayer { name, url, suite, components, key, fingerprint, pin_priority, pin_packages } = r;
-        if repos.iter().any(|x: &Repository| x.name == name) {
-            return Err(dup("repositories", "repositories", &name));
-        }
+        names.check(i, &name, file)?;
         let key = PathBuf::from(key.into_inner());
-        let pin =
-            pin_priority.map(|priority| Pin { priority, packages: pin_packages.unwrap_or_else(|| vec!["*".into()]) });
+        let all = || vec![PinPattern::try_from("*").expect("`*` is a pattern")];
+        let pin = pin_priority.map(|priority| Pin { priority, packages: pin_packages.unwrap_or_else(all) });
+        let url = url.into_inner();
+        let trimmed = url.trim_end_matches('/');
+        let url = if trimmed.len() < url.len() { trimmed.to_string().try_into().unwrap_or(url) } else { url };
         repos.push(Repository {
             name,
-            url: url.into_inner().trim_end_matches('/').into(),
+            url,
             suite,
             components,
             key_path: normalize(&top_dir.join(&key)),
@@ -245,38 +200,72 @@ pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer) -> Result<Externa
             pin,
         });
     }
+    let mut names = Unique::new("artifacts", "artifacts", &origins.artifacts);
     let mut artifacts = Vec::new();
-    for a in layer.artifacts.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
+    for (i, a) in layer.artifacts.take().unwrap_or_default().into_iter().map(Spanned::into_inner).enumerate() {
         let ArtifactLayer { name, url, sha256, dest, extract, mode, owner } = a;
-        if artifacts.iter().any(|x: &Artifact| x.name == name) {
-            return Err(dup("artifacts", "artifacts", &name));
-        }
+        names.check(i, &name, file)?;
         let mode = mode.map(|m| parse_mode(m.get_ref()).unwrap_or(0o644)).unwrap_or(0o644);
-        artifacts.push(Artifact {
-            name,
-            url: url.into_inner(),
-            sha256: sha256.into_inner().to_ascii_lowercase(),
-            dest: dest.into_inner(),
-            extract,
-            mode,
-            owner,
-        });
+        let sha256 = sha256.into_inner().to_ascii_lowercase();
+        artifacts.push(Artifact { name, url: url.into_inner(), sha256, dest: dest.into_inner(), extract, mode, owner });
     }
+    let mut names = Unique::new("first-boot actions", "first_boot", &origins.first_boot);
     let mut actions = Vec::new();
-    for f in layer.first_boot.take().unwrap_or_default().into_iter().map(Spanned::into_inner) {
-        if actions.iter().any(|x: &FirstBoot| x.name == f.name) {
-            return Err(dup("first-boot actions", "first_boot", &f.name));
-        }
+    for (i, f) in layer.first_boot.take().unwrap_or_default().into_iter().map(Spanned::into_inner).enumerate() {
+        names.check(i, &f.name, file)?;
         let run = run_of(&f).map_err(|m| RecipeError::file(file, Some("first_boot".into()), m))?;
         actions.push(FirstBoot { name: f.name, run, before: dedup(f.before), after: dedup(f.after) });
     }
     Ok((repos, artifacts, actions))
 }
 
-fn dedup(v: Vec<String>) -> Vec<String> {
+/// Names that must be unique across a merged list; errors point at both definitions.
+pub struct Unique<'a> {
+    what: &'static str,
+    list: &'static str,
+    hint: &'static str,
+    origins: &'a [Origin],
+    seen: BTreeMap<String, usize>,
+}
+
+impl<'a> Unique<'a> {
+    /// `origins`: where each entry of the merged list was written, in list order.
+    pub fn new(what: &'static str, list: &'static str, origins: &'a [Origin]) -> Unique<'a> {
+        Unique { what, list, hint: "", origins, seen: BTreeMap::new() }
+    }
+
+    /// Words added to the error (`; give one a name`).
+    pub fn hint(self, hint: &'static str) -> Unique<'a> {
+        Unique { hint, ..self }
+    }
+
+    /// Entry `i` is named `name`: an error if an earlier entry has that name too.
+    pub fn check(&mut self, i: usize, name: &str, file: &Path) -> Result<(), RecipeError> {
+        let Some(&first) = self.seen.get(name) else {
+            self.seen.insert(name.to_string(), i);
+            return Ok(());
+        };
+        let (what, list, hint) = (self.what, self.list, self.hint);
+        Err(match (self.origins.get(first), self.origins.get(i)) {
+            (Some(a), Some(b)) => {
+                b.error(None, format!("two {what} are named `{name}`: this one and the one at {a}{hint}"))
+            }
+            _ => RecipeError::file(
+                file,
+                Some(list.into()),
+                format!("two {what} are named `{name}` (in the recipe or its layers){hint}"),
+            ),
+        })
+    }
+}
+
+fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {
     let mut seen = BTreeSet::new();
     v.into_iter().filter(|s| seen.insert(s.clone())).collect()
 }
+
+/// Largest key file read.
+const MAX_KEY: u64 = 64 << 10;
 
 /// Upper-case hex without spaces, when `s` is a full v4 (40) or v5/v6 (64) fingerprint.
 pub fn normalize_fingerprint(s: &str) -> Option<String> {
@@ -284,43 +273,8 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
     (matches!(hex.len(), 40 | 64) && hex.chars().all(|c| c.is_ascii_hexdigit())).then_some(hex)
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-}
-
-fn is_unit_name(s: &str) -> bool {
-    let ok_chars = s.chars().all(|c| c.is_ascii_alphanumeric() || ":-_.\\@".contains(c));
-    ok_chars
-        && [".service", ".socket", ".target", ".mount", ".path", ".timer", ".device"]
-            .iter()
-            .any(|x| s.ends_with(x) && s.len() > x.len())
-}
-
 fn is_sha256(s: &str) -> bool {
     s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit())
-}
-
-fn check_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(|| format!("`{url}` is not an http:// or https:// URL"))?;
-    let host = rest.split('/').next().unwrap_or("");
-    if host.is_empty() || url.contains(char::is_whitespace) {
-        return Err(format!("`{url}` is not a valid URL"));
-    }
-    Ok(())
-}
-
-/// An absolute path in the image without `..` and not the root itself.
-fn check_image_path(p: &str) -> Result<(), String> {
-    if !p.starts_with('/') || p == "/" || p.split('/').any(|c| c == "..") || p.contains(['\n', '\t']) {
-        return Err(format!("`{p}` is not an absolute path in the image (no `..`)"));
-    }
-    Ok(())
 }
 
 /// An octal mode written as a string: "0644", "755".
@@ -345,13 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn unit_names_and_modes() {
-        assert!(
-            is_unit_name("nginx.service")
-                && is_unit_name("network-online.target")
-                && !is_unit_name("nginx")
-                && !is_unit_name("a b.service")
-        );
+    fn modes() {
         assert_eq!(parse_mode("0640"), Ok(0o640));
         assert!(parse_mode("rw-r--r--").is_err());
     }

@@ -3,8 +3,12 @@
 //! Merge rules, applied from the first include to the including file:
 //! lists append (duplicates dropped where order does not matter), tables merge key by key,
 //! and scalars set by the including file win over the layers it includes.
-use super::error::{key_of, RecipeError};
+use super::error::{key_of, Origin, RecipeError};
 use super::size::Size;
+use super::values::{
+    ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
+    TimeZone, UnitName, Url, UserName, Version,
+};
 use crate::recipe::arch::Arch;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -15,8 +19,8 @@ use toml::Spanned;
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     pub include: Option<Vec<Spanned<String>>>,
-    pub name: Option<Spanned<String>>,
-    pub version: Option<String>,
+    pub name: Option<Spanned<RecipeName>>,
+    pub version: Option<Version>,
     pub description: Option<String>,
     pub architecture: Option<Arch>,
     pub source_date_epoch: Option<Spanned<i64>>,
@@ -32,20 +36,51 @@ pub struct Layer {
     pub repositories: Option<Vec<Spanned<RepositoryLayer>>>,
     pub artifacts: Option<Vec<Spanned<ArtifactLayer>>>,
     pub first_boot: Option<Vec<Spanned<FirstBootLayer>>>,
+    /// Where the name and list entries were written (filled by `Layer::locate`, kept by `merge`).
+    #[serde(skip)]
+    pub origins: Origins,
+}
+
+/// Origins of values checked after merging, in the order of the merged lists.
+#[derive(Debug, Default, Clone)]
+pub struct Origins {
+    pub name: Option<Origin>,
+    pub users: Vec<Origin>,
+    pub checks: Vec<Origin>,
+    pub repositories: Vec<Origin>,
+    pub artifacts: Vec<Origin>,
+    pub first_boot: Vec<Origin>,
+}
+
+impl Origins {
+    fn merge(self, upper: Origins) -> Origins {
+        let cat = |mut l: Vec<Origin>, u: Vec<Origin>| {
+            l.extend(u);
+            l
+        };
+        Origins {
+            name: upper.name.or(self.name),
+            users: cat(self.users, upper.users),
+            checks: cat(self.checks, upper.checks),
+            repositories: cat(self.repositories, upper.repositories),
+            artifacts: cat(self.artifacts, upper.artifacts),
+            first_boot: cat(self.first_boot, upper.first_boot),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BaseLayer {
-    pub suite: Option<String>,
-    pub mirror: Option<String>,
-    pub components: Option<Vec<String>>,
-    pub packages: Option<Vec<String>>,
-    pub initramfs_modules: Option<ModulesSetting>,
+    pub suite: Option<DebName>,
+    pub mirror: Option<Url>,
+    pub components: Option<Vec<ArchiveComponent>>,
+    pub packages: Option<Vec<DebName>>,
+    pub initramfs_modules: Option<Spanned<ModulesSetting>>,
     /// Kernel package instead of the architecture's Debian kernel (e.g. Proxmox's).
-    pub kernel: Option<String>,
+    pub kernel: Option<DebName>,
     /// Packages only installed on one architecture (`x86_64 = ["ovmf"]`).
-    pub arch_packages: Option<BTreeMap<Arch, Vec<String>>>,
+    pub arch_packages: Option<BTreeMap<Arch, Vec<DebName>>>,
 }
 
 /// `base.initramfs_modules` as written: a policy name or a list of modules.
@@ -111,22 +146,23 @@ impl ModulePolicy {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SystemLayer {
-    pub hostname: Option<Spanned<String>>,
-    pub timezone: Option<String>,
-    pub locale: Option<String>,
-    pub enable: Option<Vec<String>>,
-    pub disable: Option<Vec<String>>,
+    pub hostname: Option<Spanned<Hostname>>,
+    pub timezone: Option<TimeZone>,
+    pub locale: Option<Locale>,
+    pub enable: Option<Vec<UnitName>>,
+    pub disable: Option<Vec<UnitName>>,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserLayer {
-    pub name: String,
+    pub name: UserName,
+    /// One group per entry.
     #[serde(default)]
-    pub groups: Vec<String>,
+    pub groups: Vec<UserName>,
     #[serde(default)]
     pub ssh_authorized_keys: Vec<String>,
-    pub shell: Option<String>,
+    pub shell: Option<ImagePath>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,7 +182,7 @@ pub enum Filesystem {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootLayer {
-    pub kernel_cmdline: Option<Vec<String>>,
+    pub kernel_cmdline: Option<Vec<KernelWord>>,
     pub menu_timeout: Option<u32>,
 }
 
@@ -173,7 +209,7 @@ pub enum OutputFormat {
 pub struct CheckLayer {
     pub name: Option<String>,
     pub command: Option<String>,
-    pub unit: Option<String>,
+    pub unit: Option<UnitName>,
     pub port: Option<u16>,
     /// Seconds the guest keeps retrying this check before it counts as failed.
     pub timeout: Option<u32>,
@@ -183,29 +219,29 @@ pub struct CheckLayer {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepositoryLayer {
-    pub name: String,
-    pub url: Spanned<String>,
-    pub suite: String,
-    pub components: Vec<String>,
+    pub name: FileName,
+    pub url: Spanned<Url>,
+    pub suite: DebName,
+    pub components: Vec<ArchiveComponent>,
     /// Path of the public key file, relative to the file that names it.
     pub key: Spanned<String>,
     /// The key's full fingerprint (40 hex digits; spaces allowed).
     pub fingerprint: Spanned<String>,
     pub pin_priority: Option<i32>,
-    pub pin_packages: Option<Vec<String>>,
+    pub pin_packages: Option<Vec<PinPattern>>,
 }
 
 /// A file fetched by URL, checked by sha256 and laid into the image.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArtifactLayer {
-    pub name: String,
-    pub url: Spanned<String>,
+    pub name: FileName,
+    pub url: Spanned<Url>,
     pub sha256: Spanned<String>,
-    pub dest: Spanned<String>,
+    pub dest: Spanned<ImagePath>,
     pub extract: Option<Extract>,
     pub mode: Option<Spanned<String>>,
-    pub owner: Option<String>,
+    pub owner: Option<Owner>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
@@ -219,13 +255,13 @@ pub enum Extract {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FirstBootLayer {
-    pub name: String,
+    pub name: FileName,
     pub command: Option<String>,
-    pub script: Option<String>,
+    pub script: Option<ImagePath>,
     #[serde(default)]
-    pub before: Vec<String>,
+    pub before: Vec<UnitName>,
     #[serde(default)]
-    pub after: Vec<String>,
+    pub after: Vec<UnitName>,
 }
 
 /// Parse one file into a layer; errors carry file, line, column and key.
@@ -277,7 +313,25 @@ pub fn merge_tables(mut lower: toml::Table, upper: toml::Table) -> toml::Table {
     lower
 }
 
+/// Origins of the entries of one list of one file.
+fn origins_of<T>(list: &Option<Vec<Spanned<T>>>, file: &Path, text: &str, key: &str) -> Vec<Origin> {
+    let list = list.iter().flatten().enumerate();
+    list.map(|(i, e)| Origin::new(file, text, e.span().start, format!("{key}[{i}]"))).collect()
+}
+
 impl Layer {
+    /// Record where this file's name and list entries are written (`text` is the file's contents).
+    pub fn locate(&mut self, file: &Path, text: &str) {
+        self.origins = Origins {
+            name: self.name.as_ref().map(|n| Origin::new(file, text, n.span().start, "name".into())),
+            users: origins_of(&self.users, file, text, "users"),
+            checks: origins_of(&self.checks, file, text, "checks"),
+            repositories: origins_of(&self.repositories, file, text, "repositories"),
+            artifacts: origins_of(&self.artifacts, file, text, "artifacts"),
+            first_boot: origins_of(&self.first_boot, file, text, "first_boot"),
+        };
+    }
+
     /// `self` is the lower layer (an include), `upper` the file that includes it.
     pub fn merge(self, upper: Layer) -> Layer {
         Layer {
@@ -325,6 +379,7 @@ impl Layer {
             repositories: append(self.repositories, upper.repositories),
             artifacts: append(self.artifacts, upper.artifacts),
             first_boot: append(self.first_boot, upper.first_boot),
+            origins: self.origins.merge(upper.origins),
         }
     }
 }

@@ -5,10 +5,15 @@ mod external;
 pub mod layer;
 mod size;
 mod validate;
+pub mod values;
 
 pub use error::RecipeError;
 pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
 pub use size::Size;
+pub use values::{
+    ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
+    TimeZone, UnitName, Url, UserName, Version,
+};
 
 use crate::recipe::arch::Arch;
 use layer::Layer;
@@ -19,8 +24,8 @@ use std::path::{Component, Path, PathBuf};
 /// A fully resolved recipe: every include merged, defaults filled in, values checked.
 #[derive(Debug, Clone, Serialize)]
 pub struct Recipe {
-    pub name: String,
-    pub version: String,
+    pub name: RecipeName,
+    pub version: Version,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     pub architecture: Arch,
@@ -49,35 +54,35 @@ pub struct Recipe {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Base {
-    pub suite: String,
+    pub suite: DebName,
     /// None: the host's configured Debian mirror.
-    pub mirror: Option<String>,
-    pub components: Vec<String>,
-    pub packages: Vec<String>,
+    pub mirror: Option<Url>,
+    pub components: Vec<ArchiveComponent>,
+    pub packages: Vec<DebName>,
     /// None: the architecture's default (see `Arch::default_initramfs_modules`).
     pub initramfs_modules: Option<InitramfsModules>,
     /// None: the architecture's Debian kernel package.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<String>,
+    pub kernel: Option<DebName>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub arch_packages: BTreeMap<Arch, Vec<String>>,
+    pub arch_packages: BTreeMap<Arch, Vec<DebName>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct System {
-    pub hostname: String,
-    pub timezone: String,
-    pub locale: String,
-    pub enable: Vec<String>,
-    pub disable: Vec<String>,
+    pub hostname: Hostname,
+    pub timezone: TimeZone,
+    pub locale: Locale,
+    pub enable: Vec<UnitName>,
+    pub disable: Vec<UnitName>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct User {
-    pub name: String,
-    pub groups: Vec<String>,
+    pub name: UserName,
+    pub groups: Vec<UserName>,
     pub ssh_authorized_keys: Vec<String>,
-    pub shell: String,
+    pub shell: ImagePath,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +102,7 @@ pub struct Disk {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Boot {
-    pub kernel_cmdline: Vec<String>,
+    pub kernel_cmdline: Vec<KernelWord>,
     pub menu_timeout: u32,
 }
 
@@ -129,10 +134,10 @@ pub enum CheckKind {
 /// An extra apt repository (see `repos.rs`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Repository {
-    pub name: String,
-    pub url: String,
-    pub suite: String,
-    pub components: Vec<String>,
+    pub name: FileName,
+    pub url: Url,
+    pub suite: DebName,
+    pub components: Vec<ArchiveComponent>,
     /// The key file as written, relative to the recipe directory.
     pub key: PathBuf,
     #[serde(skip)]
@@ -146,24 +151,24 @@ pub struct Repository {
 #[derive(Debug, Clone, Serialize)]
 pub struct Pin {
     pub priority: i32,
-    pub packages: Vec<String>,
+    pub packages: Vec<PinPattern>,
 }
 
 /// A file fetched by URL and checked by sha256 (see `artifacts.rs`).
 #[derive(Debug, Clone, Serialize)]
 pub struct Artifact {
-    pub name: String,
-    pub url: String,
+    pub name: FileName,
+    pub url: Url,
     /// Lower-case hex.
     pub sha256: String,
     /// Absolute path in the image: the file, or the directory a tar archive is unpacked into.
-    pub dest: String,
+    pub dest: ImagePath,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub extract: Option<Extract>,
     #[serde(serialize_with = "octal")]
     pub mode: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    pub owner: Option<Owner>,
 }
 
 fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
@@ -173,11 +178,11 @@ fn octal<S: serde::Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
 /// A first-boot action (see `firstboot.rs`).
 #[derive(Debug, Clone, Serialize)]
 pub struct FirstBoot {
-    pub name: String,
+    pub name: FileName,
     #[serde(flatten)]
     pub run: FirstBootRun,
-    pub before: Vec<String>,
-    pub after: Vec<String>,
+    pub before: Vec<UnitName>,
+    pub after: Vec<UnitName>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -186,7 +191,7 @@ pub enum FirstBootRun {
     /// A bash command line.
     Command(String),
     /// An executable in the image (shipped by an overlay).
-    Script(String),
+    Script(ImagePath),
 }
 
 /// Defaults used when no layer sets a value.
@@ -200,6 +205,9 @@ pub mod defaults {
     /// 2025-01-01T00:00:00Z: every timestamp kiln writes, unless the recipe names another.
     pub const SOURCE_DATE_EPOCH: i64 = 1_735_689_600;
 }
+
+/// Largest recipe or layer file.
+pub const MAX_RECIPE: u64 = 1 << 20;
 
 /// Read a recipe file, resolve its includes and return the resolved recipe.
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
@@ -216,8 +224,13 @@ fn load_layer(
     stack: &mut Vec<PathBuf>,
     sources: &mut Vec<PathBuf>,
 ) -> Result<Layer, RecipeError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| RecipeError::file(path, None, format!("cannot read recipe: {e}")))?;
+    let text = crate::host::files::read_regular(path, MAX_RECIPE).map_err(|e| {
+        RecipeError::file(
+            path,
+            None,
+            format!("cannot read recipe: {e} (recipes and layers are regular files of at most 1MiB)"),
+        )
+    })?;
     let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
     stack.push(canonical);
     sources.push(path.to_path_buf());
@@ -237,6 +250,13 @@ fn load_layer(
                 format!("cannot read included file `{}` ({}): {e}", inc.get_ref(), inc_path.display()),
             )
         })?;
+        if let Err(e) = crate::host::files::check_regular(&canonical, MAX_RECIPE) {
+            let msg = format!(
+                "cannot read included file `{}`: {e} (layers are regular files of at most 1MiB)",
+                inc.get_ref()
+            );
+            return Err(RecipeError::at(path, &text, inc.span().start, key, msg));
+        }
         if let Some(pos) = stack.iter().position(|p| *p == canonical) {
             let mut cycle: Vec<String> =
                 stack[pos..].iter().map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned()).collect();

@@ -6,6 +6,16 @@ use std::fmt;
 pub struct Size(pub u64);
 
 impl Size {
+    /// The largest size a recipe may name: 16TiB.
+    pub const MAX: u64 = 16 << 40;
+
+    fn bounded(v: u64) -> Result<Size, String> {
+        if v > Self::MAX {
+            return Err(format!("{} is larger than the limit of 16TiB", Size(v)));
+        }
+        Ok(Size(v))
+    }
+
     pub fn parse(s: &str) -> Result<Size, String> {
         let s = s.trim();
         let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -25,7 +35,9 @@ impl Size {
                 ))
             }
         };
-        num.checked_mul(1u64 << shift).map(Size).ok_or_else(|| format!("size `{s}` is too large"))
+        let v =
+            num.checked_mul(1u64 << shift).ok_or_else(|| format!("size `{s}` is larger than the limit of 16TiB"))?;
+        Self::bounded(v)
     }
 }
 
@@ -56,10 +68,11 @@ impl<'de> Deserialize<'de> for Size {
                 f.write_str("a size such as \"2GiB\" or a number of bytes")
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size, E> {
-                u64::try_from(v).map(Size).map_err(|_| E::custom("a size cannot be negative"))
+                let v = u64::try_from(v).map_err(|_| E::custom("a size cannot be negative"))?;
+                Size::bounded(v).map_err(E::custom)
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
-                Ok(Size(v))
+                Size::bounded(v).map_err(E::custom)
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
                 Size::parse(v).map_err(E::custom)
@@ -81,5 +94,8 @@ mod tests {
         assert!(Size::parse("2GB").unwrap_err().contains("unknown size unit `GB`"));
         assert!(Size::parse("big").is_err());
         assert_eq!(Size(256 << 20).to_string(), "256MiB");
+        assert_eq!(Size::parse("16TiB").unwrap().0, 16 << 40);
+        assert!(Size::parse("15000000TiB").unwrap_err().contains("larger than the limit of 16TiB"));
+        assert!(Size::parse("99999999999999999999").is_err());
     }
 }

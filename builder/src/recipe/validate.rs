@@ -1,6 +1,8 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
-use super::error::RecipeError;
+use super::error::{Origin, RecipeError};
+use super::external::Unique;
 use super::layer::{BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, ModulesSetting, SystemLayer, UserLayer};
+use super::values::{Hostname, ImagePath, Locale, RecipeName, TimeZone};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
     Recipe, System, User,
@@ -14,6 +16,7 @@ use toml::Spanned;
 pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> Result<(), RecipeError> {
     let err = |offset: usize, key: &str, msg: String| RecipeError::at(file, text, offset, Some(key.to_string()), msg);
     let dir = file.parent().unwrap_or(Path::new(""));
+    layer.locate(file, text);
     for (i, ov) in layer.overlays.iter_mut().flatten().enumerate() {
         let path = normalize(&dir.join(ov.get_ref()));
         if !path.is_dir() {
@@ -24,16 +27,6 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
             ));
         }
         *ov.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
-    }
-    if let Some(name) = &layer.name {
-        if !is_name(name.get_ref()) {
-            return Err(err(name.span().start, "name", format!("`{}` is not a valid recipe name: use lower-case letters, digits, `.`, `_` and `-`, starting with a letter or digit", name.get_ref())));
-        }
-    }
-    if let Some(host) = layer.system.as_ref().and_then(|s| s.hostname.as_ref()) {
-        if !is_hostname(host.get_ref()) {
-            return Err(err(host.span().start, "system.hostname", format!("`{}` is not a valid host name (RFC 1123: labels of letters, digits and `-`, at most 63 characters each)", host.get_ref())));
-        }
     }
     check_users(layer, &err)?;
     for (i, c) in layer.checks.iter().flatten().enumerate() {
@@ -51,7 +44,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     check_disk(layer, &err)?;
     super::external::per_file(layer, file, text, top_dir)?;
     if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
-        initramfs_modules(m, file)?;
+        initramfs_modules(m.get_ref()).map_err(|msg| err(m.span().start, "base.initramfs_modules", msg))?;
     }
     Ok(())
 }
@@ -61,16 +54,6 @@ fn check_users(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError)
     for (i, u) in layer.users.iter().flatten().enumerate() {
         let key = format!("users[{i}]");
         let user = u.get_ref();
-        if !is_user_name(&user.name) {
-            return Err(err(
-                u.span().start,
-                &format!("{key}.name"),
-                format!(
-                    "`{}` is not a valid user name (lower-case letters, digits, `_` and `-`, at most 32 characters)",
-                    user.name
-                ),
-            ));
-        }
         if let Some(bad) = user.ssh_authorized_keys.iter().find(|k| !is_ssh_key(k)) {
             return Err(err(
                 u.span().start,
@@ -104,25 +87,28 @@ fn check_disk(layer: &Layer, err: &impl Fn(usize, &str, String) -> RecipeError) 
     Ok(())
 }
 
-fn initramfs_modules(m: &ModulesSetting, file: &Path) -> Result<InitramfsModules, RecipeError> {
+/// The typed setting, or what is wrong with it.
+fn initramfs_modules(m: &ModulesSetting) -> Result<InitramfsModules, String> {
+    if let ModulesSetting::List(list) = m {
+        if let Some(bad) = list.iter().find(|x| !is_module_name(x)) {
+            return Err(format!(
+                "`{}` is not a kernel module name: letters, digits, `_` and `-`, at most 64 characters",
+                truncate(bad, 40).escape_debug()
+            ));
+        }
+    }
     m.typed().ok_or_else(|| {
         let p = match m {
             ModulesSetting::Policy(p) => p.as_str(),
             ModulesSetting::List(_) => "",
         };
-        RecipeError::file(
-            file,
-            Some("base.initramfs_modules".into()),
-            format!(
-                "`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names"
-            ),
-        )
+        format!("`{p}` is not an initramfs module policy: use \"most\", \"netboot\", \"dep\" or a list of module names")
     })
 }
 
 fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
-    let kinds =
-        [c.command.clone().map(CheckKind::Command), c.unit.clone().map(CheckKind::Unit), c.port.map(CheckKind::Port)];
+    let unit = c.unit.clone().map(|u| CheckKind::Unit(u.into()));
+    let kinds = [c.command.clone().map(CheckKind::Command), unit, c.port.map(CheckKind::Port)];
     let mut set = kinds.into_iter().flatten();
     match (set.next(), set.next()) {
         (Some(kind), None) => {
@@ -145,8 +131,9 @@ fn check_kind(c: &CheckLayer) -> Result<CheckKind, String> {
 
 /// Fill defaults into the merged layer and check what spans files.
 pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
+    let origins = std::mem::take(&mut layer.origins);
     let (repositories, artifacts, first_boot) =
-        super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer)?;
+        super::external::resolve(file, file.parent().unwrap_or(Path::new("")), &mut layer, &origins)?;
     let missing = |key: &str| {
         RecipeError::file(file, Some(key.into()), "missing: set it in the recipe or a layer it includes".to_string())
     };
@@ -155,8 +142,8 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let top_dir = file.parent().unwrap_or(Path::new(""));
 
     let base = resolve_base(layer.base.unwrap_or_default(), file)?;
-    let system = resolve_system(layer.system.unwrap_or_default(), &name, file)?;
-    let users = resolve_users(layer.users.unwrap_or_default(), file)?;
+    let system = resolve_system(layer.system.unwrap_or_default(), &name, origins.name.as_ref(), file)?;
+    let users = resolve_users(layer.users.unwrap_or_default(), &origins.users, file)?;
 
     let overlays = dedup(layer.overlays.unwrap_or_default().into_iter().map(|o| o.into_inner()).collect())
         .into_iter()
@@ -168,7 +155,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let boot =
         Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
 
-    let checks = resolve_checks(layer.checks.unwrap_or_default(), file)?;
+    let checks = resolve_checks(layer.checks.unwrap_or_default(), &origins.checks, file)?;
 
     let mut formats = vec![OutputFormat::Img];
     formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
@@ -202,56 +189,62 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
 }
 
 fn resolve_base(base: BaseLayer, file: &Path) -> Result<Base, RecipeError> {
-    let mut components = dedup(base.components.unwrap_or_else(|| vec!["main".into()]));
-    components.retain(|c| !c.is_empty());
+    let main = || vec!["main".to_string().try_into().expect("`main` is a component")];
+    let components = dedup(base.components.unwrap_or_else(main));
     Ok(Base {
-        suite: base.suite.unwrap_or_else(|| defaults::SUITE.into()),
+        suite: base.suite.unwrap_or_else(|| defaults::SUITE.to_string().try_into().expect("the default suite")),
         mirror: base.mirror,
         components,
         packages: dedup(base.packages.unwrap_or_default()),
-        initramfs_modules: base.initramfs_modules.as_ref().map(|m| initramfs_modules(m, file)).transpose()?,
+        initramfs_modules: base
+            .initramfs_modules
+            .as_ref()
+            .map(|m| initramfs_modules(m.get_ref()))
+            .transpose()
+            .map_err(|msg| RecipeError::file(file, Some("base.initramfs_modules".into()), msg))?,
         kernel: base.kernel,
         arch_packages: base.arch_packages.unwrap_or_default().into_iter().map(|(a, p)| (a, dedup(p))).collect(),
     })
 }
 
 /// The system settings; the host name defaults to the recipe name, which must then be a valid one.
-fn resolve_system(sys: SystemLayer, name: &str, file: &Path) -> Result<System, RecipeError> {
-    let system = System {
-        hostname: sys.hostname.map(|h| h.into_inner()).unwrap_or_else(|| name.to_string()),
-        timezone: sys.timezone.unwrap_or_else(|| defaults::TIMEZONE.into()),
-        locale: sys.locale.unwrap_or_else(|| defaults::LOCALE.into()),
+fn resolve_system(
+    sys: SystemLayer,
+    name: &RecipeName,
+    name_origin: Option<&Origin>,
+    file: &Path,
+) -> Result<System, RecipeError> {
+    let hostname = match sys.hostname {
+        Some(h) => h.into_inner(),
+        None => Hostname::try_from(name.to_string()).map_err(|_| {
+            let msg = format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname");
+            match name_origin {
+                Some(o) => o.error(Some("name".into()), msg),
+                None => RecipeError::file(file, Some("system.hostname".into()), msg),
+            }
+        })?,
+    };
+    Ok(System {
+        hostname,
+        timezone: sys.timezone.unwrap_or_else(|| TimeZone::try_from(defaults::TIMEZONE).expect("the default zone")),
+        locale: sys.locale.unwrap_or_else(|| Locale::try_from(defaults::LOCALE).expect("the default locale")),
         enable: dedup(sys.enable.unwrap_or_default()),
         disable: dedup(sys.disable.unwrap_or_default()),
-    };
-    if !is_hostname(&system.hostname) {
-        return Err(RecipeError::file(
-            file,
-            Some("system.hostname".into()),
-            format!("the default host name (the recipe name `{name}`) is not valid; set system.hostname"),
-        ));
-    }
-    Ok(system)
+    })
 }
 
 /// Users, each defined once across the recipe and its layers.
-fn resolve_users(users_in: Vec<Spanned<UserLayer>>, file: &Path) -> Result<Vec<User>, RecipeError> {
+fn resolve_users(users_in: Vec<Spanned<UserLayer>>, origins: &[Origin], file: &Path) -> Result<Vec<User>, RecipeError> {
     let mut users = Vec::new();
-    let mut seen = BTreeSet::new();
-    for u in users_in {
+    let mut names = Unique::new("users", "users", origins);
+    for (i, u) in users_in.into_iter().enumerate() {
         let u = u.into_inner();
-        if !seen.insert(u.name.clone()) {
-            return Err(RecipeError::file(
-                file,
-                Some("users".into()),
-                format!("user `{}` is defined twice (in the recipe or its layers)", u.name),
-            ));
-        }
+        names.check(i, &u.name, file)?;
         users.push(User {
             name: u.name,
             groups: dedup(u.groups),
             ssh_authorized_keys: u.ssh_authorized_keys,
-            shell: u.shell.unwrap_or_else(|| "/bin/bash".into()),
+            shell: u.shell.unwrap_or_else(|| ImagePath::try_from("/bin/bash").expect("an image path")),
         });
     }
     Ok(users)
@@ -270,9 +263,14 @@ fn resolve_disk(disk: DiskLayer, file: &Path) -> Result<Disk, RecipeError> {
 }
 
 /// Checks with their default names, each name used once.
-fn resolve_checks(checks_in: Vec<Spanned<CheckLayer>>, file: &Path) -> Result<Vec<Check>, RecipeError> {
+fn resolve_checks(
+    checks_in: Vec<Spanned<CheckLayer>>,
+    origins: &[Origin],
+    file: &Path,
+) -> Result<Vec<Check>, RecipeError> {
     let mut checks: Vec<Check> = Vec::new();
-    for c in checks_in {
+    let mut names = Unique::new("checks", "checks", origins).hint("; give one a `name`");
+    for (i, c) in checks_in.into_iter().enumerate() {
         let c = c.into_inner();
         let kind = check_kind(&c).map_err(|m| RecipeError::file(file, Some("checks".into()), m))?;
         let name = c.name.clone().unwrap_or_else(|| match &kind {
@@ -280,13 +278,7 @@ fn resolve_checks(checks_in: Vec<Spanned<CheckLayer>>, file: &Path) -> Result<Ve
             CheckKind::Unit(u) => format!("unit: {u}"),
             CheckKind::Port(p) => format!("port: {p}"),
         });
-        if checks.iter().any(|x| x.name == name) {
-            return Err(RecipeError::file(
-                file,
-                Some("checks".into()),
-                format!("two checks are named `{name}`; give one a `name`"),
-            ));
-        }
+        names.check(i, &name, file)?;
         checks.push(Check { name, kind, timeout: c.timeout.unwrap_or(defaults::CHECK_TIMEOUT) });
     }
     Ok(checks)
@@ -317,30 +309,8 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-}
-
-pub fn is_hostname(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        })
-}
-
-fn is_user_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 32
-        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+fn is_module_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))
 }
 
 fn is_ssh_key(s: &str) -> bool {
@@ -349,5 +319,5 @@ fn is_ssh_key(s: &str) -> bool {
     let blob = parts.next().unwrap_or("");
     (kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
         && blob.starts_with("AAAA")
-        && !s.contains('\n')
+        && !s.chars().any(|c| c.is_control())
 }

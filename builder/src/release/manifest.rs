@@ -86,7 +86,11 @@ impl Manifest {
         let r = &plan.recipe;
         Ok(Manifest {
             kiln_manifest: FORMAT,
-            recipe: RecipeRef { name: r.name.clone(), version: r.version.clone(), hash: plan.recipe_hash.clone() },
+            recipe: RecipeRef {
+                name: r.name.to_string(),
+                version: r.version.to_string(),
+                hash: plan.recipe_hash.clone(),
+            },
             lock_hash: None,
             kiln_version: env!("CARGO_PKG_VERSION").to_string(),
             source_date_epoch: r.source_date_epoch,
