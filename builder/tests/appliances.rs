@@ -32,7 +32,7 @@ fn build_fails(recipe: &Path, out_dir: &Path, cache: &Path, extra: &[&str], stat
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(status), "{err}");
     assert!(start.elapsed().as_secs() < 90, "failed only after {:?}: not early\n{err}", start.elapsed());
-    assert!(!err.contains("bootstrap Debian root (mmdebstrap) ..."), "bootstrap started:\n{err}");
+    assert!(!err.contains("Debian root (mmdebstrap"), "bootstrap started:\n{err}");
     let left: Vec<_> =
         std::fs::read_dir(out_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "files left in the output directory: {left:?}");
