@@ -97,22 +97,38 @@ pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let (root_src, tools_src) = crate::debian::pinning::sources(&plan, opts.offline)?;
     // Before any bootstrap: the locked versions must be on the mirror (or, offline, in the cache).
     check_locked_available(&plan, opts, &root_src, &tools_src, &debs, &work)?;
-    let mut p = Progress::new(12);
+    // A bootstrap for the host's own architecture needs nothing of the tools tree (only a
+    // foreign one runs programs from it): then both are made at the same time.
+    let side_by_side = opts.full_emulation || crate::recipe::arch::Arch::host() == Some(plan.arch());
+    let mut p = Progress::new(if side_by_side { 10 } else { 11 });
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
     let (keys, extra, fetched) =
         p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
-    let tools = p.stage("tools tree (mke2fs)", || {
+    let make_tools = || {
         if opts.host_tools {
             Ok(Tools::Host)
         } else {
             Tools::tree(&opts.cache, &tools_src, &work, &debs, true)
         }
-    })?;
-    let native = (!opts.full_emulation).then_some(&tools);
-    let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || {
-        root::prepare(&plan, &work, opts.reuse_root.then_some(opts.cache.as_path()), &root_src, &debs, &extra, native)
-    })?;
+    };
+    let cache = opts.reuse_root.then_some(opts.cache.as_path());
+    let (tools, root) = if side_by_side {
+        p.stage("tools tree (mke2fs) and Debian root (mmdebstrap, or cached), side by side", || {
+            std::thread::scope(|s| {
+                let tools = s.spawn(make_tools);
+                let root = root::prepare(&plan, &work, cache, &root_src, &debs, &extra, None);
+                let tools = tools.join().map_err(|_| anyhow::anyhow!("the tools tree thread panicked"))?;
+                Ok((tools?, root?))
+            })
+        })?
+    } else {
+        let tools = p.stage("tools tree (mke2fs)", make_tools)?;
+        let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || {
+            root::prepare(&plan, &work, cache, &root_src, &debs, &extra, Some(&tools))
+        })?;
+        (tools, root)
+    };
     let tree = root.dir.clone();
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
