@@ -1,6 +1,8 @@
-//! System settings applied to the unpacked root with host tools (no program of the target runs,
-//! so this works the same for foreign architectures): host name, time zone, locale, users,
-//! systemd units, kiln's test agent, and the clean-up that keeps images free of build leftovers.
+//! System settings applied to the unpacked root: host name, time zone, locale, users, systemd
+//! units, kiln's test agent, and the clean-up that keeps images free of build leftovers. Files are
+//! written by kiln itself; users and units are made by the image's own `useradd` and `systemctl`,
+//! run chrooted into the root (`in_root`; under qemu-user for a foreign architecture), so their
+//! results are the image's, not the host's.
 use crate::host::cmd::Cmd;
 use crate::host::files::write_file;
 use crate::plan::Plan;

@@ -37,9 +37,9 @@ pub struct Lock {
     /// The tools tree that writes the image's bytes (mke2fs), for the locking host's architecture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<ToolsLock>,
-    // TODO(#4, artifacts): `[[artifacts]]` (added by the artifacts work) are to be locked here
-    // too, with their resolved URL and sha256, so that their hash joins `Lock::hash`. Hook:
-    // `pipeline::lock` resolves them; `fetch::fetch` stores them in the cache for offline use.
+    // Not yet here: the recipe's `[[artifacts]]` (URL and sha256), so that their hash joins
+    // `Lock::hash`; `pipeline::lock::lock` would record them and `pipeline::lock::fetch` store
+    // them in the cache for offline builds. Today artifacts are pinned by the recipe's sha256.
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

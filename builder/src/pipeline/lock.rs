@@ -125,7 +125,6 @@ fn resolved_lock(
         .find(|p| p.name == "e2fsprogs")
         .map(|p| p.version.clone())
         .context("e2fsprogs is not in the tools tree")?;
-    // TODO(#4, artifacts): resolve the recipe's `[[artifacts]]` here (URL, sha256) into the lock.
     let mut requested = plan.packages.clone();
     requested.sort();
     let mut new = Lock {
@@ -212,6 +211,5 @@ pub fn fetch(plan: &Plan, cache: &Path, work_parent: Option<&Path>) -> Result<Fe
         out.locked += pins.len();
         out.downloaded += mirror::fetch(&s.index_id(), pins, &debs, work.path(), &pinning::help(l, plan))?;
     }
-    // TODO(#4, artifacts): fetch the lock's artifacts into the cache too.
     Ok(out)
 }
