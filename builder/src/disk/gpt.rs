@@ -258,17 +258,24 @@ pub fn write_gpt(file: &mut File, layout: &Layout) -> Result<()> {
 pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
     let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let disk_size = file.seek(SeekFrom::End(0)).context("finding image size")?;
-    file.rewind().context("seeking image")?;
+    layout_of(file, disk_size).with_context(|| format!("reading the GPT of {}", image.display()))
+}
+
+/// The layout in the GPT of `dev` (a disk of `disk_size` bytes): both headers must be valid.
+/// The one reader of partition tables: images (`read_gpt`) and `kiln verify`'s head and tail.
+pub(crate) fn layout_of<D: gpt::DiskDevice>(mut dev: D, disk_size: u64) -> Result<Layout> {
+    dev.seek(SeekFrom::Start(0)).context("seeking")?;
     // The gpt crate asserts (panics) on unusual entry sizes: check first.
-    let header = gpt::header::read_header_from_arbitrary_device(&mut file, LogicalBlockSize::Lb512)
-        .with_context(|| format!("reading primary gpt header of {}", image.display()))?;
-    ensure!(header.part_size == 128, "unsupported gpt entry size {}", header.part_size);
+    let header = gpt::header::read_header_from_arbitrary_device(&mut dev, LogicalBlockSize::Lb512)
+        .context("reading the primary GPT header")?;
+    ensure!(header.part_size == 128, "unsupported GPT entry size {}", header.part_size);
+    dev.seek(SeekFrom::Start(0)).context("seeking")?;
     let disk = gpt::GptConfig::new()
         .writable(false)
         .only_valid_headers(true)
         .logical_block_size(LogicalBlockSize::Lb512)
-        .open_from_device(file)
-        .with_context(|| format!("reading gpt of {}", image.display()))?;
+        .open_from_device(dev)
+        .context("reading the GPT")?;
     let mut partitions = Vec::new();
     for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
         ensure!(p.last_lba >= p.first_lba, "partition {number} ends before it starts");

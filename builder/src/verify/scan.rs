@@ -6,11 +6,10 @@
 //! and the caller's thread hashes the partitions and keeps the GPT regions.
 use crate::disk::gpt::{HEAD_LEN, SECTOR, TAIL_LEN};
 use crate::disk::stream::{read_full, CHUNK};
-use crate::disk::{Layout, PlacedPartition};
+use crate::disk::Layout;
 use anyhow::{ensure, Context, Result};
-use gpt::disk::LogicalBlockSize;
 use sha2::{Digest, Sha256};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 
@@ -128,34 +127,9 @@ pub fn gpt_from_ends(head: &[u8], tail: &[u8], size: u64) -> Result<Layout> {
         size >= HEAD_LEN + TAIL_LEN && size % SECTOR == 0,
         "{size} bytes is too small or not whole sectors for a GPT disk"
     );
-    let mut dev = crate::disk::gpt::GptDevice::from_ends(size, head.to_vec(), tail.to_vec())
+    let dev = crate::disk::gpt::GptDevice::from_ends(size, head.to_vec(), tail.to_vec())
         .context("reading the GPT regions")?;
-    let header = gpt::header::read_header_from_arbitrary_device(&mut dev, LogicalBlockSize::Lb512)
-        .context("reading the primary GPT header")?;
-    // The gpt crate asserts (panics) on unusual entry sizes: check first.
-    ensure!(header.part_size == 128, "unsupported GPT entry size {}", header.part_size);
-    dev.seek(SeekFrom::Start(0)).context("seeking")?;
-    let disk = gpt::GptConfig::new()
-        .writable(false)
-        .only_valid_headers(true)
-        .logical_block_size(LogicalBlockSize::Lb512)
-        .open_from_device(dev)
-        .context("reading the GPT")?;
-    let mut partitions = Vec::new();
-    for (&number, p) in disk.partitions().iter().filter(|(_, p)| p.is_used()) {
-        ensure!(p.last_lba >= p.first_lba, "partition {number} ends before it starts");
-        let offset = p.first_lba.checked_mul(SECTOR).context("partition offset overflows")?;
-        let size = (p.last_lba - p.first_lba + 1).checked_mul(SECTOR).context("partition size overflows")?;
-        partitions.push(PlacedPartition {
-            number,
-            label: p.name.clone(),
-            type_guid: p.part_type_guid.guid,
-            part_guid: p.part_guid,
-            offset,
-            size,
-        });
-    }
-    Ok(Layout { disk_size: size, disk_guid: *disk.guid(), partitions })
+    crate::disk::gpt::layout_of(dev, size)
 }
 
 #[cfg(test)]
