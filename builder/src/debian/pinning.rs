@@ -31,22 +31,29 @@ pub fn tools_source(mirror: &str, pins: Option<Vec<LockedPackage>>, offline: boo
     })
 }
 
+/// The source of the plan's root: its mirror, suite, components and architecture, pinned to
+/// `pins`; `exact`: the installed set must equal the pins (a build), not just keep their versions
+/// (`kiln lock` re-resolving).
+pub fn root_source(plan: &Plan, pins: Option<Vec<LockedPackage>>, exact: bool, offline: bool) -> Source {
+    let r = &plan.recipe;
+    Source {
+        mirror: plan.mirror.clone(),
+        suite: r.base.suite.to_string(),
+        components: crate::recipe::values::strings(&r.base.components),
+        arch: plan.arch().debian().into(),
+        pins,
+        exact,
+        offline,
+    }
+}
+
 /// The package sources of a build: (root, tools tree), pinned to the plan's lock if it has one.
 pub fn sources(plan: &Plan, offline: bool) -> Result<(Source, Source)> {
     let lock = plan.lock.as_ref().map(|l| &l.lock);
     if offline && lock.is_none() {
         bail!("--offline needs a lock file beside the recipe (or --lock FILE): run `kiln lock RECIPE` and `kiln fetch RECIPE` while online");
     }
-    let r = &plan.recipe;
-    let root = Source {
-        mirror: plan.mirror.clone(),
-        suite: r.base.suite.to_string(),
-        components: crate::recipe::values::strings(&r.base.components),
-        arch: plan.arch().debian().into(),
-        pins: lock.map(|l| l.packages.clone()),
-        exact: true,
-        offline,
-    };
+    let root = root_source(plan, lock.map(|l| l.packages.clone()), true, offline);
     let host = host_arch()?.debian();
     let tool_pins = lock.and_then(|l| l.tools_for(host)).map(|t| t.packages.clone());
     if lock.is_some() && tool_pins.is_none() {

@@ -78,16 +78,7 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
 
 /// The sources of the root and of the tools tree: the mirror, with the versions of `old` if given.
 fn sources(plan: &Plan, old: Option<&Lock>, host: Arch) -> Result<(Source, Source)> {
-    let r = &plan.recipe;
-    let root_src = Source {
-        mirror: plan.mirror.clone(),
-        suite: r.base.suite.to_string(),
-        components: crate::recipe::values::strings(&r.base.components),
-        arch: plan.arch().debian().into(),
-        pins: old.map(|l| l.packages.clone()),
-        exact: false,
-        offline: false,
-    };
+    let root_src = pinning::root_source(plan, old.map(|l| l.packages.clone()), false, false);
     let mut tools_src = pinning::tools_source(
         &plan.mirror,
         old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()),
