@@ -30,10 +30,13 @@ impl WorkDir {
             .tempdir_in(&parent)
             .with_context(|| format!("creating work directory in {}", parent.display()))?;
         let path = dir.keep();
+        // Locked before it gets its name: an owner file that can be locked has a dead owner.
         let owner = (|| -> Result<File> {
-            let file = File::create(path.join(OWNER))?;
+            let new = path.join(format!("{OWNER}.new"));
+            let mut file = File::create(&new)?;
             flock(&file, libc::LOCK_EX | libc::LOCK_NB)?;
-            std::fs::write(path.join(OWNER), format!("{}\n", std::process::id()))?;
+            std::io::Write::write_all(&mut file, format!("{}\n", std::process::id()).as_bytes())?;
+            std::fs::rename(&new, path.join(OWNER))?;
             Ok(file)
         })();
         match owner {
@@ -113,7 +116,7 @@ fn flock(file: &File, op: libc::c_int) -> std::io::Result<()> {
 }
 
 /// Whether the work directory `dir` belongs to a dead kiln: its owner file is not locked (or,
-/// a minute after the directory was made, missing). Returns the owner file, locked, so two
+/// a minute after the directory was made, missing: its owner died before naming the file). Returns the owner file, locked, so two
 /// kilns never reap one directory together.
 fn dead_owner(dir: &Path) -> Option<Option<File>> {
     match File::options().read(true).write(true).open(dir.join(OWNER)) {
@@ -129,6 +132,7 @@ fn dead_owner(dir: &Path) -> Option<Option<File>> {
 fn processes_in(dir: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let needle = dir.to_string_lossy().into_owned();
+    let below = format!("{needle}/");
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .flatten()
@@ -137,8 +141,9 @@ fn processes_in(dir: &Path) -> Vec<i32> {
         .filter(|&pid| {
             let proc = PathBuf::from(format!("/proc/{pid}"));
             ["cwd", "root", "exe"].iter().any(|l| std::fs::read_link(proc.join(l)).is_ok_and(|t| t.starts_with(dir)))
-                || std::fs::read(proc.join("cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).split('\0').any(|a| a.contains(&needle)))
+                || std::fs::read(proc.join("cmdline")).is_ok_and(|c| {
+                    String::from_utf8_lossy(&c).split('\0').any(|a| a.contains(&below) || a.ends_with(&needle))
+                })
         })
         .collect()
 }
