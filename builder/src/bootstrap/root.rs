@@ -126,6 +126,8 @@ pub fn prepare(
         let _lock = Cache::lock_entry(&cached)?;
         from_cache = cached.join("etc/os-release").exists();
         if !from_cache {
+            // The one line that says this build makes the entry (tests count them).
+            eprintln!("kiln: bootstrapping {} (mmdebstrap)", cached.display());
             let fresh = work.join("bootstrap");
             bootstrap(plan, work, &fresh, source, debs, extra, native)?;
             cache::store(&fresh, &cached).context("storing the bootstrapped root in the cache")?;

@@ -73,6 +73,10 @@ impl Tools {
         if source.offline && source.pins.is_none() {
             bail!("the tools tree (mke2fs) is not in the cache {} and cannot be made offline: the lock has no tools packages for {}; run `kiln fetch` on an {} host while online, or build with --host-tools", cache.display(), source.arch, source.arch);
         }
+        if reuse {
+            // The one line that says this build makes the entry (tests count them).
+            eprintln!("kiln: bootstrapping {} (mmdebstrap)", root.display());
+        }
         let fresh = work.join("tools");
         let src = source.mmdebstrap_args(debs, work, "tools")?;
         let include: Vec<String> = TOOLS_PACKAGES.iter().map(|p| p.to_string()).collect();

@@ -95,6 +95,7 @@ fn build(args: BuildArgs) -> Result<ExitCode> {
 
 fn lock(recipe: &Path, update: bool, arch: Option<ArchArg>, cache: &CacheArgs) -> Result<ExitCode> {
     let cache = cache.dir()?;
+    Cache::new(&cache).clean_leftovers()?;
     let opts = LockOptions { work_parent: Some(Cache::new(&cache).tmp()), cache, update, keep_work: false };
     let plan = pipeline::check(recipe, arch.map(ArchArg::arch))?;
     let out = locking::lock(recipe, plan, &opts)?;
@@ -105,6 +106,7 @@ fn lock(recipe: &Path, update: bool, arch: Option<ArchArg>, cache: &CacheArgs) -
 fn fetch(recipe: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
     let plan = pipeline::plan(recipe, None, &lock.choice())?;
     let cache = cache.dir()?;
+    Cache::new(&cache).clean_leftovers()?;
     let out = locking::fetch(&plan, &cache, Some(&Cache::new(&cache).tmp()))?;
     report::fetch(&out, &cache);
     Ok(ExitCode::SUCCESS)
@@ -113,6 +115,7 @@ fn fetch(recipe: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> 
 fn vendor(recipe: &Path, dir: &Path, lock: &LockArgs, cache: &CacheArgs) -> Result<ExitCode> {
     let plan = pipeline::plan(recipe, None, &lock.choice())?;
     let cache = cache.dir()?;
+    Cache::new(&cache).clean_leftovers()?;
     let out = crate::pipeline::vendor::vendor(&plan, &cache, dir, Some(&Cache::new(&cache).tmp()))?;
     report::vendor(&out);
     Ok(ExitCode::SUCCESS)

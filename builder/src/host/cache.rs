@@ -61,6 +61,19 @@ impl Cache {
         tmp_in(&self.dir)
     }
 
+    /// Clean up after kilns that were killed while using this cache: their work directories in
+    /// `tmp/` ([`crate::host::work::reap_dead`]) and their unfinished files and trees
+    /// (`*.partial`) in the cache's areas. Every kiln command using the cache calls this first.
+    pub fn clean_leftovers(&self) -> Result<()> {
+        crate::host::work::reap_dead(&self.tmp())?;
+        let areas =
+            [self.dir.clone(), self.roots(), self.tools(), tmp_in(&self.debs()), self.artifacts().join("sha256")];
+        for p in crate::host::files::remove_dead_partials(&areas)? {
+            eprintln!("kiln: removed {}, left unfinished by a kiln that was killed", p.display());
+        }
+        Ok(())
+    }
+
     /// Take the lock of the cache entry `entry` (a `.lock` file beside it), waiting while
     /// another build holds it.
     pub fn lock_entry(entry: &Path) -> Result<EntryLock> {

@@ -1,5 +1,5 @@
 //! Files on the build host: the one way a file (or a directory tree) reaches its path — written
-//! under a temporary name beside it, `.NAME.XXXXXX.partial`, and renamed into place only when
+//! under a temporary name beside it, `.NAME.PID-XXXXXX.partial`, and renamed into place only when
 //! complete and uninterrupted — files written into a root with a mode, and sha256 of bytes and
 //! files.
 use crate::host::cmd;
@@ -18,11 +18,17 @@ fn name_of(dest: &Path) -> Result<String> {
     Ok(dest.file_name().with_context(|| format!("{} has no file name", dest.display()))?.to_string_lossy().into())
 }
 
-/// A new empty temporary file for `name` in `dir`, named `.NAME.XXXXXX.partial` (the one
+/// The prefix of a temporary name for `name`: `.NAME.PID-`, so that the leftovers of a killed
+/// kiln are told from the files of a live one ([`remove_dead_partials`]).
+fn partial_prefix(name: &str) -> String {
+    format!(".{name}.{}-", std::process::id())
+}
+
+/// A new empty temporary file for `name` in `dir`, named `.NAME.PID-XXXXXX.partial` (the one
 /// temporary naming scheme); removed when dropped unless persisted.
 pub fn partial_file(dir: &Path, name: &str) -> Result<NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&partial_prefix(name))
         .suffix(".partial")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temporary file in {}", dir.display()))
@@ -32,7 +38,7 @@ pub fn partial_file(dir: &Path, name: &str) -> Result<NamedTempFile> {
 /// it (with `work::remove_tree`) or renames it into place.
 pub fn partial_dir(dir: &Path, name: &str) -> Result<PathBuf> {
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
+        .prefix(&partial_prefix(name))
         .suffix(".partial")
         .tempdir_in(dir)
         .with_context(|| format!("creating a temporary directory in {}", dir.display()))?;
@@ -104,7 +110,7 @@ impl FileSet {
     /// Produce file `name` by letting `write` fill a temporary path.
     pub fn write<T>(&mut self, name: &str, write: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
         let tmp = partial_file(&self.dir, name)?.into_temp_path();
-        let value = write(&tmp).with_context(|| format!("writing {name}"))?;
+        let value = write(&tmp).with_context(|| format!("writing {name} in {}", self.dir.display()))?;
         cmd::check_interrupted()?;
         self.files.push((tmp, name.to_string()));
         Ok(value)
@@ -128,6 +134,55 @@ impl FileSet {
         }
         Ok(done)
     }
+}
+
+/// The process that made the temporary file or tree `file_name` (`.NAME.PID-XXXXXX.partial`).
+fn partial_owner(file_name: &str) -> Option<i32> {
+    let stem = file_name.strip_prefix('.')?.strip_suffix(".partial")?;
+    let (_, tail) = stem.rsplit_once('.')?;
+    tail.split_once('-')?.0.parse().ok()
+}
+
+fn process_alive(pid: i32) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Remove the temporary files and trees (`*.partial`) that killed kiln processes left in
+/// `dirs` (not recursively); those of live processes stay. Returns what was removed.
+pub fn remove_dead_partials(dirs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = partial_owner(&name) else { continue };
+            if process_alive(pid) {
+                continue;
+            }
+            let path = e.path();
+            let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                crate::host::work::remove_tree(&path)
+            } else {
+                std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+            };
+            match gone {
+                Ok(()) => removed.push(path),
+                Err(e) => eprintln!("kiln: could not remove the leftover {}: {e:#}", path.display()),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Fail, naming `dir` as `what`, unless a file can be made in it (before any slow work: a
+/// read-only or missing directory is reported at once, not after the bootstrap).
+pub fn probe_writable(dir: &Path, what: &str) -> Result<()> {
+    tempfile::Builder::new()
+        .prefix(&partial_prefix("kiln-probe"))
+        .suffix(".partial")
+        .tempfile_in(dir)
+        .map(drop)
+        .with_context(|| format!("the {what} {} is not writable", dir.display()))
 }
 
 /// Write a file below `root` (creating parent directories), with a mode.
@@ -238,6 +293,7 @@ mod tests {
         let err = write_atomically(&dest, |tmp| -> Result<()> {
             let name = tmp.file_name().unwrap().to_string_lossy().into_owned();
             assert!(name.starts_with(".a.txt.") && name.ends_with(".partial"), "{name}");
+            assert_eq!(partial_owner(&name), Some(std::process::id() as i32), "{name}");
             std::fs::write(tmp, "half")?;
             anyhow::bail!("boom")
         });
@@ -248,6 +304,22 @@ mod tests {
         assert!(write_new_atomically(&dest, |tmp| Ok(std::fs::write(tmp, "3")?)).is_err());
         assert_eq!(std::fs::read_to_string(&dest).unwrap(), "2");
         assert_eq!(names(dir.path()), ["a.txt"]);
+    }
+
+    #[test]
+    fn leftovers_of_dead_processes_are_removed_those_of_live_ones_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = partial_file(dir.path(), "img").unwrap();
+        // pid_max is at most 2^22: this pid belongs to nobody.
+        let dead = dir.path().join(".disk.img.4194999-AbC123.partial");
+        std::fs::write(&dead, "half").unwrap();
+        let dead_tree = dir.path().join(".k.4194999-xyz.partial");
+        std::fs::create_dir_all(dead_tree.join("etc")).unwrap();
+        std::fs::write(dir.path().join("other.partial"), "not ours").unwrap();
+        let removed = remove_dead_partials(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(live.path().exists() && !dead.exists() && !dead_tree.exists());
+        assert!(dir.path().join("other.partial").exists());
     }
 
     #[test]

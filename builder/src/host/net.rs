@@ -83,7 +83,9 @@ pub fn download_checked<T>(url: &str, dest: &Path, check: impl FnOnce(&Path) -> 
     crate::host::files::write_atomically(dest, |tmp| {
         Cmd::new("curl")
             .args(["--fail", "--silent", "--show-error", "--location", "--connect-timeout", "10"])
-            .args(["--retry", "3", "--retry-connrefused", "--output"])
+            // Every failure is retried, a connection closed mid-file too (curl's own retry
+            // covers only timeouts and 5xx); curl starts the file over on each try.
+            .args(["--retry", "3", "--retry-all-errors", "--retry-delay", "1", "--output"])
             .arg(tmp)
             .arg("--")
             .arg(url)

@@ -165,10 +165,30 @@ fn read_serial(
                     verdict = Some(rest.trim() == "pass");
                     break;
                 }
+                let seen = fatal(&line);
                 if tail.len() == SERIAL_TAIL {
                     tail.remove(0);
                 }
-                tail.push(line);
+                tail.push(line.clone());
+                if let Some(what) = seen {
+                    // The lines right after (a panic's reason, the firmware's next words) belong
+                    // to the message; then stop instead of waiting for the deadline.
+                    let more = Instant::now() + Duration::from_secs(2);
+                    while let Ok(Event::Line(next)) = rx.recv_timeout(more.saturating_duration_since(Instant::now())) {
+                        let _ = writeln!(log_file, "{next}");
+                        if tail.len() == SERIAL_TAIL {
+                            tail.remove(0);
+                        }
+                        tail.push(next);
+                    }
+                    bail!(
+                        "{what} after {:.0}s: the serial console shows `{}`; serial log: {}\n  last serial lines:\n    {}",
+                        start.elapsed().as_secs_f64(),
+                        line.trim(),
+                        log.display(),
+                        tail.join("\n    ")
+                    );
+                }
             }
             Ok(Event::Closed) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -176,6 +196,26 @@ fn read_serial(
         }
     }
     Ok((tail, ready, checks, verdict))
+}
+
+/// Console lines after which no verdict can come, and what they mean.
+const FATAL: &[(&str, &str)] = &[
+    ("Kernel panic - not syncing", "the guest's kernel panicked"),
+    ("You are in emergency mode", "the guest dropped to systemd's emergency shell"),
+    ("Give root password for maintenance", "the guest dropped to an emergency shell"),
+    ("Cannot open access to console, the root account is locked", "the guest dropped to an emergency shell"),
+    ("Dropping to a shell!", "the initramfs found no root file system and dropped to a shell"),
+    ("as root file system", "the initramfs could not mount the root file system"),
+    ("Gave up waiting for root", "the initramfs found no root file system"),
+    ("BdsDxe: failed to load Boot", "the firmware could not boot the disk"),
+    ("BdsDxe: No bootable option", "the firmware found nothing to boot"),
+    ("No bootable option or device was found", "the firmware found nothing to boot"),
+    ("UEFI Interactive Shell", "the firmware found nothing to boot and started its shell"),
+];
+
+/// What a console line says went wrong for good, if it does.
+fn fatal(line: &str) -> Option<&'static str> {
+    FATAL.iter().find(|(pattern, _)| line.contains(pattern)).map(|(_, what)| *what)
 }
 
 /// The text after `tag` when the line carries it (kernel messages may precede it on the line).
@@ -233,5 +273,24 @@ mod tests {
         assert_eq!((c.name.as_str(), c.passed, c.detail.as_str()), ("unit: nope.service", false, "inactive"));
         assert_eq!(marker("[  OK  ] x KILN-RESULT pass", "KILN-RESULT "), Some("pass"));
         assert_eq!(clean_line(b"\x1b[0;32m  OK  \x1b[0m] Started\r\n"), "  OK  ] Started");
+    }
+
+    #[test]
+    fn sees_what_ends_a_boot_for_good() {
+        assert_eq!(
+            fatal("[    2.1] Kernel panic - not syncing: VFS: Unable to mount root fs"),
+            Some("the guest's kernel panicked")
+        );
+        assert_eq!(
+            fatal("BdsDxe: failed to load Boot0001 \"UEFI Misc Device\" from PciRoot(0x0): Not Found"),
+            Some("the firmware could not boot the disk")
+        );
+        assert!(fatal("You are in emergency mode. After logging in, type \"journalctl -xb\"").is_some());
+        assert_eq!(
+            fatal("[  OK  ] Reached target Emergency Mode."),
+            None,
+            "systemd names the target on every boot log"
+        );
+        assert_eq!(fatal("BdsDxe: loading Boot0001 \"UEFI Misc Device\""), None);
     }
 }

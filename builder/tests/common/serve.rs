@@ -139,3 +139,60 @@ pub fn make_repo(dir: &Path, key: &TestKey, hello: &str) -> PathBuf {
     ]);
     repo
 }
+
+/// An HTTP server on loopback that serves one body at every path, but closes the connection
+/// halfway through the body for its first `broken` full (non-range) requests: a download that
+/// ends mid-file. Range requests (reachability probes) are always answered whole. Counts the
+/// full requests. Runs until the test process ends.
+pub struct HalfServer {
+    pub port: u16,
+    full_requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl HalfServer {
+    pub fn start(body: Vec<u8>, broken: usize) -> HalfServer {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let full_requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = full_requests.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut range = false;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                    range |= line.to_ascii_lowercase().starts_with("range:");
+                }
+                let mut stream = stream;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: application/octet-stream\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes());
+                let n = if range { 0 } else { count.fetch_add(1, Ordering::SeqCst) + 1 };
+                if !range && n <= broken {
+                    let _ = stream.write_all(&body[..body.len() / 2]);
+                    let _ = stream.flush();
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
+                let _ = stream.write_all(&body);
+            }
+        });
+        HalfServer { port, full_requests }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{}", self.port, path.trim_start_matches('/'))
+    }
+
+    /// Full (non-range) requests answered so far, broken ones included.
+    pub fn full_requests(&self) -> usize {
+        self.full_requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
