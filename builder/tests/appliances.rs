@@ -183,6 +183,36 @@ fn repository_and_artifacts_reach_the_image() {
     assert!(stat.contains("User:     0"), "/opt itself keeps its owner:\n{stat}");
 }
 
+/// README: "Downloaded artifacts stay in the cache, so the second build needs no network for
+/// them either". A recipe with minimal's root (cached) and one artifact: built once while the
+/// test's server answers, then again after the server is gone (same cache, no --artifacts).
+#[test]
+fn a_second_build_takes_downloaded_artifacts_from_the_cache() {
+    if !e2e_enabled() {
+        return;
+    }
+    let site = site();
+    let dir = site.dir.path().join("artifact-only");
+    std::fs::create_dir_all(&dir).unwrap();
+    let minimal = concat!(env!("CARGO_MANIFEST_DIR"), "/../recipes/minimal.toml");
+    let recipe = dir.join("recipe.toml");
+    let text = format!(
+        "include = [\"{minimal}\"]\nname = \"artifact-only\"\n\n[[artifacts]]\nname = \"page\"\nurl = \"{url}\"\n\
+         sha256 = \"{sha}\"\ndest = \"/usr/share/kiln-test/page.txt\"\n",
+        url = site.server.url("files/page.txt"),
+        sha = site.file_sha("page.txt"),
+    );
+    std::fs::write(&recipe, text).unwrap();
+    let base = e2e_dir().join("artifact-only");
+    let first = build(recipe.to_str().unwrap(), &base.join("out-1"), &shared_cache());
+    let Site { dir: keep, server, .. } = site;
+    drop(server);
+    let second = build(recipe.to_str().unwrap(), &base.join("out-2"), &shared_cache());
+    drop(keep);
+    let digest = |img: &Path| run("sha256sum", &[img.to_str().unwrap()]).split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest(&first), digest(&second), "the second build's image differs");
+}
+
 /// Wrong key, repository signed by another key, wrong checksum, unreachable server: each stops
 /// the build before any bootstrap work, with a message naming the culprit, and leaves no output.
 #[test]

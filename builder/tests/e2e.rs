@@ -58,6 +58,12 @@ fn minimal_image_passes_outside_checks() {
     let ssh = debugfs("ls -l /etc/ssh");
     assert!(ssh.contains("sshd_config") && !ssh.contains("ssh_host_"), "host keys must not be in the image:\n{ssh}");
     assert!(debugfs("cat /usr/lib/kiln/checks.tsv").contains("unit\t60\tnetworkd running\tsystemd-networkd.service"));
+    // The test agent runs only on a boot whose kernel command line has `kiln.test` (which only
+    // `kiln test` adds, through SMBIOS): the image's own command line does not have it.
+    let agent = debugfs("cat /usr/lib/systemd/system/kiln-check.service");
+    assert!(agent.lines().any(|l| l == "ConditionKernelCommandLine=kiln.test"), "{agent}");
+    let entry = fx.plan["kernel_cmdline"].to_string();
+    assert!(!entry.contains("kiln.test"), "the image's command line turns the agent on: {entry}");
 }
 
 /// Every non-directory below `dir` in the ext4 image `fs` (debugfs `ls -p`, recursively).
@@ -153,7 +159,71 @@ fn failing_check_makes_kiln_test_fail_and_names_it() {
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("FAIL unit: kiln-no-such.service (inactive)"), "{stdout}");
     assert!(stdout.contains("ok   ssh answers"), "the other checks still run: {stdout}");
-    assert!(stdout.contains("result: FAIL (1 of 6 checks failed: unit: kiln-no-such.service)"), "{stdout}");
+    // README: "Log in over SSH with a key you add to the recipe".
+    assert!(stdout.contains("ok   ssh login with the recipe's key"), "{stdout}");
+    assert!(stdout.contains("result: FAIL (1 of 7 checks failed: unit: kiln-no-such.service)"), "{stdout}");
+}
+
+/// README: "on a timeout it shows the tail of the serial log". A timeout far shorter than any
+/// boot: kiln test fails, says what it waited for, and shows the console's last lines.
+#[test]
+fn a_timeout_shows_the_tail_of_the_serial_log() {
+    let Some(fx) = minimal() else { return };
+    let log = fx.dir.join("timeout.serial.log");
+    let out = kiln(&["test", fx.image.to_str().unwrap(), "--timeout", "8", "--serial-log", log.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the guest did not report ready within 8s"), "{stderr}");
+    assert!(stderr.contains(&format!("serial log: {}", log.display())), "{stderr}");
+    let tail = stderr.split("last serial lines:").nth(1).unwrap_or_default();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let shown: Vec<&str> = tail.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    assert!(!shown.is_empty(), "no serial lines shown:\n{stderr}");
+    assert!(shown.iter().all(|l| logged.contains(l)), "shown lines are not the log's:\n{stderr}");
+}
+
+/// README: `kiln boot` gives an interactive serial console that Ctrl-a x quits. Reaches the
+/// login prompt (the console works both ways: QEMU reads the keys sent), then quits.
+#[test]
+fn kiln_boot_reaches_the_login_prompt_and_ctrl_a_x_quits() {
+    use std::io::{Read, Write};
+    let Some(fx) = minimal() else { return };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["boot", fx.image.to_str().unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("login:") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no login prompt within 600s:\n{}", String::from_utf8_lossy(&seen));
+        if let Ok(chunk) = rx.recv_timeout(left.min(Duration::from_secs(1))) {
+            seen.extend(chunk);
+        }
+    }
+    child.stdin.as_mut().unwrap().write_all(b"\x01x").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "kiln boot did not quit on Ctrl-a x");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "kiln boot after Ctrl-a x: {status}");
 }
 
 #[test]

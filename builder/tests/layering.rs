@@ -146,3 +146,44 @@ fn the_checker_sees_upward_imports() {
     assert_eq!(names, ["pipeline", "image", "host"]);
     assert!(floor("pipeline") > floor("image") && floor("verify") == floor("vm"));
 }
+
+/// ARCHITECTURE.md: "Arch-specific values live in `recipe/arch.rs` (and `firmware/firmware.toml`),
+/// nowhere else". No string literal naming an architecture, its Debian name, its QEMU program,
+/// console, firmware or boot file appears in code outside `recipe/arch.rs`, with these exceptions:
+/// native help runs only on x86_64 hosts (`bootstrap/assist.rs`, which says so), the `--arch`
+/// values of the CLI, one message, comments and tests.
+#[test]
+fn architecture_facts_live_in_recipe_arch() {
+    #[rustfmt::skip]
+    const WORDS: &[&str] = &[
+        "x86_64", "aarch64", "amd64", "arm64", "x86-64", "qemu-system-", "ttyS0", "ttyAMA0", "OVMF", "AAVMF", "BOOTX64",
+        "BOOTAA64",
+    ];
+    const ALLOWED: &[(&str, &str)] =
+        &[("cli/mod.rs", "#[value(name = "), ("debian/pinning.rs", "the tools tree needs an x86_64 or aarch64 host")];
+    let root = src();
+    let mut files = Vec::new();
+    sources(&root, &mut files);
+    let mut wrong = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+        if rel == "recipe/arch.rs" || rel == "bootstrap/assist.rs" || rel.ends_with("_tests.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            if line.trim_start().starts_with("#[cfg(test)]") {
+                break;
+            }
+            let code = line.trim_start();
+            if code.starts_with("//") || ALLOWED.iter().any(|(f, s)| rel == *f && line.contains(s)) {
+                continue;
+            }
+            let literal = |w: &&&str| line.split('"').skip(1).step_by(2).any(|lit| lit.contains(**w));
+            if let Some(w) = WORDS.iter().find(literal) {
+                wrong.push(format!("{rel}:{}: `{w}`: {}", n + 1, code));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "architecture facts outside recipe/arch.rs:\n{}", wrong.join("\n"));
+}

@@ -320,8 +320,29 @@ impl ArchArg {
 }
 
 fn default_cache() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    default_cache_from(|name| std::env::var_os(name))
+}
+
+/// `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln` (for root: `/root/.cache/kiln`).
+fn default_cache_from(var: impl Fn(&str) -> Option<std::ffi::OsString>) -> Option<PathBuf> {
+    let base =
+        var("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("kiln"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_cache_from;
+    use std::path::PathBuf;
+
+    #[test]
+    fn the_default_cache_is_kiln_in_the_users_cache_directory() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.into())
+        };
+        assert_eq!(default_cache_from(env(&[("HOME", "/root")])), Some(PathBuf::from("/root/.cache/kiln")));
+        let both = env(&[("HOME", "/root"), ("XDG_CACHE_HOME", "/var/cache/me")]);
+        assert_eq!(default_cache_from(both), Some(PathBuf::from("/var/cache/me/kiln")));
+        assert_eq!(default_cache_from(env(&[])), None);
+    }
 }
