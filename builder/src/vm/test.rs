@@ -172,7 +172,7 @@ fn read_serial(
                 tail.push(line.clone());
                 if let Some(what) = seen {
                     // The lines right after (a panic's reason, the firmware's next words) belong
-                    // to the message; then stop instead of waiting for the deadline.
+                    // to the message, then stop instead of waiting for the deadline.
                     let more = Instant::now() + Duration::from_secs(2);
                     while let Ok(Event::Line(next)) = rx.recv_timeout(more.saturating_duration_since(Instant::now())) {
                         let _ = writeln!(log_file, "{next}");
