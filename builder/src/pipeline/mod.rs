@@ -1,4 +1,5 @@
 //! `kiln build`: the whole flow from recipe to image, top to bottom.
+mod guard;
 pub mod lock;
 pub mod vendor;
 use crate::bootstrap::root;
@@ -86,61 +87,13 @@ pub fn plan(recipe: &Path, arch: Option<crate::recipe::arch::Arch>, choice: &Loc
 /// Build `plan` into an image in `opts.out_dir`. Nothing is left at the output path on failure.
 /// A full file system is named in the error.
 pub fn build(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
-    build_in(plan, opts).map_err(|e| name_full_disk(e, opts))
-}
-
-/// Clean up what killed kilns left (work directories, unfinished files) in the cache, the work
-/// directory's parent and the output directory.
-fn clean_leftovers(opts: &BuildOptions) -> Result<()> {
-    let cache = crate::host::cache::Cache::new(&opts.cache);
-    cache.clean_leftovers()?;
-    if let Some(parent) = opts.work_parent.as_deref().filter(|p| *p != cache.tmp()) {
-        crate::host::work::reap_dead(parent)?;
-    }
-    for p in crate::host::files::remove_dead_partials(std::slice::from_ref(&opts.out_dir))? {
-        eprintln!("kiln: removed {}, left unfinished by a kiln that was killed", p.display());
-    }
-    Ok(())
-}
-
-/// Every directory a build writes to must take a file, before any slow work.
-fn probe_writable(opts: &BuildOptions) -> Result<()> {
-    let work = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
-    for (dir, what) in [(&opts.out_dir, "output directory"), (&work, "work directory"), (&opts.cache, "cache")] {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the {what} {}", dir.display()))?;
-        crate::host::files::probe_writable(dir, what)?;
-    }
-    Ok(())
-}
-
-/// An error caused by a full file system (ENOSPC), with the directory that filled up named: the
-/// one of the output directory, the work directory and the cache whose path the error shows
-/// (the longest match), else all of them.
-fn name_full_disk(e: anyhow::Error, opts: &BuildOptions) -> anyhow::Error {
-    let text = format!("{e:#}");
-    let enospc =
-        e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::ENOSPC)))
-            || text.contains("No space left on device");
-    if !enospc {
-        return e;
-    }
-    let work = opts.work_parent.clone().unwrap_or_else(std::env::temp_dir);
-    let dirs = [(&opts.out_dir, "output directory"), (&work, "work directory"), (&opts.cache, "cache")];
-    let named = dirs
-        .iter()
-        .filter(|(d, _)| text.contains(d.to_string_lossy().as_ref()))
-        .max_by_key(|(d, _)| d.as_os_str().len());
-    let which = match named {
-        Some((d, what)) => format!("the {what} {}", d.display()),
-        None => dirs.iter().map(|(d, what)| format!("the {what} {}", d.display())).collect::<Vec<_>>().join(" or "),
-    };
-    e.context(format!("no space left on device (ENOSPC) in {which}; nothing was written to the output directory"))
+    build_in(plan, opts).map_err(|e| guard::name_full_disk(e, opts))
 }
 
 fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     crate::bootstrap::preflight(&plan)?;
-    clean_leftovers(opts)?;
-    probe_writable(opts)?;
+    guard::clean_leftovers(opts)?;
+    guard::probe_writable(opts)?;
     // A foreign architecture's maintainer scripts run under qemu-user.
     crate::bootstrap::emulation::ensure(plan.arch())?;
     // Render templates first: a bad template fails the build before any slow work.
