@@ -7,6 +7,7 @@
 pub mod esp;
 mod fatfix;
 pub mod gpt;
+pub mod site;
 pub mod stream;
 
 pub use gpt::{Layout, PartitionSpec, PlacedPartition};
