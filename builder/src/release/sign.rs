@@ -196,9 +196,13 @@ impl Signer {
 /// Read a public key file (`kiln.pub`, or one made by `minisign -G`).
 pub fn load_public_key(path: &Path) -> Result<PublicKey> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading public key {}", path.display()))?;
-    PublicKeyBox::from_string(&text)
-        .and_then(PublicKey::from_box)
-        .map_err(|e| anyhow::anyhow!("{} is not a minisign public key: {e}", path.display()))
+    parse_public_key(&text).map_err(|e| anyhow::anyhow!("{} is not a minisign public key: {e}", path.display()))
+}
+
+/// Parse the text of a public key file (what [`load_public_key`] does after reading it; the
+/// fuzz target `minisign` calls it on untrusted bytes).
+pub fn parse_public_key(text: &str) -> Result<PublicKey, minisign::PError> {
+    PublicKeyBox::from_string(text).and_then(PublicKey::from_box)
 }
 
 /// Why a signature was not accepted (callers word each case differently).
@@ -212,9 +216,24 @@ pub enum SignatureError {
     Mismatch(String),
 }
 
+/// Length of an Ed25519 signature, the `.minisig`'s last line once decoded.
+const GLOBAL_SIG_LEN: usize = 64;
+
+/// Decoded length of the signature of the trusted comment (the fourth line, read as
+/// `SignatureBox::from_string` reads it). minisign 0.10 indexes it without checking its length
+/// and panics on a shorter one once the data's signature has passed (found by scripts/fuzz).
+fn comment_signature_len(text: &str) -> Option<usize> {
+    let line = text.lines().nth(3)?;
+    Base64::decode_to_vec(line.trim().as_bytes(), None).ok().map(|v| v.len())
+}
+
 /// Check a `.minisig` text against `data`; returns the trusted comment.
 pub fn verify(pk: &PublicKey, signature: &str, data: &[u8]) -> Result<String, SignatureError> {
     let sig = SignatureBox::from_string(signature).map_err(|e| SignatureError::Malformed(e.to_string()))?;
+    if comment_signature_len(signature) != Some(GLOBAL_SIG_LEN) {
+        let msg = format!("the signature of the trusted comment is not {GLOBAL_SIG_LEN} bytes");
+        return Err(SignatureError::Malformed(msg));
+    }
     let (signed_by, given) = (key_id(sig.keynum()), key_id(pk.keynum()));
     if signed_by != given {
         return Err(SignatureError::OtherKey { signed_by, given });
@@ -279,6 +298,25 @@ mod tests {
         for sig in ["", "untrusted comment: a\n", "untrusted comment: a\nRWQ\ntrusted comment: b\nxyz\n"] {
             assert!(verify(&pk, sig, b"x").is_err());
         }
+    }
+
+    #[test]
+    fn short_comment_signature_is_malformed_not_a_panic() {
+        // A good signature whose last line (the trusted comment's signature) is cut short:
+        // minisign 0.10 panicked on it (fuzz target `minisign`).
+        let dir = tempfile::tempdir().unwrap();
+        let paths = KeyPaths::in_dir(dir.path());
+        keygen(&paths, None, false).unwrap();
+        let pk = load_public_key(&paths.public).unwrap();
+        let sig = Signer::load(&paths.secret).unwrap().sign(b"data\n", "t").unwrap();
+        let lines: Vec<&str> = sig.lines().collect();
+        assert_eq!(lines.len(), 4, "{sig}");
+        for last in [&lines[3][..40], "", "AAAA"] {
+            let cut = format!("{}\n{}\n{}\n{last}\n", lines[0], lines[1], lines[2]);
+            let err = verify(&pk, &cut, b"data\n").unwrap_err();
+            assert!(matches!(err, SignatureError::Malformed(_)), "{err}");
+        }
+        assert_eq!(verify(&pk, &sig, b"data\n").unwrap(), "t");
     }
 
     #[test]
