@@ -73,7 +73,7 @@ impl Volume {
 /// directory it creates, and points ".." at the FAT32 root cluster instead of 0;
 /// FAT checkers (and some firmware) want "." and ".." in the first two slots.
 /// Rewrite each subdirectory to start [".", "..", deleted, deleted, ...].
-pub(super) fn fix_dot_entries(img: &File, fat_type: FatType) -> Result<()> {
+pub fn fix_dot_entries(img: &File, fat_type: FatType) -> Result<()> {
     let b = read_at(img, 0, 512)?;
     let le = |at: usize, n: usize| b[at..at + n].iter().rev().fold(0, |v, &x| v << 8 | u64::from(x));
     let (bps, spc, reserved, fats) = (le(11, 2), le(13, 1), le(14, 2), le(16, 1));

@@ -26,9 +26,9 @@ const NUM_ENTRIES: u64 = 128;
 /// Sectors occupied by the partition entry array (128 entries of 128 bytes).
 const ENTRY_SECTORS: u64 = NUM_ENTRIES * 128 / SECTOR;
 /// Protective MBR + primary header + primary entries.
-pub(crate) const HEAD_LEN: u64 = (2 + ENTRY_SECTORS) * SECTOR;
+pub const HEAD_LEN: u64 = (2 + ENTRY_SECTORS) * SECTOR;
 /// Backup entries + backup header.
-pub(crate) const TAIL_LEN: u64 = (ENTRY_SECTORS + 1) * SECTOR;
+pub const TAIL_LEN: u64 = (ENTRY_SECTORS + 1) * SECTOR;
 /// Longest partition name a GPT entry holds, in UTF-16 code units.
 const MAX_LABEL_UNITS: usize = 36;
 

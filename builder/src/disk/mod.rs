@@ -5,7 +5,7 @@
 //! hashers at the same time, skipping all-zero blocks so the output stays sparse.
 
 pub mod esp;
-mod fatfix;
+pub mod fatfix;
 pub mod gpt;
 pub mod site;
 pub mod stream;
