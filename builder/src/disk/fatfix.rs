@@ -3,6 +3,7 @@
 //! of 0. fsck.vfat (and some firmware) reject both. After fatfs has finished, this walks the
 //! directory tree with just enough of a FAT reader and rewrites those entries in place.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -16,7 +17,14 @@ const ATTR_DIR: u8 = 0x10;
 const DOT: &[u8; 11] = b".          ";
 const DOTDOT: &[u8; 11] = b"..         ";
 
+/// `len` bytes at `at`, which must lie inside the file: sizes come from the volume's own
+/// boot sector, and a damaged one must give an error, not a huge allocation.
 fn read_at(img: &File, at: u64, len: u64) -> Result<Vec<u8>> {
+    let size = img.metadata().context("reading the volume's size")?.len();
+    ensure!(
+        at.checked_add(len).is_some_and(|end| end <= size),
+        "{len} bytes at offset {at} lie beyond the end of the volume ({size} bytes)"
+    );
     let mut buf = vec![0u8; len as usize];
     img.read_exact_at(&mut buf, at).with_context(|| format!("reading {len} bytes at {at}"))?;
     Ok(buf)
@@ -88,17 +96,21 @@ pub fn fix_dot_entries(img: &File, fat_type: FatType) -> Result<()> {
         fat: read_at(img, reserved * bps, fat_len)?,
         data_off,
         cluster_len: spc * bps,
-        clusters: (total_sectors * bps).saturating_sub(data_off) / (spc * bps),
+        // Never more clusters than the file holds, whatever the boot sector claims.
+        clusters: (total_sectors * bps).min(img.metadata()?.len()).saturating_sub(data_off) / (spc * bps),
     };
     let root = match fat_type {
         FatType::Fat32 => vol.read_dir(img, le(44, 4) as u32)?,
         _ => read_at(img, root_off, root_len)?,
     };
-    fix_subdirs(img, &vol, &root, 0, 0)
+    fix_subdirs(img, &vol, &root, 0, 0, &mut HashSet::new())
 }
 
 /// Fix the subdirectories listed in `dir` (whose first cluster is `parent`, 0 for the root).
-fn fix_subdirs(img: &File, vol: &Volume, dir: &[u8], parent: u32, depth: usize) -> Result<()> {
+/// `seen` holds the first clusters of the directories visited: each is visited once, so a
+/// damaged volume whose entries point at one directory again and again cannot make the walk
+/// exponential.
+fn fix_subdirs(img: &File, vol: &Volume, dir: &[u8], parent: u32, depth: usize, seen: &mut HashSet<u32>) -> Result<()> {
     ensure!(depth < 64, "directories nested too deeply");
     for e in dir.chunks_exact(DIR_ENTRY) {
         let attr = e[11];
@@ -112,6 +124,7 @@ fn fix_subdirs(img: &File, vol: &Volume, dir: &[u8], parent: u32, depth: usize) 
         let hi = if vol.fat_type == FatType::Fat32 { hi } else { 0 };
         let cluster = hi << 16 | u32::from(u16::from_le_bytes([e[26], e[27]]));
         let at = vol.offset(cluster)?;
+        ensure!(seen.insert(cluster), "directory at offset {at} is listed twice (a loop)");
         let head = read_at(img, at, 4 * DIR_ENTRY as u64)?;
         let slot = |i: usize| &head[i * DIR_ENTRY..(i + 1) * DIR_ENTRY];
         let mut fixed = head.clone();
@@ -126,7 +139,60 @@ fn fix_subdirs(img: &File, vol: &Volume, dir: &[u8], parent: u32, depth: usize) 
         if fixed != head {
             img.write_all_at(&fixed, at).with_context(|| format!("rewriting directory at offset {at}"))?;
         }
-        fix_subdirs(img, vol, &vol.read_dir(img, cluster)?, cluster, depth + 1)?;
+        fix_subdirs(img, vol, &vol.read_dir(img, cluster)?, cluster, depth + 1, seen)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::disk::esp::{write_esp, EspFile, EspOptions, EspSource};
+    use std::fs::OpenOptions;
+
+    fn volume(dir: &std::path::Path) -> (File, FatType) {
+        let path = dir.join("v.img");
+        let opts = EspOptions { size: 16 << 20, volume_id: 1, label: "T".into(), timestamp: 1_735_689_600 };
+        let files = [EspFile { path: "EFI/BOOT/x".into(), contents: EspSource::Bytes(b"x".to_vec()) }];
+        write_esp(&path, &opts, &files).unwrap();
+        let fat_type = fatfs::FileSystem::new(File::open(&path).unwrap(), fatfs::FsOptions::new()).unwrap().fat_type();
+        (OpenOptions::new().read(true).write(true).open(&path).unwrap(), fat_type)
+    }
+
+    #[test]
+    fn a_boot_sector_claiming_a_huge_fat_is_an_error_not_an_allocation() {
+        // Found by the fuzz target `fat`: a FAT size of 2^32 sectors was allocated before reading.
+        let dir = tempfile::tempdir().unwrap();
+        let f = tempfile::tempfile_in(dir.path()).unwrap();
+        let mut boot = vec![0u8; 512];
+        boot[11..13].copy_from_slice(&512u16.to_le_bytes());
+        boot[13] = 1;
+        boot[14] = 1;
+        boot[16] = 2;
+        boot[36..40].copy_from_slice(&u32::MAX.to_le_bytes());
+        f.write_all_at(&boot, 0).unwrap();
+        let err = fix_dot_entries(&f, FatType::Fat32).unwrap_err().to_string();
+        assert!(err.contains("beyond the end of the volume (512 bytes)"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_listed_twice_is_an_error_not_a_second_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let (f, fat_type) = volume(dir.path());
+        assert_eq!(fat_type, FatType::Fat16);
+        fix_dot_entries(&f, fat_type).unwrap();
+        // Copy the root directory's entry of EFI into a free slot, under another name.
+        let b = read_at(&f, 0, 512).unwrap();
+        let le = |at: usize| u64::from(u16::from_le_bytes([b[at], b[at + 1]]));
+        let root_off = le(14) * le(11) + u64::from(b[16]) * le(22) * le(11);
+        let root = read_at(&f, root_off, le(17) * DIR_ENTRY as u64).unwrap();
+        let entries: Vec<&[u8]> = root.chunks_exact(DIR_ENTRY).collect();
+        let efi = entries.iter().find(|e| &e[..11] == b"EFI        ").expect("EFI in the root");
+        let free = entries.iter().position(|e| e[0] == 0).unwrap();
+        let mut copy = efi.to_vec();
+        copy[..11].copy_from_slice(b"EFJ        ");
+        f.write_all_at(&copy, root_off + (free * DIR_ENTRY) as u64).unwrap();
+        let err = fix_dot_entries(&f, fat_type).unwrap_err().to_string();
+        assert!(err.contains("is listed twice"), "{err}");
+    }
 }
