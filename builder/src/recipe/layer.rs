@@ -4,12 +4,12 @@
 //! lists append (duplicates dropped where order does not matter), tables merge key by key,
 //! and scalars set by the including file win over the layers it includes.
 use super::error::{key_of, Origin, RecipeError};
+use super::sitevars::{SiteLayer, SiteVar};
 use super::size::Size;
 use super::values::{
     ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
     TimeZone, UnitName, Url, UserName, Version,
 };
-use super::sitevars::{SiteLayer, SiteVar};
 use crate::recipe::arch::Arch;
 use serde::Deserialize;
 use std::collections::BTreeMap;

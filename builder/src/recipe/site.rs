@@ -19,8 +19,27 @@ pub const MAX_SITE: u64 = 1 << 20;
 
 /// User names an admin may not take: the accounts of Debian's base system.
 const RESERVED_USERS: [&str; 21] = [
-    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp", "proxy", "www-data", "backup",
-    "list", "irc", "_apt", "nobody", "messagebus", "sshd", "polkitd",
+    "root",
+    "daemon",
+    "bin",
+    "sys",
+    "sync",
+    "games",
+    "man",
+    "lp",
+    "mail",
+    "news",
+    "uucp",
+    "proxy",
+    "www-data",
+    "backup",
+    "list",
+    "irc",
+    "_apt",
+    "nobody",
+    "messagebus",
+    "sshd",
+    "polkitd",
 ];
 
 /// A site file as written.
@@ -138,7 +157,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Site, RecipeError> {
         RecipeError::at(path, text, offset, key_of(&key_path, &message), message)
     })?;
     let hostname = file.hostname.ok_or_else(|| {
-        RecipeError::file(path, Some("hostname".into()), "missing: a site file names the box (`hostname = \"office.example.org\"`)")
+        RecipeError::file(
+            path,
+            Some("hostname".into()),
+            "missing: a site file names the box (`hostname = \"office.example.org\"`)",
+        )
     })?;
     let origin = |offset: usize, key: String| Origin::new(path, text, offset, key);
     let admin_origins: Vec<Origin> =
@@ -188,8 +211,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Site, RecipeError> {
 
 /// Network entries: exactly one match each, no two alike.
 fn networks(list: Vec<Spanned<NetworkFile>>, path: &Path, text: &str) -> Result<Vec<Network>, RecipeError> {
-    let origins: Vec<Origin> =
-        list.iter().enumerate().map(|(i, n)| Origin::new(path, text, n.span().start, format!("network[{i}]"))).collect();
+    let origins: Vec<Origin> = list
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Origin::new(path, text, n.span().start, format!("network[{i}]")))
+        .collect();
     let mut seen = Unique::new("network entries", "network", &origins).hint("; merge them into one");
     let mut out = Vec::new();
     for (i, n) in list.into_iter().enumerate() {

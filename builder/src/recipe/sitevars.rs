@@ -128,7 +128,8 @@ impl SiteVar {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteLayer {
-    pub vars: Option<BTreeMap<Spanned<String>, Spanned<SiteVarLayer>>>,
+    /// Keys are plain strings, so that serde's errors name them (`site.vars.domain.type`).
+    pub vars: Option<BTreeMap<String, Spanned<SiteVarLayer>>>,
 }
 
 /// `[site.vars.NAME]` as written.
@@ -146,14 +147,15 @@ pub struct SiteVarLayer {
 pub fn declarations(site: SiteLayer, file: &Path, text: &str) -> Result<Vec<(SiteVar, Origin)>, RecipeError> {
     let mut out = Vec::new();
     for (name, decl) in site.vars.unwrap_or_default() {
-        let key = format!("site.vars.{}", name.get_ref());
+        let key = format!("site.vars.{name}");
         let at = |offset: usize, key: &str, msg: String| RecipeError::at(file, text, offset, Some(key.into()), msg);
-        let var_name = SiteVarName::try_from(name.get_ref().as_str()).map_err(|m| at(name.span().start, &key, m))?;
+        let start = decl.span().start;
+        let var_name = SiteVarName::try_from(name.as_str()).map_err(|m| at(start, &key, m))?;
         if var_name == "hostname" {
             let msg = "`hostname` is the site file's own key, not a variable: templates use `{{ site.hostname }}` without declaring it";
-            return Err(at(name.span().start, &key, msg.into()));
+            return Err(at(start, &key, msg.into()));
         }
-        let origin = Origin::new(file, text, name.span().start, key.clone());
+        let origin = Origin::new(file, text, start, key.clone());
         let SiteVarLayer { kind, required, default, description } = decl.into_inner();
         let default = match default {
             Some(d) => {
@@ -267,7 +269,8 @@ mod tests {
         let ok = |t: &str| check_template(t, &vars).is_ok();
         assert!(ok("server_name {{ site.domain }} {{site.hostname}};\nmap { x }\n"));
         assert!(ok("{{  site.domain  }}") && ok("} {"));
-        for bad in ["{{ other }}", "{% if x %}", "{# c #}", "{{ site.mail }}", "{{ site.domain | upper }}", "{{ site.domain"]
+        for bad in
+            ["{{ other }}", "{% if x %}", "{# c #}", "{{ site.mail }}", "{{ site.domain | upper }}", "{{ site.domain"]
         {
             assert!(!ok(bad), "{bad}");
         }

@@ -176,8 +176,9 @@ fn check_interface_match(s: &str) -> Result<(), String> {
 fn check_mac(s: &str) -> Result<(), String> {
     let parts: Vec<&str> = s.split(':').collect();
     let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && all(p, |c| c.is_ascii_hexdigit()));
-    ok.then_some(())
-        .ok_or_else(|| format!("`{}` is not a MAC address: six hex pairs separated by `:` (e.g. `52:54:00:12:34:56`)", shown(s)))
+    ok.then_some(()).ok_or_else(|| {
+        format!("`{}` is not a MAC address: six hex pairs separated by `:` (e.g. `52:54:00:12:34:56`)", shown(s))
+    })
 }
 
 fn check_ip_prefix(s: &str) -> Result<(), String> {
@@ -209,12 +210,13 @@ fn check_ipv6(s: &str) -> Result<(), String> {
 
 fn check_ntp_server(s: &str) -> Result<(), String> {
     let ok = s.parse::<IpAddr>().is_ok() || is_domain(s);
-    ok.then_some(()).ok_or_else(|| format!("`{}` is not a time server: a host name (RFC 1123) or an IP address", shown(s)))
+    ok.then_some(())
+        .ok_or_else(|| format!("`{}` is not a time server: a host name (RFC 1123) or an IP address", shown(s)))
 }
 
 /// RFC 1123 labels, at most 253 characters in all.
 pub fn is_domain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(|l| is_hostname(l))
+    s.len() <= 253 && s.split('.').all(is_hostname)
 }
 
 fn check_domain(s: &str) -> Result<(), String> {
@@ -259,6 +261,9 @@ fn check_site_var_name(s: &str) -> Result<(), String> {
 fn check_one_line(s: &str) -> Result<(), String> {
     let ok = s.chars().count() <= 1024 && !s.chars().any(char::is_control);
     ok.then_some(()).ok_or_else(|| {
-        format!("`{}` is not one line of text: no tabs, newlines or control characters, at most 1024 characters", shown(s))
+        format!(
+            "`{}` is not one line of text: no tabs, newlines or control characters, at most 1024 characters",
+            shown(s)
+        )
     })
 }
