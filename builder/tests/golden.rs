@@ -276,6 +276,9 @@ fn site_vars_and_templates_enter_the_image() {
     );
     assert_eq!(file("usr/lib/kiln/site/templates/usr/lib/example/hello").1, 0o755);
     assert!(!entries.iter().any(|e| e.rel.extension().is_some_and(|x| x == "site")), "a .site file left in place");
+    // Rendered with the defaults where every placeholder has one (`domain` has none).
+    assert!(!entries.iter().any(|e| e.rel == Path::new("etc/nginx/snippets/example.conf")));
+    assert_eq!(file("usr/lib/example/default"), ("port 80\nsite-vars\n".to_string(), 0o644));
     let dirs: Vec<_> = entries.iter().filter(|e| matches!(e.content, Content::Dir)).map(|e| e.rel.clone()).collect();
     let pos = |p: &str| dirs.iter().position(|d| d == Path::new(p)).unwrap_or_else(|| panic!("no directory {p}"));
     assert!(pos("usr/lib/kiln/site") < pos("usr/lib/kiln/site/templates/etc/nginx/snippets"));

@@ -2,7 +2,8 @@
 //! Files ending in `.tera` are rendered with Tera against `vars` and `recipe`, and written
 //! without the suffix. Rendering happens before any build work, so `kiln check` catches
 //! template errors. Files ending in `.site` are checked and installed unrendered under
-//! `/usr/lib/kiln/site/templates/` (`site.rs`), for the box to render with the site's values.
+//! `/usr/lib/kiln/site/templates/` (`site.rs`), for the box to render with the site's values,
+//! and, where every placeholder has a default, rendered with the defaults at their own path.
 use crate::recipe::{Recipe, RecipeError};
 use anyhow::{Context, Result};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -28,7 +29,7 @@ pub fn render(recipe: &Recipe) -> Result<Vec<Entry>> {
     let mut ctx = tera::Context::new();
     ctx.insert("vars", &recipe.vars);
     ctx.insert("recipe", recipe);
-    let mut out = Walk { entries: Vec::new(), site: Vec::new(), site_vars: &recipe.site_vars };
+    let mut out = Walk { entries: Vec::new(), site: Vec::new(), recipe };
     for (i, ov) in recipe.overlays.iter().enumerate() {
         let key = format!("overlays[{i}]");
         walk(&ov.path, &ov.path, &ctx, &key, &mut out)
@@ -46,7 +47,7 @@ const MAX_FILE: u64 = 64 << 20;
 struct Walk<'r> {
     entries: Vec<Entry>,
     site: Vec<Entry>,
-    site_vars: &'r [crate::recipe::sitevars::SiteVar],
+    recipe: &'r Recipe,
 }
 
 fn walk(top: &Path, dir: &Path, ctx: &tera::Context, key: &str, out: &mut Walk) -> Result<()> {
@@ -77,7 +78,9 @@ fn walk(top: &Path, dir: &Path, ctx: &tera::Context, key: &str, out: &mut Walk) 
             let data = super::template::render(&path, ctx, key)?;
             out.entries.push(Entry { rel: rel.with_extension(""), mode, content: Content::File { data } });
         } else if path.extension().is_some_and(|x| x == "site") {
-            out.site.push(super::site::template(&path, &rel, mode, out.site_vars, key)?);
+            let t = super::site::template(&path, &rel, mode, out.recipe, key)?;
+            out.entries.extend(t.default);
+            out.site.push(t.template);
         } else {
             if meta.len() > MAX_FILE {
                 let msg = format!("{} bytes: overlay files are at most {MAX_FILE} bytes", meta.len());

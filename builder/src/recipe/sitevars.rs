@@ -241,6 +241,22 @@ pub fn check_template(text: &str, vars: &[SiteVar]) -> Result<(), (usize, String
     Ok(())
 }
 
+/// Replace every `{{ site.NAME }}` of a checked template with `value(NAME)`; None when a
+/// placeholder has no value. The box renders the same way (docs/site.md).
+pub fn render(text: &str, value: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("{{") {
+        let end = rest[i..].find("}}")? + i;
+        let name = rest[i + 2..end].trim_matches(' ').strip_prefix("site.")?;
+        out.push_str(&rest[..i]);
+        out.push_str(&value(name)?);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +291,16 @@ mod tests {
             assert!(!ok(bad), "{bad}");
         }
         assert_eq!(check_template("ab\n{{ x }}", &vars).unwrap_err().0, 3);
+    }
+
+    #[test]
+    fn render_replaces_placeholders_or_gives_up() {
+        let v = |n: &str| (n == "domain").then(|| "example.org".to_string());
+        assert_eq!(
+            render("a {{ site.domain }} {{site.domain}}}\n", v).as_deref(),
+            Some("a example.org example.org}\n")
+        );
+        assert_eq!(render("{{ site.mail }}", v), None);
     }
 
     #[test]
