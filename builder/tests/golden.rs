@@ -202,6 +202,20 @@ fn appliance_recipes_check() {
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["cockpit-admin", "nextcloud-install", "mail-aliases"]);
+    let site_vars: Vec<&str> = office.recipe.site_vars.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(site_vars, ["admin_email", "domain"], "office-in-a-box's per-site settings are site variables");
+    assert!(office.recipe.vars.get("domain").is_none() && office.recipe.vars.get("admin_email").is_none());
+}
+
+/// The example site files check against the recipes they name.
+#[test]
+fn example_site_files_check() {
+    use kiln::pipeline::site::{check, Against};
+    for (site, recipe) in [("example", "office-in-a-box"), ("lab", "minimal"), ("lab", "kvm-host")] {
+        let (s, r) = (format!("../recipes/sites/{site}.toml"), format!("../recipes/{recipe}.toml"));
+        let report = check(Path::new(&s), Against::Recipe(Path::new(&r))).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+        assert!(!report.settings.admins.is_empty());
+    }
 }
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
