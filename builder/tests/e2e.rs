@@ -525,3 +525,44 @@ fn changed_overlay_file_reuses_the_cached_root() {
     let got = run("debugfs", &["-R", "cat /etc/systemd/network/80-kiln-dhcp.network", root.to_str().unwrap()]);
     assert_eq!(got, changed, "the changed overlay file is not in the image");
 }
+
+/// A recipe with site variables and `.site` templates: the built image holds
+/// `/usr/lib/kiln/site/vars` and the templates unrendered (read back with debugfs), the
+/// manifest lists `site_vars`, and `kiln site check --image` checks a site file against it.
+#[test]
+fn site_vars_and_templates_reach_the_image_and_its_manifest() {
+    if !e2e_enabled() {
+        return;
+    }
+    let recipe = "tests/recipes/e2e/site-vars.toml";
+    let base = e2e_dir().join("site-vars");
+    let image = build(recipe, &base.join("out"), &shared_cache());
+    let out = kiln(&["check", "--print", recipe]);
+    assert!(out.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let root = cut_partition(&image, &plan["layout"]["partitions"][1], &base.join("root.img"));
+    let root = root.to_str().unwrap();
+    let cat = |path: &str| run("debugfs", &["-R", &format!("cat {path}"), root]);
+    assert_eq!(
+        cat("/usr/lib/kiln/site/vars"),
+        "domain\tdomain\trequired\t\nhttp_port\tinteger\toptional\t80\ntls\tbool\toptional\ttrue\n"
+    );
+    let template = "/usr/lib/kiln/site/templates/etc/nginx/snippets/example.conf";
+    assert_eq!(cat(template), "server_name {{ site.domain }} {{site.hostname}};\nlisten {{ site.http_port }};\n");
+    let stat = run("debugfs", &["-R", "stat /usr/lib/kiln/site/templates/usr/lib/example/hello", root]);
+    assert!(stat.contains("Mode:  0755"), "{stat}");
+    assert_eq!(cat("/usr/lib/example/default"), "port 80\nkiln-site\n", "rendered with the defaults");
+    assert!(!exists_in(Path::new(root), "/etc/nginx/snippets/example.conf"), "`domain` has no default");
+    assert!(!exists_in(Path::new(root), "/etc/nginx/snippets/example.conf.site"));
+
+    let manifest = image.with_file_name("site-vars-0.1.0-x86_64.manifest.json");
+    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    let names: Vec<&str> = m["site_vars"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["domain", "http_port", "tls"]);
+    let image = image.to_str().unwrap();
+    let out = kiln(&["site", "check", "tests/recipes/site/minimal.toml", "--image", image]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "domain=box1.example.org\nhttp_port=80\ntls=true\n");
+    let out = kiln(&["site", "check", "tests/recipes/site/missing-required-var.toml", "--image", image]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+}

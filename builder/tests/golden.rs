@@ -33,6 +33,30 @@ fn bad(case: &str) {
     compare(Path::new(&format!("tests/recipes/bad/{case}.err")), &format!("{recipe_err}\n"));
 }
 
+/// A site file checked against tests/recipes/site/recipe.toml (`kiln site check --recipe`).
+fn site_check(case: &str) -> anyhow::Result<kiln::pipeline::site::SiteReport> {
+    let recipe = Path::new("tests/recipes/site/recipe.toml");
+    kiln::pipeline::site::check(
+        Path::new(&format!("tests/recipes/site/{case}.toml")),
+        kiln::pipeline::site::Against::Recipe(recipe),
+    )
+}
+
+fn site_good(case: &str) {
+    let report = site_check(case).unwrap_or_else(|e| panic!("{case} should be valid: {e:#}"));
+    let json = serde_json::to_string_pretty(&report.settings).unwrap() + "\n";
+    compare(Path::new(&format!("tests/recipes/site/{case}.json")), &json);
+}
+
+fn site_bad(case: &str) {
+    let err = site_check(case).expect_err("site file should be rejected");
+    let site_err = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<kiln::recipe::RecipeError>())
+        .unwrap_or_else(|| panic!("not a site file error: {err:#}"));
+    compare(Path::new(&format!("tests/recipes/site/{case}.err")), &format!("{site_err}\n"));
+}
+
 macro_rules! cases {
     ($kind:ident: $($name:ident => $file:literal),* $(,)?) => {
         mod $kind {
@@ -47,6 +71,7 @@ cases!(good:
     aarch64 => "aarch64",
     outputs => "outputs",
     extras => "extras",
+    site_vars => "site-vars",
 );
 
 cases!(bad:
@@ -97,6 +122,49 @@ cases!(bad:
     duplicate_user => "duplicate-user",
     default_hostname => "default-hostname",
     duplicate_check => "duplicate-check",
+    site_var_conflict => "site-var-conflict",
+    site_var_bad_name => "site-var-bad-name",
+    site_var_bad_default => "site-var-bad-default",
+    site_var_required_default => "site-var-required-default",
+    site_var_unknown_type => "site-var-unknown-type",
+    site_var_hostname => "site-var-hostname",
+    site_var_unknown_key => "site-var-unknown-key",
+    site_var_bad_description => "site-var-bad-description",
+    site_template_tag => "site-template-tag",
+    site_template_undeclared => "site-template-undeclared",
+    site_template_other => "site-template-other",
+);
+
+cases!(site_good:
+    every_key => "good",
+    minimal => "minimal",
+);
+
+cases!(site_bad:
+    missing_required_var => "missing-required-var",
+    wrong_type => "wrong-type",
+    bad_address => "bad-address",
+    bad_gateway => "bad-gateway",
+    bad_key => "bad-key",
+    key_type_mismatch => "key-type-mismatch",
+    unknown_key => "unknown-key",
+    plaintext_password => "plaintext-password",
+    bad_hostname => "bad-hostname",
+    missing_hostname => "missing-hostname",
+    bad_mac => "bad-mac",
+    two_matches => "two-matches",
+    duplicate_network => "duplicate-network",
+    duplicate_admin => "duplicate-admin",
+    root_admin => "root-admin",
+    admin_cannot_log_in => "admin-cannot-log-in",
+    unknown_var => "unknown-var",
+    bad_domain_var => "bad-domain-var",
+    bad_email_var => "bad-email-var",
+    bad_timezone => "bad-timezone",
+    bad_keyboard => "bad-keyboard",
+    bad_interface => "bad-interface",
+    bad_ntp => "bad-ntp",
+    string_with_newline => "string-with-newline",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.
@@ -134,6 +202,20 @@ fn appliance_recipes_check() {
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["cockpit-admin", "nextcloud-install", "mail-aliases"]);
+    let site_vars: Vec<&str> = office.recipe.site_vars.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(site_vars, ["admin_email", "domain"], "office-in-a-box's per-site settings are site variables");
+    assert!(office.recipe.vars.get("domain").is_none() && office.recipe.vars.get("admin_email").is_none());
+}
+
+/// The example site files check against the recipes they name.
+#[test]
+fn example_site_files_check() {
+    use kiln::pipeline::site::{check, Against};
+    for (site, recipe) in [("example", "office-in-a-box"), ("lab", "minimal"), ("lab", "kvm-host")] {
+        let (s, r) = (format!("../recipes/sites/{site}.toml"), format!("../recipes/{recipe}.toml"));
+        let report = check(Path::new(&s), Against::Recipe(Path::new(&r))).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+        assert!(!report.settings.admins.is_empty());
+    }
 }
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
@@ -179,4 +261,83 @@ fn output_formats_do_not_change_the_recipe_hash() {
     let b = kiln::pipeline::check(&recipe, None).unwrap();
     assert_eq!(a.recipe_hash, b.recipe_hash);
     assert_eq!(serde_json::to_value(&b.formats).unwrap(), serde_json::json!(["img", "zst", "qcow2"]));
+}
+
+/// The image gets the declarations as `/usr/lib/kiln/site/vars` (one tab-separated line per
+/// variable) and the `.site` templates unrendered under `/usr/lib/kiln/site/templates/`,
+/// keeping their mode; a recipe without site variables gets nothing of it.
+#[test]
+fn site_vars_and_templates_enter_the_image() {
+    use kiln::customize::overlay::{render, Content};
+    let plan = kiln::pipeline::check(Path::new("tests/recipes/good/site-vars.toml"), None).unwrap();
+    let entries = render(&plan.recipe).unwrap();
+    let file = |rel: &str| {
+        let e = entries.iter().find(|e| e.rel == Path::new(rel)).unwrap_or_else(|| panic!("no {rel}"));
+        let Content::File { data } = &e.content else { panic!("{rel} is not a file") };
+        (String::from_utf8(data.clone()).unwrap(), e.mode)
+    };
+    assert_eq!(
+        file("usr/lib/kiln/site/vars"),
+        (
+            "admin_email\temail\toptional\tadmin@example.org\ndomain\tdomain\trequired\t\nhttp_port\tinteger\toptional\t80\ntls\tbool\toptional\ttrue\n".into(),
+            0o644
+        )
+    );
+    let (text, mode) = file("usr/lib/kiln/site/templates/etc/nginx/snippets/example.conf");
+    assert_eq!(
+        (text.as_str(), mode),
+        ("server_name {{ site.domain }} {{site.hostname}};\nlisten {{ site.http_port }};\n", 0o644)
+    );
+    assert_eq!(file("usr/lib/kiln/site/templates/usr/lib/example/hello").1, 0o755);
+    assert!(!entries.iter().any(|e| e.rel.extension().is_some_and(|x| x == "site")), "a .site file left in place");
+    // Rendered with the defaults where every placeholder has one (`domain` has none).
+    assert!(!entries.iter().any(|e| e.rel == Path::new("etc/nginx/snippets/example.conf")));
+    assert_eq!(file("usr/lib/example/default"), ("port 80\nsite-vars\n".to_string(), 0o644));
+    let dirs: Vec<_> = entries.iter().filter(|e| matches!(e.content, Content::Dir)).map(|e| e.rel.clone()).collect();
+    let pos = |p: &str| dirs.iter().position(|d| d == Path::new(p)).unwrap_or_else(|| panic!("no directory {p}"));
+    assert!(pos("usr/lib/kiln/site") < pos("usr/lib/kiln/site/templates/etc/nginx/snippets"));
+    let plain = kiln::pipeline::check(Path::new("tests/recipes/good/defaults.toml"), None).unwrap();
+    assert!(render(&plain.recipe).unwrap().iter().all(|e| !e.rel.starts_with("usr/lib/kiln/site")));
+}
+
+/// `kiln site check` exits 2 on a bad site file with file:line:column and key, and reads the
+/// declarations of `--image` from the manifest beside the image.
+#[test]
+fn cli_site_check() {
+    let kiln = |args: &[&str]| std::process::Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).output().unwrap();
+    let out =
+        kiln(&["site", "check", "tests/recipes/site/wrong-type.toml", "--recipe", "tests/recipes/site/recipe.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tests/recipes/site/wrong-type.toml:5:13: key `vars.http_port`: expected an integer"),
+        "{stderr}"
+    );
+    let out = kiln(&["site", "check", "tests/recipes/site/good.toml"]);
+    assert_eq!(out.status.code(), Some(2), "--image or --recipe is required");
+
+    // A manifest as `kiln build` writes it beside the image, with the recipe's declarations.
+    let dir = tempfile::tempdir().unwrap();
+    let plan = kiln::pipeline::check(Path::new("tests/recipes/site/recipe.toml"), None).unwrap();
+    let manifest = serde_json::json!({
+        "kiln_manifest": 1,
+        "recipe": { "name": "site-test", "version": "1", "hash": "00" },
+        "lock_hash": null, "kiln_version": "0", "source_date_epoch": 0, "architecture": "x86_64",
+        "kernel_version": "6.12",
+        "image": { "file": "site-test-1-x86_64.img", "size": 0, "sha256": "00",
+                   "disk_guid": "00000000-0000-0000-0000-000000000000" },
+        "partitions": [], "signing_key": null,
+        "site_vars": plan.recipe.site_vars,
+    });
+    std::fs::write(dir.path().join("site-test-1-x86_64.manifest.json"), manifest.to_string()).unwrap();
+    let image = dir.path().join("site-test-1-x86_64.img");
+    let image = image.to_str().unwrap();
+    let out = kiln(&["site", "check", "tests/recipes/site/good.toml", "--image", image]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("domain=office.example.org\nhttp_port=8080\n"));
+    let out = kiln(&["site", "check", "tests/recipes/site/missing-required-var.toml", "--image", image, "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["result"], "error");
+    assert!(doc["error"].as_str().unwrap().contains("key `vars.domain`: missing"), "{doc}");
 }

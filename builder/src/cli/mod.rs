@@ -153,6 +153,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Site settings (site.toml: host name, admins, network, site variables; see docs/site.md).
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
     /// Print a shell completion script for kiln to stdout.
     ///
     /// For example: kiln completions bash > /etc/bash_completion.d/kiln
@@ -171,6 +176,34 @@ pub enum Command {
         /// Directory for the pages (created if missing).
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCommand {
+    /// Check a site file against exactly the site variables an image (or a recipe) declares.
+    ///
+    /// Checks every key and value of the site file (host name, admins' SSH keys and password
+    /// hashes, addresses, MACs, ...) and its [vars]: each one declared by the image, of its
+    /// type, every required one set. Errors name file:line:column and key; exit status 2 for a
+    /// bad site file. Prints the variables' values (the site's or the defaults).
+    Check(SiteCheckArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("against").required(true).args(["image", "recipe"])))]
+pub struct SiteCheckArgs {
+    /// The site file (site.toml).
+    pub site: PathBuf,
+    /// The built image (.img, .img.zst, .qcow2) whose manifest (beside it) lists its site
+    /// variables; or the manifest itself.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// The recipe whose layers declare the site variables.
+    #[arg(long)]
+    pub recipe: Option<PathBuf>,
+    /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -3,6 +3,7 @@
 //! `test` and `verify` print one JSON document on stdout instead (shapes in docs/cli.md).
 use crate::disk::PartitionDigest;
 use crate::pipeline::lock::{FetchOutcome, LockOutcome};
+use crate::pipeline::site::SiteReport;
 use crate::pipeline::vendor::VendorOutcome;
 use crate::pipeline::BuildReport;
 use crate::plan::Plan;
@@ -261,6 +262,39 @@ pub fn verify_json(report: &verify::Report, image: &Path) -> Result<ExitCode> {
         failed: report.failed(),
     })?;
     Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `kiln site check`: the site file is valid for the image; every variable's value on stdout.
+pub fn site_check(report: &SiteReport) {
+    let s = &report.settings;
+    eprintln!(
+        "kiln: {} is valid for {} ({}): host {}, {} admins, {} network entries",
+        report.site.display(),
+        report.image,
+        report.against.display(),
+        s.hostname,
+        s.admins.len(),
+        s.network.len()
+    );
+    for d in &report.declared {
+        match s.vars.get(d.name.as_str()) {
+            Some(v) => println!("{}={v}", d.name),
+            None => println!("{} (optional, unset)", d.name),
+        }
+    }
+}
+
+/// `kiln site check --json`: the image, the declarations and the site's settings resolved.
+#[derive(Serialize)]
+struct SiteJson<'a> {
+    command: &'static str,
+    result: &'static str,
+    #[serde(flatten)]
+    report: &'a SiteReport,
+}
+
+pub fn site_check_json(report: &SiteReport) -> Result<()> {
+    print_json(&SiteJson { command: "site check", result: "ok", report })
 }
 
 /// `--json` when the command failed before it had a result: the error as JSON on stdout (it is

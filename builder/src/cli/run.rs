@@ -1,6 +1,6 @@
 //! Dispatch: one function per subcommand, which calls the library and hands the result to
 //! `report`. No logic of its own.
-use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, VmArgs};
+use super::{default_cache, ArchArg, BuildArgs, CacheArgs, Cli, Command, LockArgs, SiteCheckArgs, SiteCommand, VmArgs};
 use super::{docs, report};
 use crate::host::cache::Cache;
 use crate::pipeline::lock::{self as locking, LockOptions};
@@ -36,6 +36,7 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
         Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+        Command::Site { command: SiteCommand::Check(args) } => site_check(&args),
         Command::Completions { shell } => {
             report::completions(&docs::completions(shell));
             Ok(ExitCode::SUCCESS)
@@ -54,6 +55,7 @@ impl Command {
             Command::Build(args) if args.json => Some("build"),
             Command::Test { json: true, .. } => Some("test"),
             Command::Verify { json: true, .. } => Some("verify"),
+            Command::Site { command: SiteCommand::Check(SiteCheckArgs { json: true, .. }) } => Some("site check"),
             _ => None,
         }
     }
@@ -159,4 +161,19 @@ fn verify(image: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
     } else {
         Ok(report::verify(&report))
     }
+}
+
+fn site_check(args: &SiteCheckArgs) -> Result<ExitCode> {
+    let against = match (&args.image, &args.recipe) {
+        (Some(image), _) => pipeline::site::Against::Image(image),
+        (None, Some(recipe)) => pipeline::site::Against::Recipe(recipe),
+        (None, None) => anyhow::bail!("--image or --recipe is required"),
+    };
+    let report = pipeline::site::check(&args.site, against)?;
+    if args.json {
+        report::site_check_json(&report)?;
+    } else {
+        report::site_check(&report);
+    }
+    Ok(ExitCode::SUCCESS)
 }

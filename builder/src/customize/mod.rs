@@ -3,5 +3,6 @@
 pub mod artifacts;
 pub mod firstboot;
 pub mod overlay;
+pub mod site;
 pub mod system;
 pub mod template;

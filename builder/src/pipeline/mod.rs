@@ -1,6 +1,7 @@
 //! `kiln build`: the whole flow from recipe to image, top to bottom.
 mod guard;
 pub mod lock;
+pub mod site;
 pub mod vendor;
 use crate::bootstrap::root;
 use crate::bootstrap::tools::Tools;

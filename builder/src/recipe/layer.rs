@@ -4,6 +4,7 @@
 //! lists append (duplicates dropped where order does not matter), tables merge key by key,
 //! and scalars set by the including file win over the layers it includes.
 use super::error::{key_of, Origin, RecipeError};
+use super::sitevars::{SiteLayer, SiteVar};
 use super::size::Size;
 use super::values::{
     ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
@@ -36,6 +37,11 @@ pub struct Layer {
     pub repositories: Option<Vec<Spanned<RepositoryLayer>>>,
     pub artifacts: Option<Vec<Spanned<ArtifactLayer>>>,
     pub first_boot: Option<Vec<Spanned<FirstBootLayer>>>,
+    /// `[site.vars.NAME]`: read into `site_vars` by `validate::per_file`.
+    pub site: Option<SiteLayer>,
+    /// Declared site variables with where each was written (kept by `merge`, checked after).
+    #[serde(skip)]
+    pub site_vars: Vec<(SiteVar, Origin)>,
     /// Where the name and list entries were written (filled by `Layer::locate`, kept by `merge`).
     #[serde(skip)]
     pub origins: Origins,
@@ -379,6 +385,8 @@ impl Layer {
             repositories: append(self.repositories, upper.repositories),
             artifacts: append(self.artifacts, upper.artifacts),
             first_boot: append(self.first_boot, upper.first_boot),
+            site: None,
+            site_vars: self.site_vars.into_iter().chain(upper.site_vars).collect(),
             origins: self.origins.merge(upper.origins),
         }
     }

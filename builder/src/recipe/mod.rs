@@ -3,6 +3,8 @@ pub mod arch;
 mod error;
 mod external;
 pub mod layer;
+pub mod site;
+pub mod sitevars;
 mod size;
 mod validate;
 pub mod values;
@@ -48,6 +50,9 @@ pub struct Recipe {
     pub artifacts: Vec<Artifact>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_boot: Vec<FirstBoot>,
+    /// Site variables the recipe's layers declare, sorted by name (see docs/site.md).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub site_vars: Vec<sitevars::SiteVar>,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }

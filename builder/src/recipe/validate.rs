@@ -28,6 +28,9 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         }
         *ov.get_mut() = relative_to(&path, top_dir).to_string_lossy().into_owned();
     }
+    if let Some(site) = layer.site.take() {
+        layer.site_vars = super::sitevars::declarations(site, file, text)?;
+    }
     check_users(layer, &err)?;
     for (i, c) in layer.checks.iter().flatten().enumerate() {
         check_kind(c.get_ref()).map_err(|m| err(c.span().start, &format!("checks[{i}]"), m))?;
@@ -155,6 +158,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let boot =
         Boot { kernel_cmdline: boot.kernel_cmdline.unwrap_or_default(), menu_timeout: boot.menu_timeout.unwrap_or(0) };
 
+    let site_vars = super::sitevars::merge(std::mem::take(&mut layer.site_vars))?;
     let checks = resolve_checks(layer.checks.unwrap_or_default(), &origins.checks, file)?;
 
     let mut formats = vec![OutputFormat::Img];
@@ -184,6 +188,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         repositories,
         artifacts,
         first_boot,
+        site_vars,
         sources,
     })
 }

@@ -174,6 +174,9 @@ value_type!(
     check_file_name
 );
 
+mod site;
+pub use site::*;
+
 /// The values as plain strings.
 pub fn strings<T: AsRef<str>>(v: &[T]) -> Vec<String> {
     v.iter().map(|x| x.as_ref().to_string()).collect()

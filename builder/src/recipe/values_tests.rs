@@ -75,3 +75,30 @@ fn serialises_as_a_string() {
     assert_eq!(serde_json::to_string(&v).unwrap(), "\"trixie\"");
     assert_eq!(&*v, "trixie");
 }
+
+#[test]
+fn site_values() {
+    let ed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHujRq0FKpcfDFx2ld6F+WN1mr7vgvgphVyrE0w2SsGA alice@example.org";
+    assert!(ok::<SshPublicKey>(ed) && ok::<SshPublicKey>(&ed[..ed.len() - 18]));
+    for bad in [ed.replace("ssh-ed25519", "ssh-dss"), ed.replace("AAAAC3", "BAAAC3"), format!("{ed}\nssh-ed25519 AAAA")]
+    {
+        assert!(!ok::<SshPublicKey>(&bad), "{bad}");
+    }
+    assert!(ok::<CryptHash>("$y$j9T$Zm9vYmFyYmF6cXV4$3CuBDmppYjd2kIRpjjuJUwv694kYoUf00mk8LnTCnR8"));
+    let sha = "$6$saltsalt$SSzpZvwuM2HFg3pJbicMz7YbtF3KjU0EO7G0hX5e9HRmpX8o0YzJD944y1EqiBT3ussz5O6DdQI5/VoTYpTFL/";
+    assert!(ok::<CryptHash>(sha) && ok::<CryptHash>(&sha.replace("$6$", "$6$rounds=5000$")));
+    for bad in ["hunter2", "$1$abc$def", "$y$j9T$salt$short", "$6$salt$x"] {
+        assert!(!ok::<CryptHash>(bad), "{bad}");
+        assert!(!CryptHash::try_from(bad).unwrap_err().contains(bad), "a password is never shown back");
+    }
+    assert!(ok::<IpPrefix>("192.0.2.10/24") && ok::<IpPrefix>("2001:db8::10/64") && ok::<IpPrefix>("10.0.0.1/0"));
+    for bad in ["192.0.2.10", "192.0.2.10/33", "2001:db8::/129", "192.0.2.010/24", "192.0.2.1/+4"] {
+        assert!(!ok::<IpPrefix>(bad), "{bad}");
+    }
+    assert!(ok::<MacAddress>("52:54:00:AB:cd:ef") && !ok::<MacAddress>("52-54-00-ab-cd-ef"));
+    assert!(ok::<InterfaceMatch>("en*") && ok::<InterfaceMatch>("eth[01]") && !ok::<InterfaceMatch>("a/b"));
+    assert!(!ok::<InterfaceMatch>("abcdefghijklmnop"), "16 characters: longer than IFNAMSIZ");
+    assert!(ok::<NtpServer>("ntp.example.org") && ok::<NtpServer>("2001:db8::123") && !ok::<NtpServer>("-x"));
+    assert!(ok::<Email>("first.last+tag@example.org") && !ok::<Email>("a@b@c") && !ok::<Email>("a\"b@c"));
+    assert!(ok::<SiteVarName>("admin_email") && !ok::<SiteVarName>("_x") && !ok::<SiteVarName>("a-b"));
+}

@@ -4,6 +4,7 @@
 use crate::disk::{ImageDigest, Layout, PlacedPartition};
 use crate::image::boot::BootInfo;
 use crate::plan::Plan;
+use crate::recipe::sitevars::SiteVar;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -26,6 +27,10 @@ pub struct Manifest {
     pub partitions: Vec<PartitionInfo>,
     /// The key that signed `SHA256SUMS`; None for an unsigned build.
     pub signing_key: Option<KeyInfo>,
+    /// The site variables the image declares (docs/site.md); absent when none, so images
+    /// without site variables keep their manifest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub site_vars: Vec<SiteVar>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +109,7 @@ impl Manifest {
             },
             partitions,
             signing_key,
+            site_vars: r.site_vars.clone(),
         })
     }
 
@@ -119,6 +125,9 @@ impl Manifest {
             "manifest format {} is not supported (this kiln reads format {FORMAT})",
             m.kiln_manifest
         );
+        for v in &m.site_vars {
+            v.validate().map_err(anyhow::Error::msg)?;
+        }
         Ok(m)
     }
 
@@ -150,6 +159,7 @@ mod tests {
             },
             partitions: vec![],
             signing_key: None,
+            site_vars: vec![],
         };
         let json = m.to_json().unwrap();
         assert!(json.contains("\"lock_hash\": null"), "{json}");
