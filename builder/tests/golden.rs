@@ -47,6 +47,7 @@ cases!(good:
     aarch64 => "aarch64",
     outputs => "outputs",
     extras => "extras",
+    files_groups => "files-groups",
 );
 
 cases!(bad:
@@ -97,6 +98,16 @@ cases!(bad:
     duplicate_user => "duplicate-user",
     default_hostname => "default-hostname",
     duplicate_check => "duplicate-check",
+    secret_readable => "secret-readable",
+    private_key_readable => "private-key-readable",
+    bad_file_mode => "bad-file-mode",
+    file_sets_nothing => "file-sets-nothing",
+    bad_file_owner => "bad-file-owner",
+    bad_file_path => "bad-file-path",
+    duplicate_file => "duplicate-file",
+    bad_group_name => "bad-group-name",
+    duplicate_group => "duplicate-group",
+    group_is_user => "group-is-user",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.

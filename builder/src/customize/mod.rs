@@ -3,5 +3,6 @@
 pub mod artifacts;
 pub mod firstboot;
 pub mod overlay;
+pub mod owners;
 pub mod system;
 pub mod template;

@@ -36,6 +36,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
     write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
+    super::owners::groups(plan, root)?;
     for user in &plan.recipe.users {
         add_user(root, user, plan.recipe.source_date_epoch).with_context(|| format!("adding user `{}`", user.name))?;
     }
@@ -185,7 +186,7 @@ fn systemctl_cmd(root: &Path, verb: &str, units: &[String]) -> Cmd {
 /// A program of the image itself, run chrooted into it: its systemctl and useradd write what
 /// that Debian release writes (Debian 12's systemctl links units to /lib, Debian 13's to
 /// /usr/lib), whatever release the host runs. Offline operations only: nothing is mounted.
-fn in_root(root: &Path, program: &str) -> Cmd {
+pub fn in_root(root: &Path, program: &str) -> Cmd {
     Cmd::new("chroot").arg(root).arg(program)
 }
 

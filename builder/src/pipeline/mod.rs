@@ -7,6 +7,7 @@ use crate::bootstrap::tools::Tools;
 use crate::customize::artifacts;
 use crate::customize::firstboot;
 use crate::customize::overlay;
+use crate::customize::owners;
 use crate::customize::system;
 use crate::debian::debcache::DebCache;
 use crate::debian::repos::{self, Keyring};
@@ -144,6 +145,7 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         repos::install(&plan, &keys, &tree)?;
         artifacts::install(&fetched, &tree)?;
         firstboot::install(&plan, &tree)?;
+        owners::files(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;
     // Before `system::clean`, which removes apt's lists (the .debs' checksums).
