@@ -55,9 +55,10 @@ pub struct Origins {
     pub groups: Vec<Origin>,
     pub files: Vec<Origin>,
     /// Where each package name (`base.packages`, `base.kernel`, `base.arch_packages`) and each
-    /// unit of `system.enable` was first written.
+    /// unit of `system.enable` and `system.disable` was first written.
     pub packages: BTreeMap<String, Origin>,
     pub enable: BTreeMap<String, Origin>,
+    pub disable: BTreeMap<String, Origin>,
 }
 
 impl Origins {
@@ -77,6 +78,7 @@ impl Origins {
             files: cat(self.files, upper.files),
             packages: first_of(self.packages, upper.packages),
             enable: first_of(self.enable, upper.enable),
+            disable: first_of(self.disable, upper.disable),
         }
     }
 }
@@ -373,6 +375,7 @@ impl Layer {
             files: origins_of(&self.files, file, text, "files"),
             packages: BTreeMap::new(),
             enable: BTreeMap::new(),
+            disable: BTreeMap::new(),
         };
         if let Ok(spots) = toml::from_str::<Spots>(text) {
             spots.record(file, text, &mut self.origins);
@@ -450,6 +453,7 @@ struct BaseSpots {
 #[derive(Deserialize)]
 struct SystemSpots {
     enable: Option<Vec<Spanned<String>>>,
+    disable: Option<Vec<Spanned<String>>>,
 }
 
 impl Spots {
@@ -472,6 +476,9 @@ impl Spots {
         }
         for (i, u) in self.system.iter().flat_map(|s| s.enable.iter().flatten()).enumerate() {
             add(&mut origins.enable, u, format!("system.enable[{i}]"));
+        }
+        for (i, u) in self.system.iter().flat_map(|s| s.disable.iter().flatten()).enumerate() {
+            add(&mut origins.disable, u, format!("system.disable[{i}]"));
         }
     }
 }

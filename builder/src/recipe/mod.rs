@@ -234,6 +234,7 @@ fn octal_opt<S: serde::Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S:
 pub struct Positions {
     pub packages: BTreeMap<String, Origin>,
     pub enable: BTreeMap<String, Origin>,
+    pub disable: BTreeMap<String, Origin>,
     pub first_boot: Vec<Origin>,
     pub files: Vec<Origin>,
 }

@@ -197,6 +197,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         origins: super::Positions {
             packages: origins.packages,
             enable: origins.enable,
+            disable: origins.disable,
             first_boot: origins.first_boot,
             files: origins.files,
         },
