@@ -140,3 +140,60 @@ fn overlay_modes_and_declared_owners_reach_the_image() {
     assert_eq!(stat(&root, "/etc/kiln-test/plain.txt"), (0o644, 0, 0));
     assert_eq!(stat(&root, "/etc/kiln-test/app.conf"), (0o640, svc, app));
 }
+
+/// A template that loops without reaching any of the sandbox's limits (nested loops over a list
+/// of the recipe's vars, no output) fails within the time limit: kiln renders it in a child
+/// process and kills it at the deadline. kiln runs in a session of its own; nothing of that
+/// session is left when it has exited. No root or network needed.
+#[test]
+fn looping_template_is_stopped_within_the_limit() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ov = dir.path().join("ov/etc");
+    std::fs::create_dir_all(&ov).unwrap();
+    let nested = "{% for a in vars.l %}".repeat(8) + &"{% endfor %}".repeat(8);
+    std::fs::write(ov.join("loop.conf.tera"), nested).unwrap();
+    let list: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    let body = format!(
+        "name = \"loop\"\nversion = \"1\"\noverlays = [\"ov\"]\n[base]\nmirror = \"http://deb.example/debian\"\n[vars]\nl = [{}]\n",
+        list.join(", ")
+    );
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(&recipe, body).unwrap();
+    let start = std::time::Instant::now();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.args(["check", recipe.to_str().unwrap()]).stdin(std::process::Stdio::null());
+    // SAFETY: setsid(2) in the forked child before exec; async-signal-safe, touches no memory.
+    unsafe {
+        cmd.pre_exec(|| if libc::setsid() < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+    }
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let sid = child.id() as i32;
+    let out = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let want = format!(
+        "{}:1:1: key `overlays[0]`: template error: rendering took longer than 10s; the renderer was stopped",
+        ov.join("loop.conf.tera").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    assert!(took.as_secs_f64() < 15.0, "kiln took {took:?}");
+    let left = session_members(sid);
+    assert!(left.is_empty(), "processes of kiln's session left: {left:?}");
+}
+
+/// Processes whose session id is `sid`, from every /proc/PID/stat ("PID (COMM) STATE PPID PGRP
+/// SESSION ...").
+fn session_members(sid: i32) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(close) = stat.rfind(')') else { continue };
+        let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if rest.get(3).and_then(|s| s.parse::<i32>().ok()) == Some(sid) && rest.first() != Some(&"Z") {
+            found.push(stat[..close + 1].to_string());
+        }
+    }
+    found
+}

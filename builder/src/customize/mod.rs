@@ -6,3 +6,4 @@ pub mod overlay;
 pub mod owners;
 pub mod system;
 pub mod template;
+mod template_child;
