@@ -3,6 +3,13 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // kiln itself, started by kiln to render one template (customize/template_child.rs).
+    if std::env::args_os().nth(1).is_some_and(|a| a == kiln::customize::template::CHILD_ARG) {
+        return kiln::customize::template::child_main();
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        kiln::customize::template::render_in_child_processes(exe);
+    }
     let cli = kiln::cli::Cli::parse();
     kiln::normalize_process();
     let level = match cli.verbose {

@@ -72,6 +72,7 @@ cases!(good:
     outputs => "outputs",
     extras => "extras",
     site_vars => "site-vars",
+    files_groups => "files-groups",
 );
 
 cases!(bad:
@@ -133,6 +134,16 @@ cases!(bad:
     site_template_tag => "site-template-tag",
     site_template_undeclared => "site-template-undeclared",
     site_template_other => "site-template-other",
+    secret_readable => "secret-readable",
+    private_key_readable => "private-key-readable",
+    bad_file_mode => "bad-file-mode",
+    file_sets_nothing => "file-sets-nothing",
+    bad_file_owner => "bad-file-owner",
+    bad_file_path => "bad-file-path",
+    duplicate_file => "duplicate-file",
+    bad_group_name => "bad-group-name",
+    duplicate_group => "duplicate-group",
+    group_is_user => "group-is-user",
 );
 
 cases!(site_good:

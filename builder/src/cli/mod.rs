@@ -39,6 +39,10 @@ pub enum Command {
         /// Print the resolved build plan as JSON (merged recipe, packages, partition layout, ids).
         #[arg(long)]
         print: bool,
+        /// Also check what needs the network: every package name against the mirror's (and the
+        /// extra repositories') package indexes, and the repositories' signed Release files.
+        #[arg(long)]
+        online: bool,
         #[command(flatten)]
         lock: LockArgs,
     },

@@ -25,7 +25,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 
 fn dispatch(command: Command) -> Result<ExitCode> {
     match command {
-        Command::Check { recipe, print, lock } => check(&recipe, print, &lock),
+        Command::Check { recipe, print, online, lock } => check(&recipe, print, online, &lock),
         Command::Build(args) => build(args),
         Command::Lock { recipe, update, arch, cache } => lock(&recipe, update, arch, &cache),
         Command::Fetch { recipe, lock, cache } => fetch(&recipe, &lock, &cache),
@@ -61,8 +61,11 @@ impl Command {
     }
 }
 
-fn check(recipe: &Path, print: bool, lock: &LockArgs) -> Result<ExitCode> {
+fn check(recipe: &Path, print: bool, online: bool, lock: &LockArgs) -> Result<ExitCode> {
     let plan = pipeline::plan(recipe, None, &lock.choice())?;
+    if online {
+        pipeline::check_online(&plan)?;
+    }
     report::check(recipe, &plan, print)?;
     Ok(ExitCode::SUCCESS)
 }

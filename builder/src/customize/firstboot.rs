@@ -4,8 +4,8 @@
 //! per-box secrets (passwords, TLS keys) are made: never at build time, never in the image.
 use crate::host::files::write_file;
 use crate::plan::Plan;
-use crate::recipe::{FirstBoot, FirstBootRun};
-use anyhow::{bail, Result};
+use crate::recipe::{FirstBoot, FirstBootRun, Positions};
+use anyhow::Result;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -43,7 +43,7 @@ pub fn unit(action: &FirstBoot) -> String {
 /// Write every action's unit (and command script) into the root. Runs after the overlays, which
 /// may ship the scripts that actions name.
 pub fn install(plan: &Plan, root: &Path) -> Result<()> {
-    for a in &plan.recipe.first_boot {
+    for (i, a) in plan.recipe.first_boot.iter().enumerate() {
         match &a.run {
             FirstBootRun::Command(cmd) => {
                 let script = format!(
@@ -56,7 +56,9 @@ pub fn install(plan: &Plan, root: &Path) -> Result<()> {
                 let p = root.join(path.trim_start_matches('/'));
                 let meta = std::fs::metadata(&p).ok();
                 if !meta.as_ref().is_some_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0) {
-                    bail!("first-boot action `{}`: script {path} is not an executable file in the image (ship it in an overlay, executable)", a.name);
+                    let msg = format!("first-boot action `{}`: script {path} is not an executable file in the image (ship it in an overlay, executable, or install the package that has it)", a.name);
+                    let origin = plan.recipe.origins.first_boot.get(i);
+                    return Err(Positions::error(origin, &plan.recipe, &format!("first_boot[{i}].script"), msg).into());
                 }
             }
         }

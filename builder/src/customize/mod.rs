@@ -3,6 +3,8 @@
 pub mod artifacts;
 pub mod firstboot;
 pub mod overlay;
+pub mod owners;
 pub mod site;
 pub mod system;
 pub mod template;
+mod template_child;

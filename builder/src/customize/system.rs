@@ -6,7 +6,7 @@
 use crate::host::cmd::Cmd;
 use crate::host::files::write_file;
 use crate::plan::Plan;
-use crate::recipe::{Check, CheckKind, User};
+use crate::recipe::{Check, CheckKind, Positions, User};
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
@@ -36,6 +36,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
     write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
+    super::owners::groups(plan, root)?;
     for user in &plan.recipe.users {
         add_user(root, user, plan.recipe.source_date_epoch).with_context(|| format!("adding user `{}`", user.name))?;
     }
@@ -46,13 +47,39 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
 }
 
 /// Enable and disable units; runs after the overlays, which may ship units of their own.
+/// A unit of the recipe the image lacks is named with its recipe position first.
 pub fn units(plan: &Plan, root: &Path) -> Result<()> {
     let sys = &plan.recipe.system;
+    for (list, origins, key) in
+        [(&sys.enable, &plan.recipe.origins.enable, "enable"), (&sys.disable, &plan.recipe.origins.disable, "disable")]
+    {
+        if let Some(u) = list.iter().find(|u| !unit_exists(root, u)) {
+            let msg = format!(
+                "unit `{u}` is not in the image: no package or overlay ships it (looked in /etc/systemd/system, /usr/local/lib/systemd/system and /usr/lib/systemd/system of the root)"
+            );
+            return Err(Positions::error(origins.get(u.as_str()), &plan.recipe, &format!("system.{key}"), msg).into());
+        }
+    }
     let mut enable = vec!["kiln-check.service".to_string()];
     enable.extend(plan.recipe.first_boot.iter().map(crate::customize::firstboot::unit_name));
     enable.extend(sys.enable.iter().map(|u| u.to_string()));
     systemctl(root, "enable", &enable)?;
     systemctl(root, "disable", &crate::recipe::values::strings(&sys.disable))
+}
+
+/// Where systemd looks for system units at build time (`/lib` is `/usr/lib` on merged-/usr
+/// systems, or a directory of its own on older ones).
+const UNIT_DIRS: [&str; 4] =
+    ["etc/systemd/system", "usr/local/lib/systemd/system", "usr/lib/systemd/system", "lib/systemd/system"];
+
+/// The root has a unit file (or a link, a masked one too) for `name`, or the template of an instance.
+fn unit_exists(root: &Path, name: &str) -> bool {
+    let template = name.split_once('@').and_then(|(pre, rest)| {
+        let suffix = rest.rsplit_once('.')?.1;
+        (!rest.starts_with('.')).then(|| format!("{pre}@.{suffix}"))
+    });
+    let names = std::iter::once(name.to_string()).chain(template);
+    names.flat_map(|n| UNIT_DIRS.map(|d| root.join(d).join(&n))).any(|p| p.symlink_metadata().is_ok())
 }
 
 /// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook
@@ -185,7 +212,7 @@ fn systemctl_cmd(root: &Path, verb: &str, units: &[String]) -> Cmd {
 /// A program of the image itself, run chrooted into it: its systemctl and useradd write what
 /// that Debian release writes (Debian 12's systemctl links units to /lib, Debian 13's to
 /// /usr/lib), whatever release the host runs. Offline operations only: nothing is mounted.
-fn in_root(root: &Path, program: &str) -> Cmd {
+pub fn in_root(root: &Path, program: &str) -> Cmd {
     Cmd::new("chroot").arg(root).arg(program)
 }
 
@@ -333,6 +360,24 @@ mod tests {
         assert!(e.contains("key `users[0].groups[0]`") && e.contains("one name"), "{e}");
         let e = plan_of("[[users]]\nname = \"-oroot\"\n").unwrap_err();
         assert!(e.contains("key `users[0].name`"), "{e}");
+    }
+
+    /// Units are found in systemd's directories of the root, instances by their template.
+    #[test]
+    fn units_are_looked_up_in_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join("usr/lib/systemd/system")).unwrap();
+        std::fs::create_dir_all(r.join("etc/systemd/system")).unwrap();
+        std::fs::write(r.join("usr/lib/systemd/system/ssh.service"), "").unwrap();
+        std::fs::write(r.join("usr/lib/systemd/system/getty@.service"), "").unwrap();
+        std::os::unix::fs::symlink("/dev/null", r.join("etc/systemd/system/masked.service")).unwrap();
+        for u in ["ssh.service", "getty@tty1.service", "masked.service"] {
+            assert!(unit_exists(r, u), "{u}");
+        }
+        for u in ["shh.service", "ssh.socket", "getty@.socket", "other@x.service"] {
+            assert!(!unit_exists(r, u), "{u}");
+        }
     }
 
     #[test]

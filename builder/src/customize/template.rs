@@ -2,6 +2,12 @@
 //! they get no environment (`get_env` fails), no other files (no `include`, `import`,
 //! `extends`), no recursion (no macros) and bounded work: source and output size, `range`
 //! lengths, nesting depth and time are limited, and a panic of the engine is a recipe error.
+//!
+//! The kiln binary renders each template in a child process of its own (itself, re-executed
+//! with [`CHILD_ARG`], through `host::cmd`): a template that loops without touching any limit
+//! is killed at the deadline with its process group, so no work goes on after kiln gave up.
+//! Library callers that did not opt in with [`render_in_child_processes`] (tests) render on a
+//! thread of their own process, which can only be abandoned, not stopped.
 use crate::recipe::RecipeError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -27,6 +33,24 @@ const BLOCKS: [&str; 5] = ["if", "for", "filter", "block", "raw"];
 /// Render `path` against `ctx`. Errors are recipe errors naming the template; `key` is the
 /// overlay's key in the recipe, for errors of the sandbox itself.
 pub fn render(path: &Path, ctx: &tera::Context, key: &str) -> Result<Vec<u8>, RecipeError> {
+    match SELF_EXE.get() {
+        Some(exe) => super::template_child::render(exe, path, ctx, key),
+        None => render_here(path, ctx, key),
+    }
+}
+
+/// The kiln binary's path: set by `main`, it makes every later `render` use a child process.
+static SELF_EXE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Render templates in child processes of `exe` (the running kiln binary).
+pub fn render_in_child_processes(exe: PathBuf) {
+    let _ = SELF_EXE.set(exe);
+}
+
+pub use super::template_child::{child_main, CHILD_ARG};
+
+/// Render in this process, on a thread of its own with a deadline.
+pub fn render_here(path: &Path, ctx: &tera::Context, key: &str) -> Result<Vec<u8>, RecipeError> {
     let whole = |message: String| RecipeError {
         file: path.to_path_buf(),
         line: 1,

@@ -3,6 +3,7 @@
 pub mod deb822;
 pub mod debcache;
 pub mod mirror;
+pub mod names;
 pub mod packages;
 pub mod pinning;
 pub mod repos;

@@ -86,11 +86,16 @@ pub fn release_url(r: &Repository) -> String {
     format!("{}/dists/{}/InRelease", r.url, r.suite)
 }
 
+/// Where `verify_releases` keeps a repository's checked InRelease in the work directory.
+pub fn in_release(work: &Path, r: &Repository) -> PathBuf {
+    work.join(KEY_DIR).join(format!("{}.InRelease", r.name))
+}
+
 /// Fetch each repository's InRelease and check its signature with the repository's key alone.
 pub fn verify_releases(plan: &Plan, keys: &[Keyring], work: &Path) -> Result<()> {
     for (r, k) in plan.recipe.repositories.iter().zip(keys) {
         let url = release_url(r);
-        let file = work.join(KEY_DIR).join(format!("{}.InRelease", r.name));
+        let file = in_release(work, r);
         crate::host::net::download(&url, &file).with_context(|| format!("repository `{}`", r.name))?;
         if let Err(e) = Cmd::new("gpgv").arg("--keyring").arg(&k.binary).arg(&file).run() {
             let detail = format!("{e:#}");

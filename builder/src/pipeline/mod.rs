@@ -8,6 +8,7 @@ use crate::bootstrap::tools::Tools;
 use crate::customize::artifacts;
 use crate::customize::firstboot;
 use crate::customize::overlay;
+use crate::customize::owners;
 use crate::customize::system;
 use crate::debian::debcache::DebCache;
 use crate::debian::repos::{self, Keyring};
@@ -77,6 +78,14 @@ pub fn check(recipe: &Path, arch: Option<crate::recipe::arch::Arch>) -> Result<P
     Ok(plan)
 }
 
+/// `kiln check --online`: after `check`, what needs the network: the extra repositories (hosts,
+/// signed Release files) and every package name against the indexes.
+pub fn check_online(plan: &Plan) -> Result<()> {
+    let work = tempfile::tempdir().context("creating a scratch directory")?;
+    repos::sources(plan, work.path())?;
+    crate::debian::names::check(plan, work.path())
+}
+
 /// `check`, then the lock `choice` names for the recipe (if any) joined to the plan.
 pub fn plan(recipe: &Path, arch: Option<crate::recipe::arch::Arch>, choice: &LockChoice) -> Result<Plan> {
     let plan = check(recipe, arch)?;
@@ -112,8 +121,15 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let mut p = Progress::new(if side_by_side { 10 } else { 11 });
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
-    let (keys, extra, fetched) =
-        p.stage("check hosts, repositories, artifacts", || outside_inputs(&plan, work.path(), opts))?;
+    // Package names too, when the root is to be bootstrapped (a cached root had them all).
+    let check_names = !opts.offline && (!opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache));
+    let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || {
+        let inputs = outside_inputs(&plan, work.path(), opts)?;
+        if check_names {
+            crate::debian::names::check(&plan, work.path())?;
+        }
+        Ok(inputs)
+    })?;
     let make_tools = || {
         if opts.host_tools {
             Ok(Tools::Host)
@@ -145,6 +161,7 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         repos::install(&plan, &keys, &tree)?;
         artifacts::install(&fetched, &tree)?;
         firstboot::install(&plan, &tree)?;
+        owners::files(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;
     // Before `system::clean`, which removes apt's lists (the .debs' checksums).

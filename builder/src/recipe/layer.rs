@@ -42,6 +42,8 @@ pub struct Layer {
     /// Declared site variables with where each was written (kept by `merge`, checked after).
     #[serde(skip)]
     pub site_vars: Vec<(SiteVar, Origin)>,
+    pub groups: Option<Vec<Spanned<GroupLayer>>>,
+    pub files: Option<Vec<Spanned<FileLayer>>>,
     /// Where the name and list entries were written (filled by `Layer::locate`, kept by `merge`).
     #[serde(skip)]
     pub origins: Origins,
@@ -56,6 +58,13 @@ pub struct Origins {
     pub repositories: Vec<Origin>,
     pub artifacts: Vec<Origin>,
     pub first_boot: Vec<Origin>,
+    pub groups: Vec<Origin>,
+    pub files: Vec<Origin>,
+    /// Where each package name (`base.packages`, `base.kernel`, `base.arch_packages`) and each
+    /// unit of `system.enable` and `system.disable` was first written.
+    pub packages: BTreeMap<String, Origin>,
+    pub enable: BTreeMap<String, Origin>,
+    pub disable: BTreeMap<String, Origin>,
 }
 
 impl Origins {
@@ -71,8 +80,21 @@ impl Origins {
             repositories: cat(self.repositories, upper.repositories),
             artifacts: cat(self.artifacts, upper.artifacts),
             first_boot: cat(self.first_boot, upper.first_boot),
+            groups: cat(self.groups, upper.groups),
+            files: cat(self.files, upper.files),
+            packages: first_of(self.packages, upper.packages),
+            enable: first_of(self.enable, upper.enable),
+            disable: first_of(self.disable, upper.disable),
         }
     }
+}
+
+/// Two name → origin maps, the lower layer's origin kept for a name both have.
+fn first_of(mut lower: BTreeMap<String, Origin>, upper: BTreeMap<String, Origin>) -> BTreeMap<String, Origin> {
+    for (k, v) in upper {
+        lower.entry(k).or_insert(v);
+    }
+    lower
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -270,6 +292,26 @@ pub struct FirstBootLayer {
     pub after: Vec<UnitName>,
 }
 
+/// A group made in the image (before the users, who may be members).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupLayer {
+    pub name: UserName,
+    /// A system group (a gid below 1000), as for a service.
+    #[serde(default)]
+    pub system: bool,
+}
+
+/// Owner, group and mode of a path in the image, applied after overlays and artifacts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLayer {
+    pub path: ImagePath,
+    pub owner: Option<UserName>,
+    pub group: Option<UserName>,
+    pub mode: Option<Spanned<String>>,
+}
+
 /// Parse one file into a layer; errors carry file, line, column and key.
 pub fn parse(file: &Path, text: &str) -> Result<Layer, RecipeError> {
     let de = toml::Deserializer::new(text);
@@ -335,7 +377,15 @@ impl Layer {
             repositories: origins_of(&self.repositories, file, text, "repositories"),
             artifacts: origins_of(&self.artifacts, file, text, "artifacts"),
             first_boot: origins_of(&self.first_boot, file, text, "first_boot"),
+            groups: origins_of(&self.groups, file, text, "groups"),
+            files: origins_of(&self.files, file, text, "files"),
+            packages: BTreeMap::new(),
+            enable: BTreeMap::new(),
+            disable: BTreeMap::new(),
         };
+        if let Ok(spots) = toml::from_str::<Spots>(text) {
+            spots.record(file, text, &mut self.origins);
+        }
     }
 
     /// `self` is the lower layer (an include), `upper` the file that includes it.
@@ -387,7 +437,56 @@ impl Layer {
             first_boot: append(self.first_boot, upper.first_boot),
             site: None,
             site_vars: self.site_vars.into_iter().chain(upper.site_vars).collect(),
+            groups: append(self.groups, upper.groups),
+            files: append(self.files, upper.files),
             origins: self.origins.merge(upper.origins),
+        }
+    }
+}
+
+/// Positions of package and unit names in one file (a second, lenient reading of its text).
+#[derive(Deserialize)]
+struct Spots {
+    base: Option<BaseSpots>,
+    system: Option<SystemSpots>,
+}
+
+#[derive(Deserialize)]
+struct BaseSpots {
+    packages: Option<Vec<Spanned<String>>>,
+    kernel: Option<Spanned<String>>,
+    arch_packages: Option<BTreeMap<String, Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize)]
+struct SystemSpots {
+    enable: Option<Vec<Spanned<String>>>,
+    disable: Option<Vec<Spanned<String>>>,
+}
+
+impl Spots {
+    fn record(self, file: &Path, text: &str, origins: &mut Origins) {
+        let add = |map: &mut BTreeMap<String, Origin>, s: &Spanned<String>, key: String| {
+            map.entry(s.get_ref().clone()).or_insert_with(|| Origin::new(file, text, s.span().start, key));
+        };
+        if let Some(b) = &self.base {
+            for (i, p) in b.packages.iter().flatten().enumerate() {
+                add(&mut origins.packages, p, format!("base.packages[{i}]"));
+            }
+            if let Some(k) = &b.kernel {
+                add(&mut origins.packages, k, "base.kernel".into());
+            }
+            for (arch, list) in b.arch_packages.iter().flatten() {
+                for (i, p) in list.iter().enumerate() {
+                    add(&mut origins.packages, p, format!("base.arch_packages.{arch}[{i}]"));
+                }
+            }
+        }
+        for (i, u) in self.system.iter().flat_map(|s| s.enable.iter().flatten()).enumerate() {
+            add(&mut origins.enable, u, format!("system.enable[{i}]"));
+        }
+        for (i, u) in self.system.iter().flat_map(|s| s.disable.iter().flatten()).enumerate() {
+            add(&mut origins.disable, u, format!("system.disable[{i}]"));
         }
     }
 }

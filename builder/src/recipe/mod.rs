@@ -2,6 +2,7 @@
 pub mod arch;
 mod error;
 mod external;
+mod files;
 pub mod layer;
 pub mod site;
 pub mod sitevars;
@@ -9,7 +10,7 @@ mod size;
 mod validate;
 pub mod values;
 
-pub use error::RecipeError;
+pub use error::{Origin, RecipeError};
 pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
 pub use size::Size;
 pub use values::{
@@ -53,6 +54,13 @@ pub struct Recipe {
     /// Site variables the recipe's layers declare, sorted by name (see docs/site.md).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub site_vars: Vec<sitevars::SiteVar>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Group>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<FileAttrs>,
+    /// Where values checked late (against the mirror, against the root) were written.
+    #[serde(skip)]
+    pub origins: Positions,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }
@@ -197,6 +205,57 @@ pub enum FirstBootRun {
     Command(String),
     /// An executable in the image (shipped by an overlay).
     Script(ImagePath),
+}
+
+/// A group made in the image before the users (`[[groups]]`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Group {
+    pub name: UserName,
+    pub system: bool,
+}
+
+/// Owner, group and mode of a path in the image (`[[files]]`); None keeps what is there.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileAttrs {
+    pub path: ImagePath,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserName>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<UserName>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "octal_opt")]
+    pub mode: Option<u32>,
+}
+
+fn octal_opt<S: serde::Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+    match mode {
+        Some(m) => octal(m, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Where the values that are checked after loading were written: package names and enabled
+/// units (by name), first-boot actions and `[[files]]` entries (in list order).
+#[derive(Debug, Clone, Default)]
+pub struct Positions {
+    pub packages: BTreeMap<String, Origin>,
+    pub enable: BTreeMap<String, Origin>,
+    pub disable: BTreeMap<String, Origin>,
+    pub first_boot: Vec<Origin>,
+    pub files: Vec<Origin>,
+}
+
+impl Positions {
+    /// Where `what` was written, or the recipe file itself.
+    pub fn error(origin: Option<&Origin>, recipe: &Recipe, key: &str, message: String) -> RecipeError {
+        match origin {
+            Some(o) => o.error(None, message),
+            None => RecipeError::file(
+                recipe.sources.first().map(PathBuf::as_path).unwrap_or(Path::new("recipe")),
+                Some(key.into()),
+                message,
+            ),
+        }
+    }
 }
 
 /// Defaults used when no layer sets a value.

@@ -45,6 +45,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
         }
     }
     check_disk(layer, &err)?;
+    super::files::per_file(layer, &err)?;
     super::external::per_file(layer, file, text, top_dir)?;
     if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
         initramfs_modules(m.get_ref()).map_err(|msg| err(m.span().start, "base.initramfs_modules", msg))?;
@@ -160,6 +161,13 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
 
     let site_vars = super::sitevars::merge(std::mem::take(&mut layer.site_vars))?;
     let checks = resolve_checks(layer.checks.unwrap_or_default(), &origins.checks, file)?;
+    let (groups, files) = super::files::resolve(
+        layer.groups.unwrap_or_default(),
+        layer.files.unwrap_or_default(),
+        &origins,
+        &users,
+        file,
+    )?;
 
     let mut formats = vec![OutputFormat::Img];
     formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
@@ -189,6 +197,15 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         artifacts,
         first_boot,
         site_vars,
+        groups,
+        files,
+        origins: super::Positions {
+            packages: origins.packages,
+            enable: origins.enable,
+            disable: origins.disable,
+            first_boot: origins.first_boot,
+            files: origins.files,
+        },
         sources,
     })
 }

@@ -236,3 +236,39 @@ pub fn tree_state(dir: &Path) -> Vec<String> {
 pub fn sha256sum(path: &Path) -> String {
     run("sha256sum", &[path.to_str().unwrap()]).split_whitespace().next().unwrap().to_string()
 }
+
+/// `kiln build` that must fail early: returns stderr; asserts exit status, speed, empty output,
+/// and that no bootstrap work began: no stage after the first ("check hosts, repositories,
+/// artifacts") started, no new root appeared in the cache's roots/, and mmdebstrap never ran
+/// (a stand-in first on PATH records any start before handing over to the real one).
+pub fn build_fails(recipe: &Path, out_dir: &Path, cache: &Path, extra: &[&str], status: i32) -> String {
+    let roots = || -> Vec<String> {
+        std::fs::read_dir(cache.join("roots"))
+            .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let roots_before = roots();
+    let spy = tempfile::tempdir().unwrap();
+    let marker = spy.path().join("mmdebstrap-ran");
+    let real = run("sh", &["-c", "command -v mmdebstrap"]).trim().to_string();
+    let shim = spy.path().join("mmdebstrap");
+    std::fs::write(&shim, format!("#!/bin/sh\necho \"$@\" >> '{}'\nexec '{real}' \"$@\"\n", marker.display())).unwrap();
+    run("chmod", &["755", shim.to_str().unwrap()]);
+    let path = format!("{}:{}", spy.path().display(), std::env::var("PATH").unwrap_or_default());
+    let start = Instant::now();
+    let mut args =
+        vec!["build", recipe.to_str().unwrap(), "--out", out_dir.to_str().unwrap(), "--cache", cache.to_str().unwrap()];
+    args.extend(extra);
+    let out = kiln_env(&args, &[("PATH", &path)]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(status), "{err}");
+    assert!(start.elapsed().as_secs() < 90, "failed only after {:?}: not early\n{err}", start.elapsed());
+    let later: Vec<&str> = err.lines().filter(|l| l.starts_with("kiln: [") && !l.starts_with("kiln: [1/")).collect();
+    assert!(later.is_empty(), "stages after the outside-input check started:\n{err}");
+    assert!(!marker.exists(), "mmdebstrap ran: {}\n{err}", std::fs::read_to_string(&marker).unwrap_or_default());
+    assert_eq!(roots(), roots_before, "a root appeared in {}/roots", cache.display());
+    let left: Vec<_> =
+        std::fs::read_dir(out_dir).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "files left in the output directory: {left:?}");
+    err
+}
