@@ -97,6 +97,10 @@ cases!(bad:
     duplicate_user => "duplicate-user",
     default_hostname => "default-hostname",
     duplicate_check => "duplicate-check",
+    port_zero => "port-zero",
+    port_too_big => "port-too-big",
+    port_protocol => "port-protocol",
+    duplicate_port => "duplicate-port",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.

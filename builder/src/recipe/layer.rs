@@ -36,6 +36,7 @@ pub struct Layer {
     pub repositories: Option<Vec<Spanned<RepositoryLayer>>>,
     pub artifacts: Option<Vec<Spanned<ArtifactLayer>>>,
     pub first_boot: Option<Vec<Spanned<FirstBootLayer>>>,
+    pub ports: Option<Vec<Spanned<super::ports::PortLayer>>>,
     /// Where the name and list entries were written (filled by `Layer::locate`, kept by `merge`).
     #[serde(skip)]
     pub origins: Origins,
@@ -50,6 +51,7 @@ pub struct Origins {
     pub repositories: Vec<Origin>,
     pub artifacts: Vec<Origin>,
     pub first_boot: Vec<Origin>,
+    pub ports: Vec<Origin>,
 }
 
 impl Origins {
@@ -65,6 +67,7 @@ impl Origins {
             repositories: cat(self.repositories, upper.repositories),
             artifacts: cat(self.artifacts, upper.artifacts),
             first_boot: cat(self.first_boot, upper.first_boot),
+            ports: cat(self.ports, upper.ports),
         }
     }
 }
@@ -329,6 +332,7 @@ impl Layer {
             repositories: origins_of(&self.repositories, file, text, "repositories"),
             artifacts: origins_of(&self.artifacts, file, text, "artifacts"),
             first_boot: origins_of(&self.first_boot, file, text, "first_boot"),
+            ports: origins_of(&self.ports, file, text, "ports"),
         };
     }
 
@@ -379,6 +383,7 @@ impl Layer {
             repositories: append(self.repositories, upper.repositories),
             artifacts: append(self.artifacts, upper.artifacts),
             first_boot: append(self.first_boot, upper.first_boot),
+            ports: append(self.ports, upper.ports),
             origins: self.origins.merge(upper.origins),
         }
     }

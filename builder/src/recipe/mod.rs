@@ -3,12 +3,14 @@ pub mod arch;
 mod error;
 mod external;
 pub mod layer;
+mod ports;
 mod size;
 mod validate;
 pub mod values;
 
 pub use error::RecipeError;
 pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
+pub use ports::Port;
 pub use size::Size;
 pub use values::{
     ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
@@ -48,6 +50,10 @@ pub struct Recipe {
     pub artifacts: Vec<Artifact>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub first_boot: Vec<FirstBoot>,
+    /// Service ports `kiln boot`/`kiln test` forward. Not serialised, so not part of the
+    /// recipe hash: they do not change the image (the plan and the manifest show them).
+    #[serde(skip)]
+    pub ports: Vec<Port>,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }

@@ -26,6 +26,9 @@ pub struct Manifest {
     pub partitions: Vec<PartitionInfo>,
     /// The key that signed `SHA256SUMS`; None for an unsigned build.
     pub signing_key: Option<KeyInfo>,
+    /// Guest service ports (the recipe's `[[ports]]`) that `kiln boot` and `kiln test` forward.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::recipe::Port>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +107,7 @@ impl Manifest {
             },
             partitions,
             signing_key,
+            ports: plan.ports.clone(),
         })
     }
 
@@ -150,6 +154,7 @@ mod tests {
             },
             partitions: vec![],
             signing_key: None,
+            ports: vec![crate::recipe::Port { name: "web".into(), guest: 443, protocol: "tcp".into(), scheme: None }],
         };
         let json = m.to_json().unwrap();
         assert!(json.contains("\"lock_hash\": null"), "{json}");

@@ -42,6 +42,8 @@ pub struct TestReport {
     pub system_state: String,
     pub checks: Vec<CheckResult>,
     pub passed: bool,
+    /// Guest ports that were reachable on the host's 127.0.0.1 while the guest ran.
+    pub forwards: Vec<super::Forward>,
 }
 
 enum Event {
@@ -60,6 +62,9 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         image.display(),
         if m.accel == "tcg" { "TCG (software emulation: slow, a boot can take minutes)" } else { "KVM" }
     );
+    for f in &m.forwards {
+        eprintln!("kiln: {} (guest port {}): {}", f.name, f.guest, f.reach);
+    }
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
     let (rx, err_thread) = read_output(&mut child)?;
@@ -90,6 +95,7 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         system_state,
         passed: passed && checks.iter().all(|c| c.passed),
         checks,
+        forwards: m.forwards.clone(),
     })
 }
 
