@@ -55,6 +55,25 @@ enum Event {
 /// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
 /// The whole serial console is written to `log`. With `persist` the guest's writes reach the image.
 pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
+    // A forwarded port is free when kiln picks it, but another program may take it before QEMU
+    // binds it: QEMU then stops at once, and new ports are picked.
+    for _ in 1..HOSTFWD_TRIES {
+        match test_once(image, opts, timeout, log, persist) {
+            Err(e) if format!("{e:#}").contains(HOSTFWD_TAKEN) => {
+                eprintln!("kiln: a forwarded port was taken before QEMU could bind it; picking new ports")
+            }
+            other => return other,
+        }
+    }
+    test_once(image, opts, timeout, log, persist)
+}
+
+/// How often `kiln test` picks new ports when QEMU cannot bind one.
+const HOSTFWD_TRIES: usize = 3;
+/// QEMU's words when a `hostfwd` port is taken.
+const HOSTFWD_TAKEN: &str = "Could not set up host forwarding rule";
+
+fn test_once(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
     let m = machine(image, opts, persist, Some("kiln.test"))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     eprintln!(

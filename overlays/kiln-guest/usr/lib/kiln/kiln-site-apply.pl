@@ -5,41 +5,80 @@
 use strict;
 use warnings;
 
-use File::Temp qw(tempdir);
-
 our ($PART_TYPE, $LABEL, $FILE, $VARS_FILE, $TEMPLATES, $ZONEINFO, $RUN, $NETWORK_DIR, $SUDOERS);
 
 sub say_line { print STDOUT @_; return }
 
-# `blkid -o export` output as a list of { DEVNAME => ..., LABEL => ..., ... }.
-sub blkid_devices {
-    my @args = @_;
-    open my $fh, '-|', 'blkid', '-c', '/dev/null', '-o', 'export', @args or return ();
-    my (@devs, %cur);
-    while (my $l = <$fh>) {
-        chomp $l;
-        if ($l eq '') {
-            push @devs, {%cur} if %cur;
-            %cur = ();
-        } elsif ($l =~ /^([A-Z_]+)=(.*)$/) {
-            $cur{$1} = $2;
+# The FAT volume label in a boot sector (FAT12/16 or FAT32 extended boot record), or undef.
+sub fat_label {
+    my ($dev) = @_;
+    open my $fh, '<:raw', $dev or return undef;
+    my $n = sysread $fh, my $bs, 512;
+    close $fh;
+    return undef unless defined $n && $n == 512 && substr($bs, 510, 2) eq "\x55\xAA";
+    my $label;
+    if (ord(substr $bs, 38, 1) == 0x29 && substr($bs, 54, 3) eq 'FAT') {
+        $label = substr $bs, 43, 11;
+    } elsif (ord(substr $bs, 66, 1) == 0x29 && substr($bs, 82, 5) eq 'FAT32') {
+        $label = substr $bs, 71, 11;
+    }
+    $label =~ s/ +\z// if defined $label;
+    return $label;
+}
+
+# The GPT type of a partition: from udev's database when udev has seen it, else one blkid probe.
+sub part_type {
+    my ($name, $dev) = @_;
+    my $devno = read_line("/sys/class/block/$name/dev") // '';
+    if (open my $db, '<', "/run/udev/data/b$devno") {
+        while (my $l = <$db>) {
+            return lc $1 if $l =~ /^E:ID_PART_ENTRY_TYPE=(\S+)/;
         }
     }
-    push @devs, {%cur} if %cur;
+    open my $fh, '-|', 'blkid', '-p', '-s', 'PART_ENTRY_TYPE', '-o', 'value', '--', $dev or return '';
+    my $type = <$fh> // '';
     close $fh;
-    return @devs;
+    chomp $type;
+    return lc $type;
+}
+
+sub read_all {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    local $/;
+    my $text = <$fh>;
+    close $fh;
+    return $text;
+}
+
+sub read_line {
+    my ($path) = @_;
+    open my $fh, '<', $path or return undef;
+    my $l = <$fh>;
+    close $fh;
+    chomp $l if defined $l;
+    return $l;
 }
 
 # The site volume's device: a partition named KILN-SITE of kiln's type first, then any FAT
-# volume labelled KILN-SITE. Nothing waits: block devices present at boot are probed once.
+# volume labelled KILN-SITE. Boot time matters, so nothing waits and no prober runs: the block
+# devices present are listed from sysfs and each one's first sector read once.
 sub find_volume {
-    my @devs = grep { ($_->{TYPE} // '') eq 'vfat' } blkid_devices();
-    for my $d (grep { ($_->{PARTLABEL} // '') eq $LABEL } @devs) {
-        my ($p) = blkid_devices('-p', '-s', 'PART_ENTRY_TYPE', $d->{DEVNAME});
-        return $d->{DEVNAME} if $p && lc($p->{PART_ENTRY_TYPE} // '') eq $PART_TYPE;
+    opendir my $dh, '/sys/class/block' or return undef;
+    my @names = sort grep { !/^\./ && !/^(?:ram|zram)\d/ } readdir $dh;
+    closedir $dh;
+    my ($partition, $volume);
+    for my $name (@names) {
+        next unless (read_line("/sys/class/block/$name/size") // 0) > 0;
+        (my $dev = "/dev/$name") =~ tr{!}{/};
+        my $label = fat_label($dev) // next;
+        my ($partname) = (read_all("/sys/class/block/$name/uevent") // '') =~ /^PARTNAME=(.*)$/m;
+        if (!$partition && ($partname // '') eq $LABEL && part_type($name, $dev) eq $PART_TYPE) {
+            $partition = $dev;
+        }
+        $volume //= $dev if $label eq $LABEL;
     }
-    my ($d) = grep { ($_->{LABEL} // '') eq $LABEL } @devs;
-    return $d ? $d->{DEVNAME} : undef;
+    return $partition // $volume;
 }
 
 # Copy site.toml off the volume: mounted read-only, nosuid, nodev, noexec in a private
@@ -81,6 +120,17 @@ sub put_file {
     chmod $mode, $tmp;
     chown $uid, $gid, $tmp if defined $uid;
     rename $tmp, $path or die "kiln-site: renaming $tmp: $!\n";
+}
+
+# A fresh directory only root can enter (what was left of an earlier run is removed first).
+sub private_dir {
+    my ($dir) = @_;
+    mkdirs($RUN, 0755);
+    system('umount', '-q', '--', "$dir/mnt") if -d "$dir/mnt";
+    unlink "$dir/$FILE";
+    rmdir "$dir/mnt";
+    rmdir $dir;
+    mkdir $dir, 0700 or die "kiln-site: mkdir $dir: $!\n";
 }
 
 sub mkdirs {
@@ -281,8 +331,8 @@ sub write_run_files {
 sub apply_main {
     my $declared = eval { read_vars($VARS_FILE) } || do { print STDOUT $@; {} };
     my $dev = find_volume();
-    my $dir = tempdir('kiln-site.XXXXXX', TMPDIR => 1, CLEANUP => 1);
-    my $path = $dev ? eval { read_volume($dev, $dir) } : undef;
+    my $dir = "$RUN/.volume";
+    my $path = $dev ? eval { private_dir($dir); read_volume($dev, $dir) } : undef;
     print STDOUT $@ if $dev && $@;
     if (!$dev) {
         say_line("kiln-site: no site volume (label $LABEL); the image's defaults apply\n");
@@ -310,6 +360,9 @@ sub apply_main {
         eval { apply_templates(image_defaults($declared)); 1 } or print STDOUT $@;
     }
     eval { write_run_files($site || image_defaults($declared)); 1 } or print STDOUT $@;
+    unlink "$dir/$FILE";
+    rmdir "$dir/mnt";
+    rmdir $dir;
     return 0;
 }
 
