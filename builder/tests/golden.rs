@@ -144,6 +144,10 @@ cases!(bad:
     bad_group_name => "bad-group-name",
     duplicate_group => "duplicate-group",
     group_is_user => "group-is-user",
+    port_zero => "port-zero",
+    port_too_big => "port-too-big",
+    port_protocol => "port-protocol",
+    duplicate_port => "duplicate-port",
 );
 
 cases!(site_good:

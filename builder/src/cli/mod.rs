@@ -339,11 +339,14 @@ pub struct VmArgs {
     /// Guest CPUs.
     #[arg(long, default_value_t = 2)]
     pub cpus: u32,
+    /// Site file (site.toml, docs/site.md) handed to the guest on an extra read-only disk.
+    #[arg(long, value_name = "SITE")]
+    pub site: Option<PathBuf>,
 }
 
 impl VmArgs {
     fn options(&self) -> VmOptions {
-        VmOptions { accel: self.accel, memory_mib: self.memory, cpus: self.cpus }
+        VmOptions { accel: self.accel, memory_mib: self.memory, cpus: self.cpus, site: self.site.clone() }
     }
 }
 

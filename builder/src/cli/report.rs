@@ -177,6 +177,8 @@ struct TestJson<'a> {
     checks: &'a [CheckResult],
     failed: Vec<&'a str>,
     serial_log: &'a Path,
+    /// Guest ports forwarded to the host's 127.0.0.1 while the guest ran.
+    ports: &'a [crate::vm::Forward],
 }
 
 /// `kiln test --json`: the report as JSON; exit status 1 when a check failed, as without `--json`.
@@ -191,6 +193,7 @@ pub fn test_json(report: &TestReport, image: &Path, log: &Path) -> Result<ExitCo
         checks: &report.checks,
         failed: report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect(),
         serial_log: log,
+        ports: &report.forwards,
     })?;
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -26,13 +26,15 @@ pub fn unit(action: &FirstBoot) -> String {
         action.name, action.name
     );
     u += &format!("ConditionPathExists=!{DONE_DIR}/{}.done\n", action.name);
+    // The site settings are applied first, and their variables reach the action (docs/site.md).
+    u += "After=kiln-site.service\n";
     if !action.after.is_empty() {
         u += &format!("After={}\nWants={}\n", action.after.join(" "), action.after.join(" "));
     }
     if !action.before.is_empty() {
         u += &format!("Before={}\n", action.before.join(" "));
     }
-    u += "\n[Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutStartSec=1h\nStateDirectory=kiln/first-boot\nStandardOutput=journal+console\nStandardError=journal+console\n";
+    u += "\n[Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutStartSec=1h\nStateDirectory=kiln/first-boot\nStandardOutput=journal+console\nStandardError=journal+console\nEnvironmentFile=-/run/kiln/site.env\n";
     u += &format!("ExecStart={exec}\nExecStartPost=/usr/bin/touch {DONE_DIR}/{}.done\n", action.name);
     let mut wanted_by = vec!["multi-user.target".to_string()];
     wanted_by.extend(action.before.iter().filter(|b| !b.ends_with(".target")).map(|b| b.to_string()));
@@ -85,5 +87,7 @@ mod tests {
         assert!(u.contains("After=postgresql.service\n") && u.contains("Before=nginx.service\n"), "{u}");
         assert!(u.contains("WantedBy=multi-user.target nginx.service\n"), "{u}");
         assert!(u.contains("ExecStart=/usr/lib/kiln/first-boot/db\n"), "{u}");
+        assert!(u.contains("After=kiln-site.service\n"), "{u}");
+        assert!(u.contains("EnvironmentFile=-/run/kiln/site.env\n"), "{u}");
     }
 }

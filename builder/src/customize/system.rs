@@ -11,12 +11,24 @@ use anyhow::{bail, Context, Result};
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
-/// kiln's in-guest test agent, laid onto every image (it only runs on a `kiln.test` boot).
+/// kiln's own machinery laid onto every image: the test agent (it only runs on a `kiln.test`
+/// boot) and the site settings applier (`kiln-site.service`, every boot; docs/site.md).
 const AGENT: &[(&str, &str, u32)] = &[
     ("usr/lib/kiln/kiln-check", include_str!("../../../overlays/kiln-guest/usr/lib/kiln/kiln-check"), 0o755),
     (
         "usr/lib/systemd/system/kiln-check.service",
         include_str!("../../../overlays/kiln-guest/usr/lib/systemd/system/kiln-check.service"),
+        0o644,
+    ),
+    ("usr/lib/kiln/kiln-site", include_str!("../../../overlays/kiln-guest/usr/lib/kiln/kiln-site"), 0o755),
+    (
+        "usr/lib/kiln/kiln-site-apply.pl",
+        include_str!("../../../overlays/kiln-guest/usr/lib/kiln/kiln-site-apply.pl"),
+        0o644,
+    ),
+    (
+        "usr/lib/systemd/system/kiln-site.service",
+        include_str!("../../../overlays/kiln-guest/usr/lib/systemd/system/kiln-site.service"),
         0o644,
     ),
 ];
@@ -60,7 +72,7 @@ pub fn units(plan: &Plan, root: &Path) -> Result<()> {
             return Err(Positions::error(origins.get(u.as_str()), &plan.recipe, &format!("system.{key}"), msg).into());
         }
     }
-    let mut enable = vec!["kiln-check.service".to_string()];
+    let mut enable = vec!["kiln-check.service".to_string(), "kiln-site.service".to_string()];
     enable.extend(plan.recipe.first_boot.iter().map(crate::customize::firstboot::unit_name));
     enable.extend(sys.enable.iter().map(|u| u.to_string()));
     systemctl(root, "enable", &enable)?;

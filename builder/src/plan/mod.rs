@@ -39,6 +39,9 @@ pub struct Plan {
     pub image_name: String,
     /// Files written beside it: `img` always, then the recipe's `[output] formats`.
     pub formats: Vec<crate::recipe::OutputFormat>,
+    /// Guest service ports `kiln boot` and `kiln test` forward (the recipe's `[[ports]]`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::recipe::Port>,
     /// sha256 of the lock the build installs from (joined into `recipe_hash`), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock_hash: Option<String>,
@@ -118,6 +121,7 @@ impl Plan {
         let plan = Plan {
             image_name: format!("{}-{}-{}.img", recipe.name, recipe.version, arch),
             formats: recipe.output.formats.clone(),
+            ports: recipe.ports.clone(),
             root_fs_uuid: ids::uuid(&recipe_hash, "filesystem:root"),
             esp_volume_id: ids::u32(&recipe_hash, "filesystem:esp"),
             kernel_cmdline: cmdline.join(" "),

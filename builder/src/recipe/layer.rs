@@ -44,6 +44,7 @@ pub struct Layer {
     pub site_vars: Vec<(SiteVar, Origin)>,
     pub groups: Option<Vec<Spanned<GroupLayer>>>,
     pub files: Option<Vec<Spanned<FileLayer>>>,
+    pub ports: Option<Vec<Spanned<super::ports::PortLayer>>>,
     /// Where the name and list entries were written (filled by `Layer::locate`, kept by `merge`).
     #[serde(skip)]
     pub origins: Origins,
@@ -65,6 +66,7 @@ pub struct Origins {
     pub packages: BTreeMap<String, Origin>,
     pub enable: BTreeMap<String, Origin>,
     pub disable: BTreeMap<String, Origin>,
+    pub ports: Vec<Origin>,
 }
 
 impl Origins {
@@ -85,6 +87,7 @@ impl Origins {
             packages: first_of(self.packages, upper.packages),
             enable: first_of(self.enable, upper.enable),
             disable: first_of(self.disable, upper.disable),
+            ports: cat(self.ports, upper.ports),
         }
     }
 }
@@ -382,6 +385,7 @@ impl Layer {
             packages: BTreeMap::new(),
             enable: BTreeMap::new(),
             disable: BTreeMap::new(),
+            ports: origins_of(&self.ports, file, text, "ports"),
         };
         if let Ok(spots) = toml::from_str::<Spots>(text) {
             spots.record(file, text, &mut self.origins);
@@ -439,6 +443,7 @@ impl Layer {
             site_vars: self.site_vars.into_iter().chain(upper.site_vars).collect(),
             groups: append(self.groups, upper.groups),
             files: append(self.files, upper.files),
+            ports: append(self.ports, upper.ports),
             origins: self.origins.merge(upper.origins),
         }
     }

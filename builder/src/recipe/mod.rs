@@ -4,6 +4,7 @@ mod error;
 mod external;
 mod files;
 pub mod layer;
+mod ports;
 pub mod site;
 pub mod sitevars;
 mod size;
@@ -12,6 +13,7 @@ pub mod values;
 
 pub use error::{Origin, RecipeError};
 pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
+pub use ports::Port;
 pub use size::Size;
 pub use values::{
     ArchiveComponent, DebName, FileName, Hostname, ImagePath, KernelWord, Locale, Owner, PinPattern, RecipeName,
@@ -61,6 +63,10 @@ pub struct Recipe {
     /// Where values checked late (against the mirror, against the root) were written.
     #[serde(skip)]
     pub origins: Positions,
+    /// Service ports `kiln boot`/`kiln test` forward. Not serialised, so not part of the
+    /// recipe hash: they do not change the image (the plan and the manifest show them).
+    #[serde(skip)]
+    pub ports: Vec<Port>,
     /// Every file read, the recipe first, as shown to the user.
     pub sources: Vec<PathBuf>,
 }

@@ -46,6 +46,7 @@ pub fn per_file(layer: &mut Layer, file: &Path, text: &str, top_dir: &Path) -> R
     }
     check_disk(layer, &err)?;
     super::files::per_file(layer, &err)?;
+    super::ports::per_file(&layer.ports, &err)?;
     super::external::per_file(layer, file, text, top_dir)?;
     if let Some(m) = layer.base.as_ref().and_then(|b| b.initramfs_modules.as_ref()) {
         initramfs_modules(m.get_ref()).map_err(|msg| err(m.span().start, "base.initramfs_modules", msg))?;
@@ -168,6 +169,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
         &users,
         file,
     )?;
+    let ports = super::ports::resolve(layer.ports.take().unwrap_or_default(), &origins.ports, file)?;
 
     let mut formats = vec![OutputFormat::Img];
     formats.extend(layer.output.and_then(|o| o.formats).unwrap_or_default());
@@ -206,6 +208,7 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
             first_boot: origins.first_boot,
             files: origins.files,
         },
+        ports,
         sources,
     })
 }

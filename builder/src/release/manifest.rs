@@ -31,6 +31,9 @@ pub struct Manifest {
     /// without site variables keep their manifest.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub site_vars: Vec<SiteVar>,
+    /// Guest service ports (the recipe's `[[ports]]`) that `kiln boot` and `kiln test` forward.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::recipe::Port>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +113,7 @@ impl Manifest {
             partitions,
             signing_key,
             site_vars: r.site_vars.clone(),
+            ports: plan.ports.clone(),
         })
     }
 
@@ -160,6 +164,7 @@ mod tests {
             partitions: vec![],
             signing_key: None,
             site_vars: vec![],
+            ports: vec![crate::recipe::Port { name: "web".into(), guest: 443, protocol: "tcp".into(), scheme: None }],
         };
         let json = m.to_json().unwrap();
         assert!(json.contains("\"lock_hash\": null"), "{json}");

@@ -1,10 +1,12 @@
 //! Booting images under QEMU with UEFI firmware: `kiln boot` (interactive) and `kiln test`
 //! (headless; the guest agent runs the image's checks and reports on the serial console).
+mod forward;
 mod test;
 use crate::disk;
 use crate::host::cmd::{self, Cmd};
 use crate::recipe::arch::Arch;
 use anyhow::{bail, Context, Result};
+pub use forward::Forward;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,8 @@ pub struct VmOptions {
     pub accel: Accel,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// A site file (docs/site.md) to hand the guest on an extra disk.
+    pub site: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -86,11 +90,14 @@ pub fn kvm_usable(arch: Arch) -> bool {
     }
 }
 
-/// A prepared QEMU command line plus the throwaway firmware variables it uses.
+/// A prepared QEMU command line plus the throwaway firmware variables and site volume it uses.
 pub struct Machine {
     pub cmd: Cmd,
     pub accel: &'static str,
+    /// Guest ports reachable on the host's 127.0.0.1.
+    pub forwards: Vec<Forward>,
     _vars: Option<tempfile::NamedTempFile>,
+    _site: Option<tempfile::TempDir>,
 }
 
 /// QEMU for `image`: firmware, disk (copy-on-write unless `persist`), serial on stdio.
@@ -99,6 +106,10 @@ pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Opt
         bail!("image {} not found", image.display());
     }
     let arch = image_arch(image)?;
+    // The site file is checked before anything else starts.
+    let site = opts.site.as_deref().map(forward::check_site).transpose()?;
+    let user = site.as_ref().and_then(|(_, admin)| admin.clone()).unwrap_or_else(|| "admin".into());
+    let forwards = forward::allocate(&forward::guest_ports(image), &user)?;
     let (code, vars_template) = firmware(arch)?;
     let accel = match opts.accel {
         Accel::Kvm => "kvm",
@@ -140,11 +151,24 @@ pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Opt
         .arg(format!("file={},format=raw,if=none,id=disk0,cache=unsafe{snapshot}", image.display()))
         .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
         .args(["-device", "virtio-rng-pci"])
-        .args(["-netdev", "user,id=net0,restrict=on", "-device", "virtio-net-pci,netdev=net0"]);
+        .arg("-netdev")
+        .arg(format!("user,id=net0,restrict=on{}", forward::hostfwd(&forwards)))
+        .args(["-device", "virtio-net-pci,netdev=net0"]);
+    let mut site_dir = None;
+    if let Some((text, _)) = &site {
+        let dir =
+            tempfile::Builder::new().prefix("kiln-site-").tempdir().context("creating the site volume's directory")?;
+        let volume = forward::site_volume(text, dir.path())?;
+        cmd = cmd
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=none,id=site,readonly=on", volume.display()))
+            .args(["-device", "virtio-blk-pci,drive=site"]);
+        site_dir = Some(dir);
+    }
     if let Some(extra) = extra_cmdline {
         cmd = cmd.arg("-smbios").arg(format!("type=11,value=io.systemd.boot.kernel-cmdline-extra={extra}"));
     }
-    Ok(Machine { cmd, accel, _vars: vars_copy })
+    Ok(Machine { cmd, accel, forwards, _vars: vars_copy, _site: site_dir })
 }
 
 /// `kiln boot`: run the image interactively on this terminal's serial console.
@@ -156,6 +180,9 @@ pub fn boot(image: &Path, opts: &VmOptions, persist: bool) -> Result<()> {
         m.accel,
         if persist { "" } else { " (changes are discarded)" }
     );
+    for f in &m.forwards {
+        eprintln!("kiln: {} (guest port {}): {}", f.name, f.guest, f.reach);
+    }
     let mut child = m.cmd.clone().foreground().spawn(Stdio::inherit(), Stdio::inherit(), Stdio::inherit())?;
     let status = child.wait()?;
     cmd::check_interrupted()?;

@@ -42,6 +42,8 @@ pub struct TestReport {
     pub system_state: String,
     pub checks: Vec<CheckResult>,
     pub passed: bool,
+    /// Guest ports that were reachable on the host's 127.0.0.1 while the guest ran.
+    pub forwards: Vec<super::Forward>,
 }
 
 enum Event {
@@ -53,6 +55,25 @@ enum Event {
 /// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
 /// The whole serial console is written to `log`. With `persist` the guest's writes reach the image.
 pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
+    // A forwarded port is free when kiln picks it, but another program may take it before QEMU
+    // binds it: QEMU then stops at once, and new ports are picked.
+    for _ in 1..HOSTFWD_TRIES {
+        match test_once(image, opts, timeout, log, persist) {
+            Err(e) if format!("{e:#}").contains(HOSTFWD_TAKEN) => {
+                eprintln!("kiln: a forwarded port was taken before QEMU could bind it; picking new ports")
+            }
+            other => return other,
+        }
+    }
+    test_once(image, opts, timeout, log, persist)
+}
+
+/// How often `kiln test` picks new ports when QEMU cannot bind one.
+const HOSTFWD_TRIES: usize = 3;
+/// QEMU's words when a `hostfwd` port is taken.
+const HOSTFWD_TAKEN: &str = "Could not set up host forwarding rule";
+
+fn test_once(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
     let m = machine(image, opts, persist, Some("kiln.test"))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     eprintln!(
@@ -60,6 +81,9 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         image.display(),
         if m.accel == "tcg" { "TCG (software emulation: slow, a boot can take minutes)" } else { "KVM" }
     );
+    for f in &m.forwards {
+        eprintln!("kiln: {} (guest port {}): {}", f.name, f.guest, f.reach);
+    }
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
     let (rx, err_thread) = read_output(&mut child)?;
@@ -90,6 +114,7 @@ pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persi
         system_state,
         passed: passed && checks.iter().all(|c| c.passed),
         checks,
+        forwards: m.forwards.clone(),
     })
 }
 
