@@ -49,7 +49,14 @@ fn wait_ready(child: &mut std::process::Child, log: &Path) {
         if std::fs::read_to_string(log).unwrap_or_default().contains("KILN-READY") {
             return;
         }
-        assert!(child.try_wait().unwrap().is_none(), "kiln test ended before the guest was ready");
+        if let Some(status) = child.try_wait().unwrap() {
+            let tail: Vec<String> =
+                std::fs::read_to_string(log).unwrap_or_default().lines().rev().take(15).map(String::from).collect();
+            panic!(
+                "kiln test ended ({status}) before the guest was ready; serial log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         assert!(Instant::now() < deadline, "guest not ready within 1200s");
         std::thread::sleep(Duration::from_millis(500));
     }
