@@ -7,9 +7,8 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == kiln::customize::template::CHILD_ARG) {
         return kiln::customize::template::child_main();
     }
-    if let Ok(exe) = std::env::current_exe() {
-        kiln::customize::template::render_in_child_processes(exe);
-    }
+    // /proc/self/exe: this very binary, even when a newer kiln was installed over it since.
+    kiln::customize::template::render_in_child_processes("/proc/self/exe".into());
     let cli = kiln::cli::Cli::parse();
     kiln::normalize_process();
     let level = match cli.verbose {
