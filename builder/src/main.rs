@@ -8,7 +8,11 @@ fn main() -> ExitCode {
         return kiln::customize::template::child_main();
     }
     // /proc/self/exe: this very binary, even when a newer kiln was installed over it since.
-    kiln::customize::template::render_in_child_processes("/proc/self/exe".into());
+    // (Without /proc, templates render on a thread of this process: template.rs.)
+    let exe = std::path::Path::new("/proc/self/exe");
+    if exe.exists() {
+        kiln::customize::template::render_in_child_processes(exe.into());
+    }
     let cli = kiln::cli::Cli::parse();
     kiln::normalize_process();
     let level = match cli.verbose {
