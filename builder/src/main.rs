@@ -7,8 +7,11 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == kiln::customize::template::CHILD_ARG) {
         return kiln::customize::template::child_main();
     }
-    if let Ok(exe) = std::env::current_exe() {
-        kiln::customize::template::render_in_child_processes(exe);
+    // /proc/self/exe: this very binary, even when a newer kiln was installed over it since.
+    // (Without /proc, templates render on a thread of this process: template.rs.)
+    let exe = std::path::Path::new("/proc/self/exe");
+    if exe.exists() {
+        kiln::customize::template::render_in_child_processes(exe.into());
     }
     let cli = kiln::cli::Cli::parse();
     kiln::normalize_process();

@@ -110,7 +110,10 @@ impl Walker<'_> {
                     continue;
                 }
                 let (rel, data) = if path.extension().is_some_and(|x| x == "tera") {
-                    (rel.with_extension(""), super::template::render(&path, self.ctx, self.key)?)
+                    let rendered = super::template::render(&path, self.ctx, self.key);
+                    // Ctrl-C stops the renderer too: that is an interruption, not a template error.
+                    crate::host::cmd::check_interrupted()?;
+                    (rel.with_extension(""), rendered?)
                 } else {
                     (rel, self.read(&path, meta.len())?)
                 };

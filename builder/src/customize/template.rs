@@ -6,8 +6,9 @@
 //! The kiln binary renders each template in a child process of its own (itself, re-executed
 //! with [`CHILD_ARG`], through `host::cmd`): a template that loops without touching any limit
 //! is killed at the deadline with its process group, so no work goes on after kiln gave up.
-//! Library callers that did not opt in with [`render_in_child_processes`] (tests) render on a
-//! thread of their own process, which can only be abandoned, not stopped.
+//! Library callers that did not opt in with [`render_in_child_processes`] (tests), and kiln
+//! without a mounted /proc, render on a thread of their own process, which can only be
+//! abandoned, not stopped.
 use crate::recipe::RecipeError;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
