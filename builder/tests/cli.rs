@@ -143,3 +143,20 @@ fn build_json_on_a_bad_recipe_is_an_error_document_with_status_2() {
     assert!(error.starts_with(&format!("{recipe}:8:8: key `artifacts[0].dest`")), "{error}");
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "nothing written");
 }
+
+/// `--site` gets the full site check (the same as `kiln site check`) before any machine starts:
+/// a bad value is named at its position, exit 2, and nothing boots (no QEMU, no firmware needed).
+#[test]
+fn boot_and_test_refuse_a_bad_site_file_before_starting_a_machine() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("x.img");
+    std::fs::write(&image, b"not an image").unwrap();
+    let site = dir.path().join("site.toml");
+    std::fs::write(&site, "hostname = \"bad_host\"\n").unwrap();
+    for cmd in ["boot", "test"] {
+        let out = kiln(&[cmd, image.to_str().unwrap(), "--site", site.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "kiln {cmd}: {err}");
+        assert!(err.contains("site.toml:1:12: key `hostname`"), "kiln {cmd}: {err}");
+    }
+}

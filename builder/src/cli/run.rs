@@ -127,6 +127,7 @@ fn vendor(recipe: &Path, dir: &Path, lock: &LockArgs, cache: &CacheArgs) -> Resu
 }
 
 fn boot(image: &Path, persist: bool, vm: &VmArgs) -> Result<ExitCode> {
+    check_site(image, vm)?;
     vm::boot(image, &vm.options(), persist)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -139,6 +140,7 @@ fn test(
     vm: &VmArgs,
     json: bool,
 ) -> Result<ExitCode> {
+    check_site(image, vm)?;
     let log = serial_log.unwrap_or_else(|| vm::default_log(image));
     let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist)
         .with_context(|| format!("testing {}", image.display()))?;
@@ -146,6 +148,14 @@ fn test(
         report::test_json(&report, image, &log)
     } else {
         Ok(report::test(&report, &log))
+    }
+}
+
+/// `--site` is validated in full before a machine starts (the vm floor checks only its shape).
+fn check_site(image: &Path, vm: &VmArgs) -> Result<()> {
+    match &vm.site {
+        Some(site) => pipeline::site::check_for_boot(site, image),
+        None => Ok(()),
     }
 }
 

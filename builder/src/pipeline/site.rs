@@ -46,6 +46,18 @@ pub fn check(site_file: &Path, against: Against) -> Result<SiteReport> {
     Ok(SiteReport { site: site_file.to_path_buf(), against: path, image, declared, settings })
 }
 
+/// The full check of a `--site` file before `kiln boot` or `kiln test` attaches it: against the
+/// image's manifest when one is beside it (exactly what `kiln site check --image` does), else
+/// (a device, a renamed image) every value of the file on its own.
+pub fn check_for_boot(site_file: &Path, image: &Path) -> Result<()> {
+    if manifest_of(image).is_file() {
+        check(site_file, Against::Image(image))?;
+    } else {
+        site::load(site_file)?;
+    }
+    Ok(())
+}
+
 /// The manifest `kiln build` wrote beside `image` (or `image` itself when it is one).
 fn manifest_of(image: &Path) -> PathBuf {
     let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

@@ -60,9 +60,9 @@ pub fn hostfwd(fwds: &[Forward]) -> String {
     fwds.iter().map(|f| format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest)).collect()
 }
 
-/// The site file of `--site`, checked on the host before anything boots. For now a light check
-/// (a regular file under the size limit that parses as TOML); this is the one place the full
-/// site validation (`kiln site check`) plugs in. Returns the text and the first admin's name.
+/// The site file of `--site`: a regular file under the size limit that parses as TOML (the CLI
+/// has already run the full check, `pipeline::site::check_for_boot`, before the machine starts).
+/// Returns the text and the first admin's name.
 pub fn check_site(path: &Path) -> Result<(String, Option<String>)> {
     let meta = std::fs::symlink_metadata(path).with_context(|| format!("site file {}", path.display()))?;
     if !meta.is_file() {
