@@ -47,6 +47,8 @@ cases!(good:
     aarch64 => "aarch64",
     outputs => "outputs",
     extras => "extras",
+    security_mirror => "security-mirror",
+    security_off => "security-off",
 );
 
 cases!(bad:
@@ -97,6 +99,10 @@ cases!(bad:
     duplicate_user => "duplicate-user",
     default_hostname => "default-hostname",
     duplicate_check => "duplicate-check",
+    bad_security_mirror => "bad-security-mirror",
+    security_mirror_without_security => "security-mirror-without-security",
+    automatic_updates_without_security => "automatic-updates-without-security",
+    bad_automatic_updates => "bad-automatic-updates",
 );
 
 /// The shipped appliance recipes are valid, and plan what their layers promise.

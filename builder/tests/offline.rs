@@ -23,6 +23,7 @@ fn pkg(name: &str, version: &str, arch: &str) -> LockedPackage {
         architecture: arch.into(),
         sha256,
         filename: format!("pool/main/{name}_{version}_{arch}.deb"),
+        suite: None,
     }
 }
 
@@ -34,6 +35,8 @@ fn sample() -> Lock {
         suite: "trixie".into(),
         components: vec!["main".into()],
         mirror: "http://deb.example/debian".into(),
+        archives: vec!["trixie-updates".into(), "trixie-security".into()],
+        security_mirror: Some("http://deb.debian.org/debian-security".into()),
         source_date_epoch: 1_735_689_600,
         archive_date: Some("Sat, 10 May 2025 09:00:00 UTC".into()),
         requested: vec!["zstd".into(), "systemd".into()],
@@ -149,8 +152,20 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
         "{err}"
     );
 
-    // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
+    // A lock made before images had the updates and security archives.
     lock.requested = unlocked["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let archives = std::mem::take(&mut lock.archives);
+    lock.write(&kiln::lock::path_for(&recipe)).unwrap();
+    let out = kiln(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("archives besides the suite is trixie-updates,trixie-security, the lock has none"),
+        "{err}"
+    );
+    lock.archives = archives;
+
+    // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
     lock.tools.as_mut().unwrap().packages.retain(|p| p.name != "openssl" && p.name != "cpio");
     lock.write(&kiln::lock::path_for(&recipe)).unwrap();
     let out = kiln(&["check", recipe.to_str().unwrap()]);
