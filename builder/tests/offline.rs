@@ -254,8 +254,20 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
     let debs = kiln::debian::debcache::DebCache::new(&fx.cache);
     let tools = lock.tools.as_ref().expect("tools tree locked");
     assert!(tools.e2fsprogs.starts_with("1.47."), "{}", tools.e2fsprogs);
+    // The root's packages come from three suites, each package's recorded (fetch and the
+    // availability check use its suite's index and mirror); the tools tree's from trixie alone.
+    assert_eq!(lock.archives, ["trixie-updates", "trixie-security"]);
+    assert_eq!(lock.security_mirror.as_deref(), Some("http://deb.debian.org/debian-security"));
+    for p in &lock.packages {
+        let pool = match p.suite.as_deref() {
+            Some("trixie" | "trixie-updates") => "pool/main/",
+            Some("trixie-security") => "pool/updates/main/",
+            other => panic!("{} has suite {other:?}", p.describe()),
+        };
+        assert!(p.filename.starts_with(pool), "{p:?}");
+    }
     for p in lock.packages.iter().chain(&tools.packages) {
-        assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/main/"), "{p:?}");
+        assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/"), "{p:?}");
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
         assert_eq!(kiln::host::files::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
@@ -372,7 +384,16 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
         serde_json::from_slice(&kiln(&["check", "--print", fx.recipe.to_str().unwrap()]).stdout).unwrap();
     let root = cut_partition(&offline, &plan["layout"]["partitions"][1], &fx.dir.join("offline-root.img"));
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
-    assert_eq!(debugfs("cat /etc/apt/sources.list"), format!("deb {} trixie main\n", fx.lock.mirror));
+    // The real archives (not the offline build's local repository), deb822 with Signed-By.
+    let sources = debugfs("cat /etc/apt/sources.list.d/debian.sources");
+    assert!(
+        sources.contains(&format!("URIs: {}\nSuites: trixie trixie-updates\nComponents: main\n", fx.lock.mirror))
+            && sources.contains("URIs: http://deb.debian.org/debian-security\nSuites: trixie-security\n")
+            && sources.matches("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n").count() == 2
+            && !sources.contains("copy://"),
+        "{sources}"
+    );
+    assert!(!debugfs("ls -p /etc/apt").contains("/sources.list/"), "a sources.list beside the deb822 sources");
     assert!(!debugfs("ls /etc/apt/preferences.d").contains("kiln-lock"), "pins left in the image");
     let status = debugfs("cat /var/lib/dpkg/status");
     let installed: Vec<(String, String)> = kiln::debian::deb822::paragraphs(&status)

@@ -190,17 +190,21 @@ pub fn local_repo(dir: &Path, suite: &str, arch: &str, pins: &[LockedPackage], d
     }
     let mut packages = String::new();
     for p in pins {
-        if p.filename.contains("..") || p.filename.starts_with('/') {
-            bail!("locked filename {} of {} is not a pool path", p.filename, p.describe());
+        // One .deb can be in two archives (a security update later taken into a point release:
+        // `pool/updates/main/...` and `pool/main/...`); the cache keeps one stanza per .deb, so
+        // the file goes where that stanza's `Filename` says, which is where apt will look.
+        let stanza = debs.stanza(&p.sha256)?;
+        let pool = crate::debian::deb822::field(&stanza, "Filename").unwrap_or(&p.filename).to_string();
+        if pool.contains("..") || pool.starts_with('/') {
+            bail!("locked filename {pool} of {} is not a pool path", p.describe());
         }
-        let dest = dir.join(&p.filename);
+        let dest = dir.join(&pool);
         std::fs::create_dir_all(dest.parent().context("pool path")?)
             .with_context(|| format!("creating {}", dest.display()))?;
         if std::fs::hard_link(debs.deb(&p.sha256), &dest).is_err() {
             std::fs::copy(debs.deb(&p.sha256), &dest)
                 .with_context(|| format!("copying the .deb of {}", p.describe()))?;
         }
-        let stanza = debs.stanza(&p.sha256)?;
         packages.push_str(stanza.trim_end_matches('\n'));
         packages.push_str("\n\n");
     }
@@ -279,16 +283,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let debs = DebCache::new(&dir.path().join("cache"));
         let (a, b) = (locked("a", b"deb a"), locked("b", b"deb b"));
-        for (p, data) in [(&a, b"deb a"), (&b, b"deb b")] {
+        // b's .deb was cached with the stanza of another archive (`pool/updates/...` locked,
+        // `pool/main/...` in the stanza): it goes where the stanza says.
+        let b_pool = "pool/other/b/b_1.0-1_amd64.deb";
+        for (p, data, pool) in [(&a, b"deb a", None), (&b, b"deb b", Some(b_pool))] {
             let f = dir.path().join("in.deb");
             std::fs::write(&f, data).unwrap();
-            debs.put(&f, p, &format!("Package: {}\nSHA256: {}\n", p.name, p.sha256)).unwrap();
+            let filename = pool.map(|f| format!("Filename: {f}\n")).unwrap_or_default();
+            debs.put(&f, p, &format!("Package: {}\n{filename}SHA256: {}\n", p.name, p.sha256)).unwrap();
         }
         let repo = dir.path().join("repo");
         local_repo(&repo, "trixie", "amd64", &[a.clone(), b.clone()], &debs).unwrap();
         assert_eq!(std::fs::read(repo.join(&a.filename)).unwrap(), b"deb a");
+        assert_eq!(std::fs::read(repo.join(b_pool)).unwrap(), b"deb b");
         let packages = std::fs::read_to_string(repo.join("dists/trixie/main/binary-amd64/Packages")).unwrap();
-        assert_eq!(packages, format!("Package: a\nSHA256: {}\n\nPackage: b\nSHA256: {}\n\n", a.sha256, b.sha256));
+        assert_eq!(
+            packages,
+            format!("Package: a\nSHA256: {}\n\nPackage: b\nFilename: {b_pool}\nSHA256: {}\n\n", a.sha256, b.sha256)
+        );
         let release = std::fs::read_to_string(repo.join("dists/trixie/Release")).unwrap();
         assert!(
             release.contains(&format!(
