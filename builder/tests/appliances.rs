@@ -132,9 +132,10 @@ fn repository_and_artifacts_reach_the_image() {
             && pin.contains("Pin-Priority: 600"),
         "{pin}"
     );
-    let list = debugfs("cat /etc/apt/sources.list");
+    assert!(!exists_in(&root, "/etc/apt/sources.list"), "the bootstrap's sources.list left in the image");
+    let list = debugfs("cat /etc/apt/sources.list.d/debian.sources");
     assert!(
-        !list.contains("kiln-keys") && !list.contains("127.0.0.1"),
+        list.contains("Suites: trixie trixie-updates") && !list.contains("kiln-keys") && !list.contains("127.0.0.1"),
         "build-time sources left in the image:\n{list}"
     );
     assert_eq!(debugfs("cat /usr/share/kiln-test/page.txt"), "served by the test\n");

@@ -66,6 +66,54 @@ fn minimal_image_passes_outside_checks() {
     assert!(!entry.contains("kiln.test"), "the image's command line turns the agent on: {entry}");
 }
 
+/// The image takes security updates: its deb822 sources name the suite, its updates and its
+/// security archive (read from outside with debugfs), kiln's unattended-upgrades configuration
+/// is there, the manifest records the policy and the SBOM the packages.
+#[test]
+fn minimal_image_lists_three_suites_and_installs_security_updates() {
+    let Some(fx) = minimal() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = cut_partition(&fx.image, &fx.plan["layout"]["partitions"][1], &dir.path().join("root.img"));
+    let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
+    let sources = debugfs("cat /etc/apt/sources.list.d/debian.sources");
+    let stanzas: Vec<_> = kiln::debian::deb822::paragraphs(&sources).collect();
+    let suites: Vec<&str> = stanzas.iter().flat_map(|p| p.get("Suites").unwrap().split(' ')).collect();
+    assert_eq!(suites, ["trixie", "trixie-updates", "trixie-security"], "{sources}");
+    assert_eq!(stanzas[1].get("URIs"), Some("http://deb.debian.org/debian-security"), "{sources}");
+    for p in &stanzas {
+        assert_eq!(p.get("Signed-By"), Some("/usr/share/keyrings/debian-archive-keyring.gpg"), "{sources}");
+        assert_eq!(p.get("Types"), Some("deb"), "{sources}");
+    }
+    assert!(exists_in(&root, "/usr/share/keyrings/debian-archive-keyring.gpg"), "Signed-By names a missing keyring");
+    assert!(!exists_in(&root, "/etc/apt/sources.list"), "a one-line sources.list beside the deb822 sources");
+    let auto = debugfs("cat /etc/apt/apt.conf.d/20auto-upgrades");
+    assert!(auto.contains("APT::Periodic::Unattended-Upgrade \"1\";"), "{auto}");
+    let origins = debugfs("cat /etc/apt/apt.conf.d/50unattended-upgrades");
+    assert!(
+        origins.contains("label=Debian-Security") && !origins.contains("codename=${distro_codename},"),
+        "{origins}"
+    );
+    assert!(exists_in(&root, "/etc/systemd/system/timers.target.wants/apt-daily-upgrade.timer"));
+    // Python's byte code (compiled by maintainer scripts, not reproducible) is not in the image.
+    assert!(exists_in(&root, "/usr/lib/python3.13/email"), "python3 is in the image");
+    assert!(!exists_in(&root, "/usr/lib/python3.13/email/__pycache__"), "byte code left in the image");
+
+    let stem = fx.image.file_stem().unwrap().to_string_lossy().into_owned();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.image.with_file_name(format!("{stem}.manifest.json"))).unwrap())
+            .unwrap();
+    assert_eq!(manifest["updates"]["automatic_updates"], "security", "{manifest}");
+    let archives: Vec<&str> =
+        manifest["updates"]["archives"].as_array().unwrap().iter().map(|a| a["suite"].as_str().unwrap()).collect();
+    assert_eq!(archives, ["trixie", "trixie-updates", "trixie-security"], "{manifest}");
+    let sbom: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fx.image.with_file_name(format!("{stem}.spdx.json"))).unwrap()).unwrap();
+    let names: Vec<&str> = sbom["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for want in ["unattended-upgrades", "python3-apt", "debian-archive-keyring"] {
+        assert!(names.contains(&want), "{want} missing from the SBOM");
+    }
+}
+
 /// Every non-directory below `dir` in the ext4 image `fs` (debugfs `ls -p`, recursively).
 fn files_below(fs: &Path, dir: &str) -> Vec<String> {
     assert!(exists_in(fs, dir), "{dir} is not in the image");
@@ -96,7 +144,8 @@ fn minimal_image_boots_and_passes_its_checks() {
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok   ssh answers (port 22 open)"), "{stdout}");
-    assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (5 checks)"), "{stdout}");
+    assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (6 checks)"), "{stdout}");
+    assert!(stdout.contains("ok   security updates: timer active, security archive configured"), "{stdout}");
     assert_eq!(sha256sum(&fx.image), before, "kiln test changed the image");
 
     let out = kiln(&["test", "--json", fx.image.to_str().unwrap(), "--timeout", "600"]);
@@ -106,7 +155,7 @@ fn minimal_image_boots_and_passes_its_checks() {
     assert!(["kvm", "tcg"].contains(&doc["accel"].as_str().unwrap()), "{doc}");
     assert!(doc["boot_to_ready_seconds"].as_f64().unwrap() > 0.0, "{doc}");
     let checks = doc["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 5, "{doc}");
+    assert_eq!(checks.len(), 6, "{doc}");
     assert!(checks.iter().all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()), "{doc}");
     assert!(checks.iter().any(|c| c["name"] == "ssh answers"), "{doc}");
     assert_eq!(doc["failed"], serde_json::json!([]));

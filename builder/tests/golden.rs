@@ -73,6 +73,8 @@ cases!(good:
     extras => "extras",
     site_vars => "site-vars",
     files_groups => "files-groups",
+    security_mirror => "security-mirror",
+    security_off => "security-off",
 );
 
 cases!(bad:
@@ -148,6 +150,10 @@ cases!(bad:
     port_too_big => "port-too-big",
     port_protocol => "port-protocol",
     duplicate_port => "duplicate-port",
+    bad_security_mirror => "bad-security-mirror",
+    security_mirror_without_security => "security-mirror-without-security",
+    automatic_updates_without_security => "automatic-updates-without-security",
+    bad_automatic_updates => "bad-automatic-updates",
 );
 
 cases!(site_good:

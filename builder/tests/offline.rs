@@ -23,6 +23,7 @@ fn pkg(name: &str, version: &str, arch: &str) -> LockedPackage {
         architecture: arch.into(),
         sha256,
         filename: format!("pool/main/{name}_{version}_{arch}.deb"),
+        suite: None,
     }
 }
 
@@ -34,6 +35,8 @@ fn sample() -> Lock {
         suite: "trixie".into(),
         components: vec!["main".into()],
         mirror: "http://deb.example/debian".into(),
+        archives: vec!["trixie-updates".into(), "trixie-security".into()],
+        security_mirror: Some("http://deb.debian.org/debian-security".into()),
         source_date_epoch: 1_735_689_600,
         archive_date: Some("Sat, 10 May 2025 09:00:00 UTC".into()),
         requested: vec!["zstd".into(), "systemd".into()],
@@ -149,8 +152,20 @@ fn lock_beside_recipe_joins_the_plan_and_stale_locks_are_refused() {
         "{err}"
     );
 
-    // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
+    // A lock made before images had the updates and security archives.
     lock.requested = unlocked["packages"].as_array().unwrap().iter().map(|p| p.as_str().unwrap().to_string()).collect();
+    let archives = std::mem::take(&mut lock.archives);
+    lock.write(&kiln::lock::path_for(&recipe)).unwrap();
+    let out = kiln(&["check", recipe.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("archives besides the suite is trixie-updates,trixie-security, the lock has none"),
+        "{err}"
+    );
+    lock.archives = archives;
+
+    // A lock made before the tools tree gained packages (the native help's openssl, kmod, ...).
     lock.tools.as_mut().unwrap().packages.retain(|p| p.name != "openssl" && p.name != "cpio");
     lock.write(&kiln::lock::path_for(&recipe)).unwrap();
     let out = kiln(&["check", recipe.to_str().unwrap()]);
@@ -239,8 +254,20 @@ fn lock_names_every_package_and_relocking_changes_nothing() {
     let debs = kiln::debian::debcache::DebCache::new(&fx.cache);
     let tools = lock.tools.as_ref().expect("tools tree locked");
     assert!(tools.e2fsprogs.starts_with("1.47."), "{}", tools.e2fsprogs);
+    // The root's packages come from three suites, each package's recorded (fetch and the
+    // availability check use its suite's index and mirror); the tools tree's from trixie alone.
+    assert_eq!(lock.archives, ["trixie-updates", "trixie-security"]);
+    assert_eq!(lock.security_mirror.as_deref(), Some("http://deb.debian.org/debian-security"));
+    for p in &lock.packages {
+        let pool = match p.suite.as_deref() {
+            Some("trixie" | "trixie-updates") => "pool/main/",
+            Some("trixie-security") => "pool/updates/main/",
+            other => panic!("{} has suite {other:?}", p.describe()),
+        };
+        assert!(p.filename.starts_with(pool), "{p:?}");
+    }
     for p in lock.packages.iter().chain(&tools.packages) {
-        assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/main/"), "{p:?}");
+        assert!(p.sha256.len() == 64 && p.filename.starts_with("pool/"), "{p:?}");
         assert!(debs.has(&p.sha256), "{} not in the .deb cache after kiln fetch", p.describe());
         assert_eq!(kiln::host::files::sha256_file(&debs.deb(&p.sha256)).unwrap(), p.sha256);
     }
@@ -357,7 +384,16 @@ fn vendored_bundle_builds_offline_without_network_into_the_online_image() {
         serde_json::from_slice(&kiln(&["check", "--print", fx.recipe.to_str().unwrap()]).stdout).unwrap();
     let root = cut_partition(&offline, &plan["layout"]["partitions"][1], &fx.dir.join("offline-root.img"));
     let debugfs = |req: &str| run("debugfs", &["-R", req, root.to_str().unwrap()]);
-    assert_eq!(debugfs("cat /etc/apt/sources.list"), format!("deb {} trixie main\n", fx.lock.mirror));
+    // The real archives (not the offline build's local repository), deb822 with Signed-By.
+    let sources = debugfs("cat /etc/apt/sources.list.d/debian.sources");
+    assert!(
+        sources.contains(&format!("URIs: {}\nSuites: trixie trixie-updates\nComponents: main\n", fx.lock.mirror))
+            && sources.contains("URIs: http://deb.debian.org/debian-security\nSuites: trixie-security\n")
+            && sources.matches("Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n").count() == 2
+            && !sources.contains("copy://"),
+        "{sources}"
+    );
+    assert!(!debugfs("ls -p /etc/apt").contains("/sources.list/"), "a sources.list beside the deb822 sources");
     assert!(!debugfs("ls /etc/apt/preferences.d").contains("kiln-lock"), "pins left in the image");
     let status = debugfs("cat /var/lib/dpkg/status");
     let installed: Vec<(String, String)> = kiln::debian::deb822::paragraphs(&status)

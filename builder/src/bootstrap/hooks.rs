@@ -54,7 +54,7 @@ pub const INITRAMFS_MODULES: Script = script!("initramfs-modules.sh");
 pub const LOCALE: Script = script!("locale.sh");
 /// An apt preferences file copied into the root (`FILE DEST`).
 pub const APT_PIN: Script = script!("apt-pin.sh");
-/// The image's sources.list, and the bootstrap's pin file removed (`PIN_FILE LINE`).
+/// The bootstrap's apt sources and pin file removed (`PIN_FILE`).
 pub const APT_SOURCES: Script = script!("apt-sources.sh");
 /// Native help for foreign bootstraps (`ACTION DIR TREE ARCH`, see `assist.rs`).
 pub const ASSIST: Script = script!("assist.sh");
@@ -149,16 +149,22 @@ mod tests {
         assert_eq!(read("etc/apt/preferences.d/kiln-lock"), "Package: a\n");
         assert_eq!(read("etc/initramfs-tools/conf.d/kiln"), "MODULES=list\n");
         assert_eq!(read("usr/share/initramfs-tools/modules.d/kiln"), "virtio_blk\nnvme\n");
-        let line = "deb http://deb.debian.org/debian trixie main contrib";
+        std::fs::create_dir_all(root.join("etc/apt/sources.list.d")).unwrap();
+        std::fs::write(root.join("etc/apt/sources.list"), "deb copy:///work/repo trixie main\n").unwrap();
+        std::fs::write(root.join("etc/apt/sources.list.d/debian.sources"), "Types: deb\n").unwrap();
+        std::fs::write(root.join("etc/apt/sources.list.d/vendor.list"), "deb http://vendor trixie main\n").unwrap();
         run(
             &[
                 Hook::new(Phase::Setup, INITRAMFS_MODULES, ["dep"]),
-                Hook::new(Phase::Customize, APT_SOURCES, ["etc/apt/preferences.d/kiln-lock", line]),
+                Hook::new(Phase::Customize, APT_SOURCES, ["etc/apt/preferences.d/kiln-lock"]),
             ],
             &root,
         );
         assert_eq!(read("etc/initramfs-tools/conf.d/kiln"), "MODULES=dep\n");
-        assert_eq!(read("etc/apt/sources.list"), format!("{line}\n"));
-        assert!(!root.join("etc/apt/preferences.d/kiln-lock").exists());
+        for gone in ["etc/apt/preferences.d/kiln-lock", "etc/apt/sources.list", "etc/apt/sources.list.d/debian.sources"]
+        {
+            assert!(!root.join(gone).exists(), "{gone}");
+        }
+        assert_eq!(read("etc/apt/sources.list.d/vendor.list"), "deb http://vendor trixie main\n");
     }
 }

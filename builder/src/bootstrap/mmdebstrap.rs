@@ -46,7 +46,7 @@ impl Mmdebstrap<'_> {
     pub fn command(&self, work: &WorkDir) -> anyhow::Result<Cmd> {
         let src = self.source;
         let mut all: Vec<Hook> = src.pins.iter().map(pin_hook).collect();
-        all.push(Hook::new(Phase::Customize, hooks::APT_SOURCES, [src.pin_file, &src.sources_line]));
+        all.push(Hook::new(Phase::Customize, hooks::APT_SOURCES, [src.pin_file]));
         all.extend(self.hooks.iter().cloned());
         let mut cmd = match self.private_path {
             Some(dir) => {
@@ -75,7 +75,7 @@ impl Mmdebstrap<'_> {
         }
         // `--` ends mmdebstrap's options (Getopt::Long): suite, target and mirrors are never read
         // as options, whatever they hold (the recipe's types already refuse a leading `-`).
-        Ok(cmd.arg("--").arg(self.suite).arg(self.target).arg(&src.mirror).args(self.extra_lines))
+        Ok(cmd.arg("--").arg(self.suite).arg(self.target).args(&src.mirrors).args(self.extra_lines))
     }
 }
 
@@ -134,7 +134,7 @@ mod tests {
         crate::plan::plan_of(&format!("[base]\n{base}"))
     }
 
-    /// Suite, target and mirror come after `--`, last, in this order.
+    /// Suite, target and mirrors come after `--`, last, in this order.
     #[test]
     fn positional_arguments_follow_the_end_of_options() {
         let plan = plan("suite = \"trixie\"\nmirror = \"http://deb.example/debian\"\n").unwrap();
@@ -142,9 +142,8 @@ mod tests {
         let src = Args {
             pins: None,
             pin_file: "etc/apt/preferences.d/kiln",
-            sources_line: String::new(),
             components: Some(vec!["main".into()]),
-            mirror: plan.mirror.clone(),
+            mirrors: vec![plan.mirror.clone(), "deb http://sec.example/debian-security trixie-security main".into()],
         };
         let run = Mmdebstrap {
             arch: plan.arch().debian(),
@@ -161,7 +160,16 @@ mod tests {
         };
         let argv = run.command(&work).unwrap().argv();
         let dashes = argv.iter().position(|a| a == "--").expect("an end of options");
-        assert_eq!(argv[dashes..], ["--", "trixie", "/tmp/kiln-target", "http://deb.example/debian"]);
+        assert_eq!(
+            argv[dashes..],
+            [
+                "--",
+                "trixie",
+                "/tmp/kiln-target",
+                "http://deb.example/debian",
+                "deb http://sec.example/debian-security trixie-security main"
+            ]
+        );
         assert!(argv[1..dashes].iter().all(|a| a.starts_with("--")), "only options before `--`: {argv:?}");
     }
 

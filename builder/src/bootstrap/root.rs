@@ -16,7 +16,7 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Bump when the way kiln drives mmdebstrap changes, so old cached roots are not reused.
-const BOOTSTRAP_FORMAT: u32 = 7;
+const BOOTSTRAP_FORMAT: u32 = 8;
 
 /// Everything that decides the bytes of the bootstrapped root; its hash names the cache entry.
 #[derive(Serialize)]
@@ -24,6 +24,9 @@ struct BootstrapInputs<'a> {
     arch: &'a str,
     suite: &'a str,
     mirror: &'a str,
+    /// The archives besides the suite (updates, security).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    archives: Vec<crate::plan::Archive>,
     components: &'a [crate::recipe::ArchiveComponent],
     packages: &'a [String],
     initramfs_modules: &'a InitramfsModules,
@@ -53,6 +56,7 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
         arch: plan.arch().debian(),
         suite: &r.base.suite,
         mirror: &plan.mirror,
+        archives: source.extra.clone(),
         components: &r.base.components,
         packages: &plan.packages,
         initramfs_modules: &plan.initramfs_modules,
@@ -238,7 +242,11 @@ fn mmdebstrap(
         target: out,
         extra_lines: &extra.lines,
     };
-    let from = if source.offline { "the .deb cache".to_string() } else { plan.mirror.clone() };
+    let from = if source.offline {
+        "the .deb cache".to_string()
+    } else {
+        source.archives().iter().map(|a| format!("{} {}", a.uri, a.suite)).collect::<Vec<_>>().join(", ")
+    };
     let extra_names =
         r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
     run.command(work)?.run().with_context(|| {

@@ -1,5 +1,6 @@
 //! Changes to the bootstrapped root: system settings, overlays and templates, artifacts,
 //! first-boot actions, units, and the final clean-up.
+pub mod apt;
 pub mod artifacts;
 pub mod firstboot;
 pub mod overlay;

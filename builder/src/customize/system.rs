@@ -44,7 +44,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     let locale = locale_file(&sys.locale);
     write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
     write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
-    apt_sources(root)?;
+    crate::customize::apt::configure(plan, root)?;
     // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
     write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
@@ -92,17 +92,6 @@ fn unit_exists(root: &Path, name: &str) -> bool {
     });
     let names = std::iter::once(name.to_string()).chain(template);
     names.flat_map(|n| UNIT_DIRS.map(|d| root.join(d).join(&n))).any(|p| p.symlink_metadata().is_ok())
-}
-
-/// kiln writes the image's Debian sources itself as `/etc/apt/sources.list` (a customize hook
-/// in `rootfs`); a deb822 `debian.sources` that a newer mmdebstrap may add would duplicate it.
-fn apt_sources(root: &Path) -> Result<()> {
-    let rel = "etc/apt/sources.list.d/debian.sources";
-    let p = root.join(rel);
-    if p.is_file() || p.is_symlink() {
-        std::fs::remove_file(&p).with_context(|| format!("removing /{rel}"))?;
-    }
-    Ok(())
 }
 
 /// `/etc/localtime` and `/etc/timezone`. The zone is looked up in the image only: `tz` is a
@@ -262,6 +251,7 @@ pub fn mark_updated(root: &Path, epoch: i64) -> Result<()> {
 pub fn clean(root: &Path) -> Result<()> {
     // An empty machine-id makes systemd treat the first boot as such and generate one.
     write_file(root, "etc/machine-id", b"", 0o444)?;
+    remove_bytecode(root)?;
     // ssl-cert's snakeoil certificate is made per box (debian-base's kiln-ssl-snakeoil.service).
     for rel in ["etc/ssl/private/ssl-cert-snakeoil.key", "etc/ssl/certs/ssl-cert-snakeoil.pem"] {
         let p = root.join(rel);
@@ -324,6 +314,32 @@ pub fn clean(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Python byte code compiled by maintainer scripts (py3compile; unattended-upgrades pulls in
+/// python3): not shipped by any package, not reproducible byte for byte (marshal's references
+/// depend on the interpreter's state), about a third of Python's size. Python compiles again
+/// on the box, as needed.
+fn remove_bytecode(root: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(root.join("usr/lib")) else { return Ok(()) };
+    let mut dirs: Vec<_> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("python3") && e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name() == "__pycache__" {
+                std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            } else {
+                dirs.push(e.path());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// apt's download directories: emptied like the rest, then given a fixed owner and mode.
 const APT_PARTIAL: [&str; 2] = ["var/lib/apt/lists/partial", "var/cache/apt/archives/partial"];
 
@@ -349,6 +365,26 @@ fn empty_dir(root: &Path, rel: &str) -> Result<()> {
 mod tests {
     use super::*;
     use crate::plan::plan_of;
+
+    #[test]
+    fn python_byte_code_is_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        for d in [
+            "usr/lib/python3.13/email/__pycache__",
+            "usr/lib/python3/dist-packages/apt/__pycache__",
+            "usr/lib/other/__pycache__",
+        ] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+            std::fs::write(r.join(d).join("m.cpython-313.pyc"), b"pyc").unwrap();
+        }
+        std::fs::write(r.join("usr/lib/python3.13/email/m.py"), b"py").unwrap();
+        super::remove_bytecode(r).unwrap();
+        assert!(!r.join("usr/lib/python3.13/email/__pycache__").exists());
+        assert!(!r.join("usr/lib/python3/dist-packages/apt/__pycache__").exists());
+        assert!(r.join("usr/lib/python3.13/email/m.py").exists());
+        assert!(r.join("usr/lib/other/__pycache__/m.cpython-313.pyc").exists(), "only Python's own directories");
+    }
 
     #[test]
     fn locale_file_is_one_line() {

@@ -141,6 +141,7 @@ impl DebCache {
                 architecture: get("Architecture"),
                 filename: get("Filename"),
                 sha256: sha,
+                suite: None,
             };
             if !self.has(&pkg.sha256) {
                 added += 1;
@@ -209,6 +210,7 @@ mod tests {
             architecture: "amd64".into(),
             sha256: crate::host::files::sha256_hex(data),
             filename: "pool/main/h/hello/hello_2.10-3_amd64.deb".into(),
+            suite: None,
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Help<'a> {
     pub recipe: &'a Path,
     pub lock_path: &'a Path,
     pub archive_date: Option<&'a str>,
+    /// The build also takes packages from a security archive (its snapshot is named too).
+    pub security: bool,
 }
 
 /// The error for locked packages the mirror no longer has: which, and the ways forward.
@@ -100,11 +102,14 @@ pub fn unavailable_error(id: &IndexId, problems: &[String], help: &Help) -> anyh
         format!(" --lock {}", help.lock_path.display())
     };
     let recipe = format!("{}{lock_arg}", help.recipe.display());
-    let snapshot = help
-        .archive_date
-        .and_then(snapshot_stamp)
-        .map(|s| format!("https://snapshot.debian.org/archive/debian/{s}"))
-        .unwrap_or_else(|| "https://snapshot.debian.org/archive/debian/YYYYMMDDTHHMMSSZ".into());
+    let stamp = help.archive_date.and_then(snapshot_stamp).unwrap_or_else(|| "YYYYMMDDTHHMMSSZ".into());
+    // The security archive has its own snapshots; one time stamp names both.
+    let snapshot = format!("https://snapshot.debian.org/archive/debian/{stamp}");
+    let snapshot = if id.suite.ends_with("-security") || help.security {
+        format!("{snapshot} KILN_SECURITY_MIRROR=https://snapshot.debian.org/archive/debian-security/{stamp}")
+    } else {
+        snapshot
+    };
     anyhow::anyhow!(
         "the mirror {} does not have {} package(s) of the lock {} (Debian {} {}):\n  {}\nTo proceed, either:\n  - refresh the lock to the mirror's current versions (the image changes): kiln lock --update {}\n  - build offline from a .deb cache filled while they were available: kiln build --offline {recipe} (the cache of an earlier `kiln fetch`, or a `kiln vendor` bundle's)\n  - build from a snapshot of the archive taken after the lock was made{}: KILN_MIRROR={snapshot} kiln build {recipe}",
         id.mirror,
@@ -151,13 +156,17 @@ pub fn fetch(id: &IndexId, want: &[LockedPackage], debs: &DebCache, scratch: &Pa
 /// The snapshot taken just after the Release date has the archive as it was; snapshots are
 /// taken every six hours, so the stamp names the Release date plus six hours.
 pub fn snapshot_stamp(date: &str) -> Option<String> {
+    let release = release_date(date)?;
+    let snapshot = release.checked_add_signed(chrono::TimeDelta::hours(6))?;
+    Some(snapshot.format("%Y%m%dT%H%M%SZ").to_string())
+}
+
+/// A Release file's `Date:` (`Sat, 10 May 2025 20:13:40 UTC`), read as UTC.
+pub fn release_date(date: &str) -> Option<chrono::NaiveDateTime> {
     // The weekday and the zone (always UTC in a Release file) are not needed.
     let w: Vec<&str> = date.split_whitespace().collect();
     let [_, day, month, year, time, ..] = w.as_slice() else { return None };
-    let release =
-        chrono::NaiveDateTime::parse_from_str(&format!("{day} {month} {year} {time}"), "%d %b %Y %H:%M:%S").ok()?;
-    let snapshot = release.checked_add_signed(chrono::TimeDelta::hours(6))?;
-    Some(snapshot.format("%Y%m%dT%H%M%SZ").to_string())
+    chrono::NaiveDateTime::parse_from_str(&format!("{day} {month} {year} {time}"), "%d %b %Y %H:%M:%S").ok()
 }
 
 /// Fail unless curl and xz are installed (before any slow work).
@@ -185,6 +194,7 @@ mod tests {
             architecture: "amd64".into(),
             sha256: sha.into(),
             filename: format!("pool/{n}.deb"),
+            suite: None,
         };
         let (a, b, c) = (p("a", "1", "aa"), p("b", "2", "bb"), p("c", "0.0-kiln-missing", "cc"));
         let want = [&a, &b, &c];

@@ -23,6 +23,10 @@ pub struct Package {
     /// Path of the .deb below the mirror (`pool/main/...`), when known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filename: Option<String>,
+    /// The suite of the apt list that had the .deb (`trixie-security`), when known. Not
+    /// serialised: offline builds see every .deb in one local suite.
+    #[serde(skip)]
+    pub suite: Option<String>,
 }
 
 /// Installed packages of the root at `root`, sorted by name and architecture.
@@ -45,6 +49,7 @@ pub fn installed(root: &Path) -> Result<Vec<Package>> {
             Package {
                 sha256: hit.map(|h| h.0.clone()),
                 filename: hit.map(|h| h.1.clone()),
+                suite: hit.and_then(|h| h.2.clone()),
                 name,
                 version,
                 architecture,
@@ -57,21 +62,29 @@ pub fn installed(root: &Path) -> Result<Vec<Package>> {
     Ok(pkgs)
 }
 
-/// (name, version, arch) → (sha256, filename).
-type ListIndex = BTreeMap<(String, String, String), (String, String)>;
+/// (name, version, arch) → (sha256, filename, suite of the list).
+type ListIndex = BTreeMap<(String, String, String), (String, String, Option<String>)>;
+
+/// The suite of an apt list file's name (`deb.debian.org_debian-security_dists_trixie-security_main_binary-amd64_Packages`):
+/// the part after `_dists_` (suite names have no `_`).
+pub fn list_suite(file_name: &str) -> Option<String> {
+    let (_, rest) = file_name.rsplit_once("_dists_")?;
+    rest.split('_').next().filter(|s| !s.is_empty()).map(str::to_string)
+}
 
 /// The [`ListIndex`] of every `*_Packages` list in the root.
 fn list_index(root: &Path) -> Result<ListIndex> {
     let mut index = BTreeMap::new();
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        let suite = f.file_name().and_then(|n| list_suite(&n.to_string_lossy()));
         for p in deb822::paragraphs(&text) {
             if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) =
                 (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename"))
             {
                 index
                     .entry((n.to_string(), v.to_string(), a.to_string()))
-                    .or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string()));
+                    .or_insert_with(|| (sha.to_ascii_lowercase(), file.to_string(), suite.clone()));
             }
         }
     }
@@ -93,15 +106,20 @@ pub fn list_stanzas(root: &Path, want: &std::collections::HashSet<String>) -> Re
     Ok(out)
 }
 
-/// `Date:` of the first suite Release file in the root's apt lists (when the lists were made).
+/// The latest `Date:` of the Release files in the root's apt lists: a snapshot of the archives
+/// taken after it has every package they offered (the security archive's is the newest).
 pub fn archive_date(root: &Path) -> Result<Option<String>> {
+    let mut latest: Option<(chrono::NaiveDateTime, String)> = None;
     for f in list_files(root, "Release")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("Date:")) {
-            return Ok(Some(d.trim().to_string()));
+        if let Some(d) = text.lines().find_map(|l| l.strip_prefix("Date:")).map(str::trim) {
+            let when = crate::debian::mirror::release_date(d).unwrap_or_default();
+            if latest.as_ref().is_none_or(|l| when > l.0) {
+                latest = Some((when, d.to_string()));
+            }
         }
     }
-    Ok(None)
+    Ok(latest.map(|l| l.1))
 }
 
 /// Files of the root's apt lists whose names end in `suffix`, sorted.
@@ -135,6 +153,7 @@ impl Package {
             architecture: p.architecture.clone(),
             sha256: sha256.clone(),
             filename: filename.clone(),
+            suite: p.suite.clone(),
         })
     }
 }
@@ -169,8 +188,8 @@ mod tests {
         let pkgs = installed(r).unwrap();
         assert_eq!(pkgs.len(), 2);
         assert_eq!(
-            (pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref()),
-            ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb"))
+            (pkgs[0].name.as_str(), pkgs[0].sha256.as_deref(), pkgs[0].filename.as_deref(), pkgs[0].suite.as_deref()),
+            ("bash", Some("abc"), Some("pool/main/b/bash/bash_5.2-1_amd64.deb"), Some("trixie"))
         );
         assert_eq!(
             (
@@ -181,5 +200,28 @@ mod tests {
             ),
             ("zlib1g", "zlib", "1:1.3", None)
         );
+    }
+
+    #[test]
+    fn suites_of_list_files_and_the_latest_release_date() {
+        let name = "deb.debian.org_debian-security_dists_trixie-security_main_binary-amd64_Packages";
+        assert_eq!(list_suite(name).as_deref(), Some("trixie-security"));
+        assert_eq!(list_suite("m_debian_dists_trixie-updates_InRelease").as_deref(), Some("trixie-updates"));
+        assert_eq!(list_suite("lock"), None);
+        let root = tempfile::tempdir().unwrap();
+        let lists = root.path().join("var/lib/apt/lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        for (suite, date) in [
+            ("trixie", "Sat, 10 May 2025 20:13:40 UTC"),
+            ("trixie-security", "Mon, 01 Dec 2025 08:00:00 UTC"),
+            ("trixie-updates", "Sun, 30 Nov 2025 20:00:00 UTC"),
+        ] {
+            std::fs::write(
+                lists.join(format!("m_debian_dists_{suite}_InRelease")),
+                format!("Origin: Debian\nDate: {date}\n"),
+            )
+            .unwrap();
+        }
+        assert_eq!(archive_date(root.path()).unwrap().as_deref(), Some("Mon, 01 Dec 2025 08:00:00 UTC"));
     }
 }

@@ -28,10 +28,11 @@ pub fn tools_source(mirror: &str, pins: Option<Vec<LockedPackage>>, offline: boo
         pins,
         exact: true,
         offline,
+        extra: Vec::new(),
     })
 }
 
-/// The source of the plan's root: its mirror, suite, components and architecture, pinned to
+/// The source of the plan's root: its archives, components and architecture, pinned to
 /// `pins`; `exact`: the installed set must equal the pins (a build), not just keep their versions
 /// (`kiln lock` re-resolving).
 pub fn root_source(plan: &Plan, pins: Option<Vec<LockedPackage>>, exact: bool, offline: bool) -> Source {
@@ -44,6 +45,7 @@ pub fn root_source(plan: &Plan, pins: Option<Vec<LockedPackage>>, exact: bool, o
         pins,
         exact,
         offline,
+        extra: plan.archives().split_off(1),
     }
 }
 
@@ -69,6 +71,7 @@ pub fn help<'a>(l: &'a PlanLock, plan: &'a Plan) -> Help<'a> {
         recipe: plan.recipe.sources.first().map(PathBuf::as_path).unwrap_or(Path::new("RECIPE")),
         lock_path: &l.path,
         archive_date: l.lock.archive_date.as_deref(),
+        security: plan.security_mirror.is_some(),
     }
 }
 

@@ -4,13 +4,19 @@
 //! work directory out of the .deb cache (the locked .debs, hard-linked, with the mirror's own
 //! Packages stanzas, so apt resolves exactly as it did online). With a lock, a setup hook pins
 //! every locked version (apt preferences, priority 1001) and the result is checked against the
-//! lock. Either way a customize hook writes the image's sources.list naming the real mirror and
-//! removes the pins, so online and offline builds give the same root.
+//! lock. Either way a customize hook removes the bootstrap's sources and the pins (the image's
+//! deb822 sources, naming the real archives, are written by `customize::system`), so online
+//! and offline builds give the same root.
+//!
+//! A source is one suite on a mirror plus its `extra` archives (`<suite>-updates` on the same
+//! mirror, `<suite>-security` on the security mirror): mmdebstrap gets them all, and a locked
+//! package is looked up in the index of the suite it was resolved from.
 use crate::debian::debcache::DebCache;
 use crate::debian::mirror::{self, Help, IndexId};
 use crate::debian::packages::Package;
 use crate::host::work::WorkDir;
 use crate::lock::LockedPackage;
+use crate::plan::Archive;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +39,8 @@ pub struct Source {
     pub exact: bool,
     /// Use only the .deb cache (no network).
     pub offline: bool,
+    /// Archives besides `suite` on `mirror` (updates, security), in apt's order.
+    pub extra: Vec<Archive>,
 }
 
 /// An apt preferences file to put into a root before anything is installed.
@@ -48,24 +56,47 @@ pub struct AptPin {
 pub struct Args {
     /// The lock's pins, put in place before anything is installed.
     pub pins: Option<AptPin>,
-    /// The pin file to remove and the one line of the image's sources.list, written when
-    /// everything is installed.
+    /// The pin file to remove when everything is installed.
     pub pin_file: &'static str,
-    pub sources_line: String,
     /// `--components` (online; the local repository has only `main`).
     pub components: Option<Vec<String>>,
-    /// mmdebstrap's mirror argument.
-    pub mirror: String,
+    /// mmdebstrap's mirror arguments: the mirror (or the local repository's line), then a
+    /// `deb URI SUITE COMPONENTS` line per extra archive (online).
+    pub mirrors: Vec<String>,
 }
 
 impl Source {
-    pub fn index_id(&self) -> IndexId {
+    /// The suite and its extra archives.
+    pub fn archives(&self) -> Vec<Archive> {
+        let mut all = vec![Archive { uri: self.mirror.clone(), suite: self.suite.clone() }];
+        all.extend(self.extra.iter().cloned());
+        all
+    }
+
+    fn index_of(&self, a: &Archive) -> IndexId {
         IndexId {
-            mirror: self.mirror.clone(),
-            suite: self.suite.clone(),
+            mirror: a.uri.clone(),
+            suite: a.suite.clone(),
             components: self.components.clone(),
             arch: self.arch.clone(),
         }
+    }
+
+    /// The index of the suite's own archive.
+    pub fn index_id(&self) -> IndexId {
+        self.index_of(&self.archives()[0])
+    }
+
+    /// `pins` grouped by the index each was resolved from (its `suite`; the suite's own index
+    /// for packages of older locks, or of suites this source does not have).
+    pub fn by_index<'a>(&self, pins: &'a [LockedPackage]) -> BTreeMap<IndexId, Vec<&'a LockedPackage>> {
+        let archives = self.archives();
+        let mut out: BTreeMap<IndexId, Vec<&LockedPackage>> = BTreeMap::new();
+        for p in pins {
+            let a = p.suite.as_ref().and_then(|s| archives.iter().find(|a| &a.suite == s)).unwrap_or(&archives[0]);
+            out.entry(self.index_of(a)).or_default().push(p);
+        }
+        out
     }
 
     /// The pinned set's hash, for cache keys (None without pins).
@@ -74,11 +105,6 @@ impl Source {
         let text: String =
             pins.iter().map(|p| format!("{} {} {} {}\n", p.name, p.version, p.architecture, p.sha256)).collect();
         Some(crate::host::files::sha256_hex(text.as_bytes()))
-    }
-
-    /// The line of the image's /etc/apt/sources.list.
-    pub fn sources_line(&self) -> String {
-        format!("deb {} {} {}", self.mirror, self.suite, self.components.join(" "))
     }
 
     /// What mmdebstrap needs for this source. Offline, this makes the local repository below
@@ -92,15 +118,19 @@ impl Source {
             }
             None => None,
         };
-        let (mirror, components) = if self.offline {
+        let (mirrors, components) = if self.offline {
+            // Every locked .deb, of whichever archive, is in the one local repository.
             let pins = self.pins.as_deref().context("offline bootstraps need a lock")?;
             let dir = work.join(format!("{label}-repo"));
             local_repo(&dir, &self.suite, &self.arch, pins, debs)?;
-            (format!("deb [trusted=yes] copy://{} {} main", dir.display(), self.suite), None)
+            (vec![format!("deb [trusted=yes] copy://{} {} main", dir.display(), self.suite)], None)
         } else {
-            (self.mirror.clone(), Some(self.components.clone()))
+            let mut mirrors = vec![self.mirror.clone()];
+            let comps = self.components.join(" ");
+            mirrors.extend(self.extra.iter().map(|a| format!("deb {} {} {comps}", a.uri, a.suite)));
+            (mirrors, Some(self.components.clone()))
         };
-        Ok(Args { pins, pin_file: PIN_FILE, sources_line: self.sources_line(), components, mirror })
+        Ok(Args { pins, pin_file: PIN_FILE, components, mirrors })
     }
 
     /// Check a freshly bootstrapped root's packages against the pins.
@@ -160,17 +190,21 @@ pub fn local_repo(dir: &Path, suite: &str, arch: &str, pins: &[LockedPackage], d
     }
     let mut packages = String::new();
     for p in pins {
-        if p.filename.contains("..") || p.filename.starts_with('/') {
-            bail!("locked filename {} of {} is not a pool path", p.filename, p.describe());
+        // One .deb can be in two archives (a security update later taken into a point release:
+        // `pool/updates/main/...` and `pool/main/...`); the cache keeps one stanza per .deb, so
+        // the file goes where that stanza's `Filename` says, which is where apt will look.
+        let stanza = debs.stanza(&p.sha256)?;
+        let pool = crate::debian::deb822::field(&stanza, "Filename").unwrap_or(&p.filename).to_string();
+        if pool.contains("..") || pool.starts_with('/') {
+            bail!("locked filename {pool} of {} is not a pool path", p.describe());
         }
-        let dest = dir.join(&p.filename);
+        let dest = dir.join(&pool);
         std::fs::create_dir_all(dest.parent().context("pool path")?)
             .with_context(|| format!("creating {}", dest.display()))?;
         if std::fs::hard_link(debs.deb(&p.sha256), &dest).is_err() {
             std::fs::copy(debs.deb(&p.sha256), &dest)
                 .with_context(|| format!("copying the .deb of {}", p.describe()))?;
         }
-        let stanza = debs.stanza(&p.sha256)?;
         packages.push_str(stanza.trim_end_matches('\n'));
         packages.push_str("\n\n");
     }
@@ -208,7 +242,9 @@ pub fn check_available(needed: &[&Source], debs: &DebCache, scratch: &Path, help
         if s.offline {
             missing.extend(debs.missing(pins));
         } else {
-            online.entry(s.index_id()).or_default().extend(pins.iter());
+            for (id, group) in s.by_index(pins) {
+                online.entry(id).or_default().extend(group);
+            }
         }
     }
     if !missing.is_empty() {
@@ -231,6 +267,7 @@ mod tests {
             architecture: "amd64".into(),
             sha256: crate::host::files::sha256_hex(data),
             filename: format!("pool/main/{name}/{name}_1.0-1_amd64.deb"),
+            suite: None,
         }
     }
 
@@ -246,16 +283,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let debs = DebCache::new(&dir.path().join("cache"));
         let (a, b) = (locked("a", b"deb a"), locked("b", b"deb b"));
-        for (p, data) in [(&a, b"deb a"), (&b, b"deb b")] {
+        // b's .deb was cached with the stanza of another archive (`pool/updates/...` locked,
+        // `pool/main/...` in the stanza): it goes where the stanza says.
+        let b_pool = "pool/other/b/b_1.0-1_amd64.deb";
+        for (p, data, pool) in [(&a, b"deb a", None), (&b, b"deb b", Some(b_pool))] {
             let f = dir.path().join("in.deb");
             std::fs::write(&f, data).unwrap();
-            debs.put(&f, p, &format!("Package: {}\nSHA256: {}\n", p.name, p.sha256)).unwrap();
+            let filename = pool.map(|f| format!("Filename: {f}\n")).unwrap_or_default();
+            debs.put(&f, p, &format!("Package: {}\n{filename}SHA256: {}\n", p.name, p.sha256)).unwrap();
         }
         let repo = dir.path().join("repo");
         local_repo(&repo, "trixie", "amd64", &[a.clone(), b.clone()], &debs).unwrap();
         assert_eq!(std::fs::read(repo.join(&a.filename)).unwrap(), b"deb a");
+        assert_eq!(std::fs::read(repo.join(b_pool)).unwrap(), b"deb b");
         let packages = std::fs::read_to_string(repo.join("dists/trixie/main/binary-amd64/Packages")).unwrap();
-        assert_eq!(packages, format!("Package: a\nSHA256: {}\n\nPackage: b\nSHA256: {}\n\n", a.sha256, b.sha256));
+        assert_eq!(
+            packages,
+            format!("Package: a\nSHA256: {}\n\nPackage: b\nFilename: {b_pool}\nSHA256: {}\n\n", a.sha256, b.sha256)
+        );
         let release = std::fs::read_to_string(repo.join("dists/trixie/Release")).unwrap();
         assert!(
             release.contains(&format!(
@@ -285,6 +330,7 @@ mod tests {
             source_version: version.into(),
             sha256: None,
             filename: None,
+            suite: None,
         };
         let mut s = Source {
             mirror: "m".into(),
@@ -294,6 +340,7 @@ mod tests {
             pins: Some(vec![pin]),
             exact: true,
             offline: false,
+            extra: Vec::new(),
         };
         s.verify(&[inst("a", "1.0-1")]).unwrap();
         let err = s.verify(&[inst("a", "1.0-1"), inst("extra", "2")]).unwrap_err().to_string();

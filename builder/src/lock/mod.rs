@@ -25,8 +25,16 @@ pub struct Lock {
     pub components: Vec<String>,
     /// The mirror the packages were resolved from.
     pub mirror: String,
+    /// The suites besides `suite` the packages were resolved from (`trixie-updates`,
+    /// `trixie-security`); empty in locks of images with only the suite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archives: Vec<String>,
+    /// The security mirror the packages of `<suite>-security` were resolved from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_mirror: Option<String>,
     pub source_date_epoch: i64,
-    /// `Date:` of the suite's Release file when resolved: where to look on snapshot.debian.org.
+    /// The latest `Date:` of the archives' Release files when resolved: where to look on
+    /// snapshot.debian.org.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_date: Option<String>,
     /// What the recipe asks for (kiln's base set, the kernel, the recipe's packages), sorted.
@@ -52,6 +60,10 @@ pub struct LockedPackage {
     pub sha256: String,
     /// Path of the .deb below the mirror (`pool/main/...`).
     pub filename: String,
+    /// The suite whose index had the .deb (`trixie-security`: on the security mirror); None in
+    /// older locks: the lock's suite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,8 +94,19 @@ pub struct Subject<'a> {
     pub components: Vec<String>,
     pub source_date_epoch: i64,
     pub mirror: &'a str,
+    /// The suites besides `suite` (updates, security).
+    pub archives: Vec<String>,
     /// The packages of this kiln's tools tree.
     pub tools_packages: &'a [&'a str],
+}
+
+/// A list for a message: comma-separated, or `none`.
+fn or_none(list: &[String]) -> String {
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(",")
+    }
 }
 
 /// Where a recipe's lock file lives: beside it, `NAME.lock` for `NAME.toml`.
@@ -185,6 +208,7 @@ impl Lock {
             ("suite", self.suite.as_str(), now.suite),
             ("components", &self.components.join(","), &now.components.join(",")),
             ("source_date_epoch", &self.source_date_epoch.to_string(), &now.source_date_epoch.to_string()),
+            ("archives besides the suite", &or_none(&self.archives), &or_none(&now.archives)),
         ] {
             if locked != now {
                 diffs.push(format!("{what} is {now}, the lock has {locked}"));

@@ -125,6 +125,8 @@ fn resolved_lock(
         suite: r.base.suite.to_string(),
         components: crate::recipe::values::strings(&r.base.components),
         mirror: plan.mirror.clone(),
+        archives: plan.archives().into_iter().skip(1).map(|a| a.suite).collect(),
+        security_mirror: plan.security_mirror.clone(),
         source_date_epoch: r.source_date_epoch,
         archive_date: archive_date?,
         requested,
@@ -200,7 +202,10 @@ pub fn fetch(plan: &Plan, cache: &Path, work_parent: Option<&Path>) -> Result<Fe
     for s in [&root, &tools] {
         let Some(pins) = &s.pins else { continue };
         out.locked += pins.len();
-        out.downloaded += mirror::fetch(&s.index_id(), pins, &debs, work.path(), &pinning::help(l, plan))?;
+        for (id, group) in s.by_index(pins) {
+            let group: Vec<_> = group.into_iter().cloned().collect();
+            out.downloaded += mirror::fetch(&id, &group, &debs, work.path(), &pinning::help(l, plan))?;
+        }
     }
     Ok(out)
 }

@@ -4,13 +4,26 @@ pub mod ids;
 use crate::disk::gpt::{plan_layout, Layout, PartitionSpec};
 use crate::lock::Lock;
 use crate::recipe::arch::{Arch, ESP_TYPE};
-use crate::recipe::{InitramfsModules, Recipe, RecipeError};
+use crate::recipe::{AutomaticUpdates, InitramfsModules, Recipe, RecipeError};
 use anyhow::Result;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 /// Packages every image gets, whatever the recipe says: the pieces kiln's boot path relies on.
 pub const BASE_PACKAGES: &[&str] = &["systemd", "systemd-sysv", "udev", "systemd-boot-efi", "initramfs-tools", "zstd"];
+
+/// The package kiln adds for `system.automatic_updates = "security"`.
+pub const UNATTENDED_UPGRADES: &str = "unattended-upgrades";
+
+/// Where the security archive is when neither the recipe nor `KILN_SECURITY_MIRROR` names one.
+pub const DEFAULT_SECURITY_MIRROR: &str = "http://deb.debian.org/debian-security";
+
+/// One apt archive of an image: a URI and a suite (the components are the recipe's).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Archive {
+    pub uri: String,
+    pub suite: String,
+}
 
 /// The Debian suite of the pinned tools tree (`bootstrap::tools`).
 pub const TOOLS_SUITE: &str = "trixie";
@@ -25,6 +38,12 @@ pub struct Plan {
     /// sha256 of the resolved recipe: the seed of every identifier in the image.
     pub recipe_hash: String,
     pub mirror: String,
+    /// The security archive's mirror (None: `base.security = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_mirror: Option<String>,
+    /// The image's Debian archives, in apt's order: the suite on the mirror, `<suite>-updates`
+    /// on the mirror, `<suite>-security` on the security mirror (each when the recipe has it).
+    pub archives: Vec<Archive>,
     /// The packages passed to mmdebstrap: kiln's base set, the kernel, then the recipe's (and its
     /// packages for this architecture).
     pub packages: Vec<String>,
@@ -79,10 +98,24 @@ impl Plan {
             recipe_hash = crate::host::files::sha256_hex(format!("{recipe_hash}\nlock {h}").as_bytes());
         }
         let mirror = recipe.base.mirror.as_ref().map(|m| m.to_string()).unwrap_or_else(host_mirror);
+        let security_mirror = recipe.base.security.then(|| {
+            recipe.base.security_mirror.as_ref().map(|m| m.to_string()).unwrap_or_else(default_security_mirror)
+        });
         let mut packages: Vec<String> = BASE_PACKAGES.iter().map(|s| s.to_string()).collect();
         packages.push(recipe.base.kernel.as_ref().map_or(arch.kernel_package(), |k| k.as_str()).to_string());
         if !matches!(recipe.system.locale.as_str(), "C" | "C.UTF-8" | "POSIX") {
             packages.push("locales".into());
+        }
+        let b = &recipe.base;
+        let mut archives = vec![Archive { uri: mirror.clone(), suite: b.suite.to_string() }];
+        if b.updates {
+            archives.push(Archive { uri: mirror.clone(), suite: format!("{}-updates", b.suite) });
+        }
+        if let Some(m) = &security_mirror {
+            archives.push(Archive { uri: m.clone(), suite: format!("{}-security", b.suite) });
+        }
+        if recipe.system.automatic_updates == AutomaticUpdates::Security {
+            packages.push(UNATTENDED_UPGRADES.into());
         }
         let for_arch = recipe.base.arch_packages.get(&arch).into_iter().flatten();
         let mut seen: std::collections::BTreeSet<String> = packages.iter().cloned().collect();
@@ -132,6 +165,8 @@ impl Plan {
                 .unwrap_or_else(|| arch.default_initramfs_modules()),
             recipe_hash,
             mirror,
+            security_mirror,
+            archives,
             packages,
             layout,
             recipe,
@@ -142,6 +177,11 @@ impl Plan {
             l.lock.check_matches(&plan.lock_subject(), &l.path)?;
         }
         Ok(plan)
+    }
+
+    /// The image's Debian archives (see [`Plan::archives`]).
+    pub fn archives(&self) -> Vec<Archive> {
+        self.archives.clone()
     }
 
     pub fn arch(&self) -> Arch {
@@ -159,6 +199,7 @@ impl Plan {
             components: crate::recipe::values::strings(&r.base.components),
             source_date_epoch: r.source_date_epoch,
             mirror: &self.mirror,
+            archives: self.archives().into_iter().skip(1).map(|a| a.suite).collect(),
             tools_packages: TOOLS_PACKAGES,
         }
     }
@@ -182,6 +223,7 @@ pub fn host_mirror() -> String {
             return m;
         }
     }
+
     let mut texts = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut files: Vec<_> = dir
@@ -194,6 +236,16 @@ pub fn host_mirror() -> String {
     }
     texts.extend(std::fs::read_to_string("/etc/apt/sources.list").ok());
     texts.iter().find_map(|t| mirror_in(t)).unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+/// The security mirror of recipes that name none: `KILN_SECURITY_MIRROR` (e.g. a snapshot),
+/// else [`DEFAULT_SECURITY_MIRROR`]. Not the host's apt sources: a plan's security mirror does
+/// not depend on the build host.
+pub fn default_security_mirror() -> String {
+    std::env::var("KILN_SECURITY_MIRROR")
+        .ok()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| DEFAULT_SECURITY_MIRROR.into())
 }
 
 /// First Debian archive URI (ending in `/debian`) in a sources.list or deb822 text.

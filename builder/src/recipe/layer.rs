@@ -67,6 +67,8 @@ pub struct Origins {
     pub enable: BTreeMap<String, Origin>,
     pub disable: BTreeMap<String, Origin>,
     pub ports: Vec<Origin>,
+    pub security_mirror: Option<Origin>,
+    pub automatic_updates: Option<Origin>,
 }
 
 impl Origins {
@@ -88,6 +90,8 @@ impl Origins {
             enable: first_of(self.enable, upper.enable),
             disable: first_of(self.disable, upper.disable),
             ports: cat(self.ports, upper.ports),
+            security_mirror: upper.security_mirror.or(self.security_mirror),
+            automatic_updates: upper.automatic_updates.or(self.automatic_updates),
         }
     }
 }
@@ -105,6 +109,12 @@ fn first_of(mut lower: BTreeMap<String, Origin>, upper: BTreeMap<String, Origin>
 pub struct BaseLayer {
     pub suite: Option<DebName>,
     pub mirror: Option<Url>,
+    /// The security archive's mirror (`<suite>-security`); default: the host's, else Debian's.
+    pub security_mirror: Option<Spanned<Url>>,
+    /// Take packages from `<suite>-security` (default true).
+    pub security: Option<bool>,
+    /// Take packages from `<suite>-updates` on the main mirror (default true).
+    pub updates: Option<bool>,
     pub components: Option<Vec<ArchiveComponent>>,
     pub packages: Option<Vec<DebName>>,
     pub initramfs_modules: Option<Spanned<ModulesSetting>>,
@@ -182,6 +192,16 @@ pub struct SystemLayer {
     pub locale: Option<Locale>,
     pub enable: Option<Vec<UnitName>>,
     pub disable: Option<Vec<UnitName>>,
+    pub automatic_updates: Option<Spanned<AutomaticUpdates>>,
+}
+
+/// What the box installs by itself (`system.automatic_updates`): unattended-upgrades with
+/// the security archive only, or nothing.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AutomaticUpdates {
+    Security,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -386,6 +406,16 @@ impl Layer {
             enable: BTreeMap::new(),
             disable: BTreeMap::new(),
             ports: origins_of(&self.ports, file, text, "ports"),
+            security_mirror: self
+                .base
+                .as_ref()
+                .and_then(|b| b.security_mirror.as_ref())
+                .map(|m| Origin::new(file, text, m.span().start, "base.security_mirror".into())),
+            automatic_updates: self
+                .system
+                .as_ref()
+                .and_then(|s| s.automatic_updates.as_ref())
+                .map(|a| Origin::new(file, text, a.span().start, "system.automatic_updates".into())),
         };
         if let Ok(spots) = toml::from_str::<Spots>(text) {
             spots.record(file, text, &mut self.origins);
@@ -404,6 +434,9 @@ impl Layer {
             base: merge_with(self.base, upper.base, |l, u| BaseLayer {
                 suite: last(l.suite, u.suite),
                 mirror: last(l.mirror, u.mirror),
+                security_mirror: last(l.security_mirror, u.security_mirror),
+                security: last(l.security, u.security),
+                updates: last(l.updates, u.updates),
                 components: append(l.components, u.components),
                 packages: append(l.packages, u.packages),
                 initramfs_modules: last(l.initramfs_modules, u.initramfs_modules),
@@ -421,6 +454,7 @@ impl Layer {
                 locale: last(l.locale, u.locale),
                 enable: append(l.enable, u.enable),
                 disable: append(l.disable, u.disable),
+                automatic_updates: last(l.automatic_updates, u.automatic_updates),
             }),
             users: append(self.users, upper.users),
             overlays: append(self.overlays, upper.overlays),

@@ -12,7 +12,7 @@ mod validate;
 pub mod values;
 
 pub use error::{Origin, RecipeError};
-pub use layer::{Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
+pub use layer::{AutomaticUpdates, Extract, Filesystem, InitramfsModules, ModulePolicy, OutputFormat};
 pub use ports::Port;
 pub use size::Size;
 pub use values::{
@@ -76,6 +76,13 @@ pub struct Base {
     pub suite: DebName,
     /// None: the host's configured Debian mirror.
     pub mirror: Option<Url>,
+    /// Packages from `<suite>-security` (the image's apt sources list it too).
+    pub security: bool,
+    /// None: the host's configured security mirror, else `http://deb.debian.org/debian-security`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_mirror: Option<Url>,
+    /// Packages from `<suite>-updates` on the main mirror.
+    pub updates: bool,
     pub components: Vec<ArchiveComponent>,
     pub packages: Vec<DebName>,
     /// None: the architecture's default (see `Arch::default_initramfs_modules`).
@@ -94,6 +101,9 @@ pub struct System {
     pub locale: Locale,
     pub enable: Vec<UnitName>,
     pub disable: Vec<UnitName>,
+    /// unattended-upgrades from the security archive, or nothing (default: security when the
+    /// security archive is on).
+    pub automatic_updates: AutomaticUpdates,
 }
 
 #[derive(Debug, Clone, Serialize)]

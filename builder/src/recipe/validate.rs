@@ -1,7 +1,10 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::{Origin, RecipeError};
 use super::external::Unique;
-use super::layer::{BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, ModulesSetting, SystemLayer, UserLayer};
+use super::layer::{
+    AutomaticUpdates, BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, ModulesSetting, Origins, SystemLayer,
+    UserLayer,
+};
 use super::values::{Hostname, ImagePath, Locale, RecipeName, TimeZone};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
@@ -146,8 +149,8 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     let version = layer.version.ok_or_else(|| missing("version"))?;
     let top_dir = file.parent().unwrap_or(Path::new(""));
 
-    let base = resolve_base(layer.base.unwrap_or_default(), file)?;
-    let system = resolve_system(layer.system.unwrap_or_default(), &name, origins.name.as_ref(), file)?;
+    let base = resolve_base(layer.base.unwrap_or_default(), &origins, file)?;
+    let system = resolve_system(layer.system.unwrap_or_default(), &name, &origins, &base, file)?;
     let users = resolve_users(layer.users.unwrap_or_default(), &origins.users, file)?;
 
     let overlays = dedup(layer.overlays.unwrap_or_default().into_iter().map(|o| o.into_inner()).collect())
@@ -213,12 +216,22 @@ pub fn resolve(mut layer: Layer, file: &Path, sources: Vec<PathBuf>) -> Result<R
     })
 }
 
-fn resolve_base(base: BaseLayer, file: &Path) -> Result<Base, RecipeError> {
+fn resolve_base(base: BaseLayer, origins: &Origins, file: &Path) -> Result<Base, RecipeError> {
     let main = || vec!["main".to_string().try_into().expect("`main` is a component")];
     let components = dedup(base.components.unwrap_or_else(main));
+    let security = base.security.unwrap_or(true);
+    if let (false, Some(o)) = (security, &origins.security_mirror) {
+        return Err(o.error(
+            None,
+            "a security mirror is set but `base.security = false` turns the security archive off; drop one of them",
+        ));
+    }
     Ok(Base {
         suite: base.suite.unwrap_or_else(|| defaults::SUITE.to_string().try_into().expect("the default suite")),
         mirror: base.mirror,
+        security,
+        security_mirror: base.security_mirror.map(Spanned::into_inner),
+        updates: base.updates.unwrap_or(true),
         components,
         packages: dedup(base.packages.unwrap_or_default()),
         initramfs_modules: base
@@ -236,9 +249,23 @@ fn resolve_base(base: BaseLayer, file: &Path) -> Result<Base, RecipeError> {
 fn resolve_system(
     sys: SystemLayer,
     name: &RecipeName,
-    name_origin: Option<&Origin>,
+    origins: &Origins,
+    base: &Base,
     file: &Path,
 ) -> Result<System, RecipeError> {
+    let name_origin = origins.name.as_ref();
+    let automatic_updates = match &sys.automatic_updates {
+        Some(a) if *a.get_ref() == AutomaticUpdates::Security && !base.security => {
+            let o = origins.automatic_updates.as_ref().expect("located with the value");
+            return Err(o.error(
+                None,
+                "`security` installs updates from the security archive, which `base.security = false` turns off; set `automatic_updates = \"off\"` or drop `base.security = false`",
+            ));
+        }
+        Some(a) => *a.get_ref(),
+        None if base.security => AutomaticUpdates::Security,
+        None => AutomaticUpdates::Off,
+    };
     let hostname = match sys.hostname {
         Some(h) => h.into_inner(),
         None => Hostname::try_from(name.to_string()).map_err(|_| {
@@ -255,6 +282,7 @@ fn resolve_system(
         locale: sys.locale.unwrap_or_else(|| Locale::try_from(defaults::LOCALE).expect("the default locale")),
         enable: dedup(sys.enable.unwrap_or_default()),
         disable: dedup(sys.disable.unwrap_or_default()),
+        automatic_updates,
     })
 }
 

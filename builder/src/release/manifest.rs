@@ -25,6 +25,9 @@ pub struct Manifest {
     pub kernel_version: String,
     pub image: ImageInfo,
     pub partitions: Vec<PartitionInfo>,
+    /// The image's Debian archives and what it installs by itself (None in older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updates: Option<UpdatePolicy>,
     /// The key that signed `SHA256SUMS`; None for an unsigned build.
     pub signing_key: Option<KeyInfo>,
     /// The site variables the image declares (docs/site.md); absent when none, so images
@@ -34,6 +37,21 @@ pub struct Manifest {
     /// Guest service ports (the recipe's `[[ports]]`) that `kiln boot` and `kiln test` forward.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<crate::recipe::Port>,
+}
+
+/// The image's update policy, as its apt configuration has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// `security` (unattended-upgrades from the security archive) or `off`.
+    pub automatic_updates: crate::recipe::AutomaticUpdates,
+    /// The archives of the image's apt sources, in order (the suite, updates, security).
+    pub archives: Vec<ArchiveInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveInfo {
+    pub uri: String,
+    pub suite: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +129,10 @@ impl Manifest {
                 disk_guid: layout.disk_guid,
             },
             partitions,
+            updates: Some(UpdatePolicy {
+                automatic_updates: r.system.automatic_updates,
+                archives: plan.archives().into_iter().map(|a| ArchiveInfo { uri: a.uri, suite: a.suite }).collect(),
+            }),
             signing_key,
             site_vars: r.site_vars.clone(),
             ports: plan.ports.clone(),
@@ -162,13 +184,21 @@ mod tests {
                 disk_guid: Uuid::from_u128(7),
             },
             partitions: vec![],
+            updates: Some(UpdatePolicy {
+                automatic_updates: crate::recipe::AutomaticUpdates::Security,
+                archives: vec![ArchiveInfo { uri: "http://m/debian-security".into(), suite: "trixie-security".into() }],
+            }),
             signing_key: None,
             site_vars: vec![],
             ports: vec![crate::recipe::Port { name: "web".into(), guest: 443, protocol: "tcp".into(), scheme: None }],
         };
         let json = m.to_json().unwrap();
         assert!(json.contains("\"lock_hash\": null"), "{json}");
+        assert!(json.contains("\"automatic_updates\": \"security\""), "{json}");
         assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        // Manifests of older kilns have no update policy.
+        let older = Manifest { updates: None, ..m.clone() };
+        assert_eq!(Manifest::from_json(&older.to_json().unwrap()).unwrap(), older);
         let other = json.replace("\"kiln_manifest\": 1", "\"kiln_manifest\": 9");
         assert!(Manifest::from_json(&other).unwrap_err().to_string().contains("format 9"));
     }
