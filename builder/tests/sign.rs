@@ -97,12 +97,14 @@ fn small_plan() -> Plan {
             type_guid: plan.layout.partitions[0].type_guid,
             part_guid: plan.layout.partitions[0].part_guid,
             size: Some(4 << 20),
+            flags: 0,
         },
         PartitionSpec {
             label: "root".into(),
             type_guid: plan.layout.partitions[1].type_guid,
             part_guid: plan.layout.partitions[1].part_guid,
             size: None,
+            flags: 0,
         },
     ];
     plan.layout = plan_layout(16 << 20, plan.layout.disk_guid, &specs).unwrap();

@@ -43,6 +43,17 @@ pub struct PartitionSpec {
     pub part_guid: Uuid,
     /// Size in bytes (rounded up to [`ALIGN`]); `None` fills the rest of the disk (last partition only).
     pub size: Option<u64>,
+    /// GPT attribute bits (e.g. [`GROWFS`]); 0 for none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flags: u64,
+}
+
+/// GPT attribute bit 59, "grow the file system to the partition" (Discoverable Partitions
+/// Specification): systemd-growfs and `systemd-dissect` read it.
+pub const GROWFS: u64 = 1 << 59;
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A partition placed on the disk. Offsets and sizes are in bytes.
@@ -60,6 +71,9 @@ pub struct PlacedPartition {
     pub offset: u64,
     /// Size in bytes (a multiple of [`SECTOR`]).
     pub size: u64,
+    /// GPT attribute bits; 0 (and absent from JSON) for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flags: u64,
 }
 
 /// A complete disk layout: size, disk GUID and the placed partitions in order.
@@ -144,6 +158,7 @@ pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> 
             part_guid: spec.part_guid,
             offset,
             size,
+            flags: spec.flags,
         });
         offset = end;
     }
@@ -227,7 +242,7 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
                 part_guid: p.part_guid,
                 first_lba: p.offset / SECTOR,
                 last_lba: (p.offset + p.size) / SECTOR - 1,
-                flags: 0,
+                flags: p.flags,
                 name: p.label.clone(),
             };
             (p.number, part)
@@ -288,6 +303,7 @@ pub(crate) fn layout_of<D: gpt::DiskDevice>(mut dev: D, disk_size: u64) -> Resul
             part_guid: p.part_guid,
             offset,
             size,
+            flags: p.flags,
         });
     }
     Ok(Layout { disk_size, disk_guid: *disk.guid(), partitions })
