@@ -237,6 +237,7 @@ fn debian_minisign_accepts_the_signature_and_rejects_tampering() {
         "defaults-1-x86_64.qcow2",
         "defaults-1-x86_64.manifest.json",
         "defaults-1-x86_64.spdx.json",
+        "defaults-1-x86_64.bmap",
     ] {
         assert!(sums.contains(&format!("  {name}\n")), "{name} missing from SHA256SUMS:\n{sums}");
     }
@@ -424,6 +425,7 @@ fn outputs_are_deterministic_and_hold_no_secret() {
         "defaults-1-x86_64.qcow2",
         "defaults-1-x86_64.manifest.json",
         "defaults-1-x86_64.spdx.json",
+        "defaults-1-x86_64.bmap",
         "SHA256SUMS",
     ] {
         assert_eq!(

@@ -4,6 +4,7 @@
 //! and the gaps between them, backup GPT — to the output file and to SHA-256
 //! hashers at the same time, skipping all-zero blocks so the output stays sparse.
 
+pub mod bmap;
 pub mod esp;
 mod fatfix;
 pub mod gpt;
