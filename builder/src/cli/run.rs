@@ -35,7 +35,10 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             test(&image, timeout, serial_log, persist, &vm, json)
         }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
-        Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+        Command::Verify { image, from_image, key, json } => verify(&image, from_image.as_deref(), key.as_deref(), json),
+        Command::Flash { image, device, site, key, yes, force_file } => {
+            flash(&image, &device, site.as_deref(), key.as_deref(), yes, force_file)
+        }
         Command::Completions { shell } => {
             report::completions(&docs::completions(shell));
             Ok(ExitCode::SUCCESS)
@@ -152,11 +155,46 @@ fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(image: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let report = verify::verify(image, key)?;
+fn verify(image: &Path, from_image: Option<&Path>, key: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let block = std::fs::metadata(image).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let report = match (block, from_image) {
+        (true, Some(release)) => verify::device::verify_device(image, release, key)?,
+        (true, None) => anyhow::bail!(
+            "{} is a block device: name the image it was flashed from with --image IMAGE",
+            image.display()
+        ),
+        (false, Some(_)) => anyhow::bail!("--image is for block devices; {} is not one", image.display()),
+        (false, None) => verify::verify(image, key)?,
+    };
     if json {
         report::verify_json(&report, image)
     } else {
         Ok(report::verify(&report))
     }
+}
+
+fn flash(
+    image: &Path,
+    device: &Path,
+    site: Option<&Path>,
+    key: Option<&Path>,
+    yes: bool,
+    force_file: bool,
+) -> Result<ExitCode> {
+    let site = site
+        .map(|p| {
+            crate::host::files::read_regular(p, 256 * 1024)
+                .map_err(|e| anyhow::anyhow!("site file {}: {e}", p.display()))
+                .and_then(|t| {
+                    toml::from_str::<toml::Table>(&t)
+                        .with_context(|| format!("site file {} is not TOML", p.display()))?;
+                    Ok(t.into_bytes())
+                })
+        })
+        .transpose()?;
+    let mut confirm = |what: &str| report::confirm_flash(what, yes);
+    let opts = pipeline::flash::FlashOptions { image, device, key, site, force_file, confirm: &mut confirm };
+    let done = pipeline::flash::flash(opts)?;
+    report::flash(&done);
+    Ok(ExitCode::SUCCESS)
 }

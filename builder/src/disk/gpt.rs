@@ -269,6 +269,32 @@ pub fn write_gpt(file: &mut File, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
+/// The layout of `image` moved onto a disk of `disk_size` bytes (its backup GPT at the disk's
+/// real end), with `extra` partitions appended (e.g. the site partition at the disk's end).
+/// The image's partitions keep their places, numbers, GUIDs and attributes.
+pub fn for_disk(image: &Layout, disk_size: u64, extra: &[PlacedPartition]) -> Result<Layout> {
+    let mut partitions = image.partitions.clone();
+    partitions.extend(extra.iter().cloned());
+    let layout = Layout { disk_size, disk_guid: image.disk_guid, partitions };
+    validate_layout(&layout).with_context(|| format!("laying the image out on a disk of {disk_size} bytes"))?;
+    Ok(layout)
+}
+
+/// Offset of a partition of `size` bytes placed last on a disk of `disk_size` bytes, aligned
+/// down to [`ALIGN`] and clear of the backup GPT.
+pub fn last_offset(disk_size: u64, size: u64) -> Option<u64> {
+    disk_size.checked_sub(TAIL_LEN)?.checked_sub(size).map(|o| o / ALIGN * ALIGN)
+}
+
+/// Write the protective MBR and both GPTs of `layout` to `dev` (a disk or file of at least
+/// `layout.disk_size` bytes), without checking its length: for block devices.
+pub fn write_gpt_to(dev: &File, layout: &Layout) -> Result<()> {
+    let image = render_gpt(layout)?;
+    dev.write_all_at(&image.head, 0).context("writing the primary GPT")?;
+    dev.write_all_at(&image.tail, image.tail_offset).context("writing the backup GPT")?;
+    Ok(())
+}
+
 /// Read the partition table of an existing image (both headers must be valid).
 pub(crate) fn read_gpt(image: &std::path::Path) -> Result<Layout> {
     let mut file = File::open(image).with_context(|| format!("opening {}", image.display()))?;

@@ -7,6 +7,7 @@
 pub mod bmap;
 pub mod esp;
 mod fatfix;
+pub mod flash;
 pub mod gpt;
 pub mod site;
 pub mod stream;
