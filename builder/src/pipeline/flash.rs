@@ -252,12 +252,16 @@ fn corrupt_hook(dev: &File, layout: &Layout) -> Result<()> {
     dev.sync_all().context("test hook")
 }
 
-/// Ask the kernel to read the new partition table (BLKRRPART); a failure is only a warning.
+/// Ask the kernel to read the new partition table; a failure is only a warning.
 fn reread_partitions(t: &Target) {
     if !t.block {
         return;
     }
-    if let Err(e) = crate::host::cmd::Cmd::new("blockdev").arg("--rereadpt").arg(&t.path).run() {
+    // BLKRRPART, then partx's BLKPG per partition (works where a rescan is not done, e.g. a
+    // loop device without partition scanning).
+    let reread = crate::host::cmd::Cmd::new("blockdev").arg("--rereadpt").arg(&t.path).run();
+    let update = crate::host::cmd::Cmd::new("partx").arg("--update").arg(&t.path).run();
+    if let (Err(e), Err(_)) = (reread, update) {
         tracing::warn!("the kernel did not re-read the partition table of {}: {e:#}", t.path.display());
     }
 }
