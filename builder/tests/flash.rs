@@ -270,3 +270,21 @@ fn bmaptool_copy_accepts_kilns_bmap() {
         .unwrap();
     assert!(!o.status.success(), "bmaptool accepted a changed bmap");
 }
+
+/// A disk that fails while written (a loop device over a file on a 150 MiB tmpfs, which fills
+/// up inside the root partition): kiln exits non-zero naming the partition.
+#[test]
+fn write_error_names_the_partition() {
+    let Some(r) = release() else { return };
+    let mnt = e2e_dir().join("flash").join("tiny");
+    std::fs::create_dir_all(&mnt).unwrap();
+    run("mount", &["-t", "tmpfs", "-o", "size=150M", "kiln-flash-test", mnt.to_str().unwrap()]);
+    let file = mnt.join("disk");
+    std::fs::File::create(&file).unwrap().set_len(3 * image_size(r)).unwrap();
+    let dev = run("losetup", &["--find", "--show", file.to_str().unwrap()]).trim().to_string();
+    let (ok, text) = flash(r, &dev, &["--yes"], &[]);
+    let _ = Command::new("losetup").args(["-d", &dev]).output();
+    let _ = Command::new("umount").arg(&mnt).output();
+    assert!(!ok, "a failing disk was flashed:\n{text}");
+    assert!(text.contains("writing partition 2 (root)"), "{text}");
+}

@@ -39,8 +39,18 @@ pub fn write_image(
     let mut done = 0u64;
     let mut gaps = Vec::new();
     let mut end_of_last = 0u64;
+    let mut region = String::new();
     for r in &map.ranges {
         let (start, len) = r.bytes(map.image_size);
+        // Flush at each change of partition, so an error the disk reports late (at writeback)
+        // still names the partition it belongs to.
+        let here = region_at(layout, start);
+        if here != region {
+            if !region.is_empty() {
+                dev.sync_data().with_context(|| format!("writing {region} (flushing it to the disk)"))?;
+            }
+            region = here;
+        }
         if start > end_of_last {
             gaps.push((end_of_last, start - end_of_last));
         }
@@ -62,7 +72,7 @@ pub fn write_image(
     for (at, len) in gaps {
         zero(dev, at, len, block).with_context(|| format!("zeroing {len} bytes of {}", region_at(layout, at)))?;
     }
-    dev.sync_all().context("flushing the written image to the disk (fsync)")?;
+    dev.sync_all().with_context(|| format!("writing {region} (flushing it to the disk)"))?;
     Ok(())
 }
 
