@@ -8,6 +8,7 @@ use crate::disk::gpt::{self, Layout, PlacedPartition, ALIGN};
 use crate::disk::{flash as dflash, site};
 use crate::host::blockdev::{self, Target};
 use crate::host::progress::Transfer;
+use crate::release::checksums;
 use crate::release::export;
 use crate::release::manifest::Manifest;
 use crate::verify;
@@ -131,10 +132,13 @@ fn check_image(image: &Path, key: Option<&Path>) -> Result<(Manifest, BlockMap)>
     ensure!(name.ends_with(".img"), "kiln flash writes raw images (.img), not {name}");
     let stem = export::stem(name);
     let manifest = Manifest::read(&dir.join(export::manifest_name(stem)))?;
-    // The bmap is listed in the signed SHA256SUMS (checked above); images built before kiln
-    // wrote one are mapped from their contents.
-    let bmap_path = dir.join(export::bmap_name(stem));
-    let map = if bmap_path.is_file() {
+    // A bmap is used only when the (signed) SHA256SUMS lists it, so verify checked it above;
+    // otherwise (images built before kiln wrote one) the image is mapped from its contents.
+    let bmap_name = export::bmap_name(stem);
+    let bmap_path = dir.join(&bmap_name);
+    let sums = std::fs::read_to_string(dir.join(checksums::SUMS_FILE)).context("reading SHA256SUMS")?;
+    let listed = checksums::parse(&sums)?.iter().any(|e| e.file == bmap_name);
+    let map = if listed && bmap_path.is_file() {
         let text = std::fs::read_to_string(&bmap_path).with_context(|| format!("reading {}", bmap_path.display()))?;
         bmap::parse(&text).with_context(|| format!("reading {}", bmap_path.display()))?
     } else {
