@@ -57,12 +57,13 @@ fn sha256_range(path: &Path, offset: u64, len: u64) -> String {
 
 fn specs(esp_size: u64) -> Vec<PartitionSpec> {
     vec![
-        PartitionSpec { label: "esp".into(), type_guid: ESP_TYPE, part_guid: ESP_GUID, size: Some(esp_size) },
+        PartitionSpec { label: "esp".into(), type_guid: ESP_TYPE, part_guid: ESP_GUID, size: Some(esp_size), flags: 0 },
         PartitionSpec {
             label: "root-x86-64".into(),
             type_guid: Arch::X86_64.root_partition_type(),
             part_guid: ROOT_GUID,
             size: None,
+            flags: 0,
         },
     ]
 }

@@ -388,7 +388,7 @@ fn signed_outputs_in_every_format_pass_outside_tools() {
     let want = ["SHA256SUMS", "SHA256SUMS.minisig"]
         .iter()
         .map(|n| n.to_string())
-        .chain(["img", "img.zst", "manifest.json", "qcow2", "spdx.json"].iter().map(|x| format!("{stem}.{x}")))
+        .chain(["bmap", "img", "img.zst", "manifest.json", "qcow2", "spdx.json"].iter().map(|x| format!("{stem}.{x}")))
         .collect::<Vec<_>>();
     assert_eq!(names, want, "outputs of a signed build in every format");
     let in_out = |tool: &str, args: &[&str]| {

@@ -97,12 +97,14 @@ fn small_plan() -> Plan {
             type_guid: plan.layout.partitions[0].type_guid,
             part_guid: plan.layout.partitions[0].part_guid,
             size: Some(4 << 20),
+            flags: 0,
         },
         PartitionSpec {
             label: "root".into(),
             type_guid: plan.layout.partitions[1].type_guid,
             part_guid: plan.layout.partitions[1].part_guid,
             size: None,
+            flags: 0,
         },
     ];
     plan.layout = plan_layout(16 << 20, plan.layout.disk_guid, &specs).unwrap();
@@ -235,6 +237,7 @@ fn debian_minisign_accepts_the_signature_and_rejects_tampering() {
         "defaults-1-x86_64.qcow2",
         "defaults-1-x86_64.manifest.json",
         "defaults-1-x86_64.spdx.json",
+        "defaults-1-x86_64.bmap",
     ] {
         assert!(sums.contains(&format!("  {name}\n")), "{name} missing from SHA256SUMS:\n{sums}");
     }
@@ -422,6 +425,7 @@ fn outputs_are_deterministic_and_hold_no_secret() {
         "defaults-1-x86_64.qcow2",
         "defaults-1-x86_64.manifest.json",
         "defaults-1-x86_64.spdx.json",
+        "defaults-1-x86_64.bmap",
         "SHA256SUMS",
     ] {
         assert_eq!(

@@ -146,9 +146,17 @@ pub enum Command {
     /// Checks the signature of SHA256SUMS (with --key), the checksum of every file it lists,
     /// and the image's partition table and partitions against the manifest. Exit status 0 only
     /// when everything matched; otherwise the failures name the file and partition.
+    ///
+    /// A block device (a disk `kiln flash` wrote) is checked against the release of --image:
+    /// its GPT entries and the image's partitions; the site partition and free space are
+    /// ignored. Meant for a freshly flashed disk: the root grows at first boot.
     Verify {
-        /// NAME-VERSION-ARCH.img or .img.zst, with SHA256SUMS and the manifest beside it.
+        /// NAME-VERSION-ARCH.img or .img.zst, with SHA256SUMS and the manifest beside it; or a
+        /// block device, with --image.
         image: PathBuf,
+        /// For a block device: the image it was flashed from (SHA256SUMS and manifest beside it).
+        #[arg(long = "image", value_name = "IMAGE")]
+        from_image: Option<PathBuf>,
         /// Public key (kiln.pub) to check the signature with; without it only checksums and
         /// manifest are checked.
         #[arg(long)]
@@ -161,6 +169,32 @@ pub enum Command {
     Site {
         #[command(subcommand)]
         command: SiteCommand,
+    },
+    /// Write an image onto a disk: checked before, read back after. Must run as root.
+    ///
+    /// Before a byte is written: the signature of SHA256SUMS (with --key), every checksum and
+    /// the image's partitions against the manifest; the disk must be a whole disk, not mounted
+    /// or held, not the running system's, and big enough. Shows the disk's model, size and
+    /// partitions and asks for confirmation unless --yes. Writes only the image's mapped blocks
+    /// (IMAGE.bmap), reads every partition back against the signed manifest, then writes the
+    /// site partition (--site) and the GPT for the disk's size. See docs/flash.md.
+    Flash {
+        /// The image (NAME-VERSION-ARCH.img), with SHA256SUMS, manifest and .bmap beside it.
+        image: PathBuf,
+        /// The whole disk to write (/dev/sdX, /dev/nvmeXnY, /dev/loopN).
+        device: PathBuf,
+        /// Site file (site.toml) to write to a KILN-SITE partition at the end of the disk.
+        #[arg(long)]
+        site: Option<PathBuf>,
+        /// Public key (kiln.pub) to check the signature with; without it only checksums.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Do not ask for confirmation (needed when stdin is not a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Allow DEVICE to be a regular file (for tests and for writing disk files).
+        #[arg(long)]
+        force_file: bool,
     },
     /// Print a shell completion script for kiln to stdout.
     ///

@@ -336,3 +336,43 @@ pub fn manpages(pages: &[PathBuf]) {
         eprintln!("kiln: wrote {}", p.display());
     }
 }
+
+/// Show the target and ask on the terminal (skipped with --yes; refused without a terminal).
+pub fn confirm_flash(what: &str, yes: bool) -> Result<bool> {
+    use std::io::{BufRead, IsTerminal};
+    eprintln!("{what}");
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!(
+            "not confirmed: stdin is not a terminal; pass --yes to write without asking (nothing was written)"
+        );
+    }
+    eprint!("Type yes to write the image: ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+pub fn flash(f: &crate::pipeline::flash::Flashed) {
+    let mb = |b: u64, s: f64| b as f64 / s.max(1e-3) / 1e6;
+    println!(
+        "wrote {} MiB to {} in {:.1}s ({:.0} MB/s); read back {} MiB in {:.1}s ({:.0} MB/s): {} match the signed manifest",
+        f.written >> 20,
+        f.device.display(),
+        f.write_secs,
+        mb(f.written, f.write_secs),
+        f.read_back >> 20,
+        f.read_secs,
+        mb(f.read_back, f.read_secs),
+        f.partitions.join(", ")
+    );
+    if f.site {
+        println!(
+            "site partition {} written at the end of the disk ({} bytes)",
+            crate::disk::site::LABEL,
+            f.device_size
+        );
+    }
+}

@@ -35,8 +35,11 @@ fn dispatch(command: Command) -> Result<ExitCode> {
             test(&image, timeout, serial_log, persist, &vm, json)
         }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
-        Command::Verify { image, key, json } => verify(&image, key.as_deref(), json),
+        Command::Verify { image, from_image, key, json } => verify(&image, from_image.as_deref(), key.as_deref(), json),
         Command::Site { command: SiteCommand::Check(args) } => site_check(&args),
+        Command::Flash { image, device, site, key, yes, force_file } => {
+            flash(&image, &device, site.as_deref(), key.as_deref(), yes, force_file)
+        }
         Command::Completions { shell } => {
             report::completions(&docs::completions(shell));
             Ok(ExitCode::SUCCESS)
@@ -167,8 +170,17 @@ fn keygen(out: &Path, prefix: Option<&Path>, unencrypted: bool, force: bool) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-fn verify(image: &Path, key: Option<&Path>, json: bool) -> Result<ExitCode> {
-    let report = verify::verify(image, key)?;
+fn verify(image: &Path, from_image: Option<&Path>, key: Option<&Path>, json: bool) -> Result<ExitCode> {
+    let block = std::fs::metadata(image).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    let report = match (block, from_image) {
+        (true, Some(release)) => verify::device::verify_device(image, release, key)?,
+        (true, None) => anyhow::bail!(
+            "{} is a block device: name the image it was flashed from with --image IMAGE",
+            image.display()
+        ),
+        (false, Some(_)) => anyhow::bail!("--image is for block devices; {} is not one", image.display()),
+        (false, None) => verify::verify(image, key)?,
+    };
     if json {
         report::verify_json(&report, image)
     } else {
@@ -188,5 +200,30 @@ fn site_check(args: &SiteCheckArgs) -> Result<ExitCode> {
     } else {
         report::site_check(&report);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn flash(
+    image: &Path,
+    device: &Path,
+    site: Option<&Path>,
+    key: Option<&Path>,
+    yes: bool,
+    force_file: bool,
+) -> Result<ExitCode> {
+    // The site file is checked in full against the image's declarations before anything is
+    // written (what `kiln site check --image` does); the bytes written are the ones checked.
+    let site = site
+        .map(|p| -> Result<Vec<u8>> {
+            let text = crate::host::files::read_regular(p, 256 * 1024)
+                .map_err(|e| anyhow::anyhow!("site file {}: {e}", p.display()))?;
+            pipeline::site::check(p, pipeline::site::Against::Image(image))?;
+            Ok(text.into_bytes())
+        })
+        .transpose()?;
+    let mut confirm = |what: &str| report::confirm_flash(what, yes);
+    let opts = pipeline::flash::FlashOptions { image, device, key, site, force_file, confirm: &mut confirm };
+    let done = pipeline::flash::flash(opts)?;
+    report::flash(&done);
     Ok(ExitCode::SUCCESS)
 }

@@ -45,8 +45,7 @@ pub fn configure(plan: &Plan, root: &Path) -> Result<()> {
     write_file(root, "etc/default/locale", locale.as_bytes(), 0o644)?;
     write_file(root, "etc/locale.conf", locale.as_bytes(), 0o644)?;
     crate::customize::apt::configure(plan, root)?;
-    // The root is found by root=PARTUUID=; systemd-gpt-auto-generator mounts the ESP on /efi.
-    write_file(root, "etc/fstab", b"# / is found by root=PARTUUID= on the kernel command line.\n# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n", 0o644)?;
+    write_file(root, "etc/fstab", fstab(plan).as_bytes(), 0o644)?;
     std::fs::create_dir_all(root.join("efi")).context("creating /efi")?;
     super::owners::groups(plan, root)?;
     for user in &plan.recipe.users {
@@ -359,6 +358,19 @@ fn empty_dir(root: &Path, rel: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The image's fstab: the root (mounted by the initrd from root=PARTUUID=) with
+/// `x-systemd.growfs`, so systemd-growfs-root grows its file system to the partition once
+/// systemd-repart has grown the partition to the disk (docs/flash.md). The ESP is mounted on
+/// /efi by systemd-gpt-auto-generator.
+fn fstab(plan: &Plan) -> String {
+    let root = plan.layout.partitions.iter().find(|p| p.flags & crate::disk::gpt::GROWFS != 0);
+    let mut text = String::from("# The ESP is mounted on /efi by systemd-gpt-auto-generator.\n");
+    if let Some(p) = root {
+        text.push_str(&format!("PARTUUID={} / ext4 rw,x-systemd.growfs 0 0\n", p.part_guid));
+    }
+    text
 }
 
 #[cfg(test)]

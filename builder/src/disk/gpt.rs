@@ -43,6 +43,17 @@ pub struct PartitionSpec {
     pub part_guid: Uuid,
     /// Size in bytes (rounded up to [`ALIGN`]); `None` fills the rest of the disk (last partition only).
     pub size: Option<u64>,
+    /// GPT attribute bits (e.g. [`GROWFS`]); 0 for none.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub flags: u64,
+}
+
+/// GPT attribute bit 59, "grow the file system to the partition" (Discoverable Partitions
+/// Specification): systemd-growfs and `systemd-dissect` read it.
+pub const GROWFS: u64 = 1 << 59;
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// A partition placed on the disk. Offsets and sizes are in bytes.
@@ -60,6 +71,9 @@ pub struct PlacedPartition {
     pub offset: u64,
     /// Size in bytes (a multiple of [`SECTOR`]).
     pub size: u64,
+    /// GPT attribute bits; 0 (and absent from JSON) for none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub flags: u64,
 }
 
 /// A complete disk layout: size, disk GUID and the placed partitions in order.
@@ -144,6 +158,7 @@ pub fn plan_layout(disk_size: u64, disk_guid: Uuid, specs: &[PartitionSpec]) -> 
             part_guid: spec.part_guid,
             offset,
             size,
+            flags: spec.flags,
         });
         offset = end;
     }
@@ -227,7 +242,7 @@ pub(crate) fn render_gpt(layout: &Layout) -> Result<GptImage> {
                 part_guid: p.part_guid,
                 first_lba: p.offset / SECTOR,
                 last_lba: (p.offset + p.size) / SECTOR - 1,
-                flags: 0,
+                flags: p.flags,
                 name: p.label.clone(),
             };
             (p.number, part)
@@ -251,6 +266,32 @@ pub fn write_gpt(file: &mut File, layout: &Layout) -> Result<()> {
     file.write_all_at(&image.head, 0).context("writing primary gpt")?;
     file.write_all_at(&image.tail, image.tail_offset).context("writing backup gpt")?;
     tracing::debug!(disk_guid = %layout.disk_guid, "wrote gpt");
+    Ok(())
+}
+
+/// The layout of `image` moved onto a disk of `disk_size` bytes (its backup GPT at the disk's
+/// real end), with `extra` partitions appended (e.g. the site partition at the disk's end).
+/// The image's partitions keep their places, numbers, GUIDs and attributes.
+pub fn for_disk(image: &Layout, disk_size: u64, extra: &[PlacedPartition]) -> Result<Layout> {
+    let mut partitions = image.partitions.clone();
+    partitions.extend(extra.iter().cloned());
+    let layout = Layout { disk_size, disk_guid: image.disk_guid, partitions };
+    validate_layout(&layout).with_context(|| format!("laying the image out on a disk of {disk_size} bytes"))?;
+    Ok(layout)
+}
+
+/// Offset of a partition of `size` bytes placed last on a disk of `disk_size` bytes, aligned
+/// down to [`ALIGN`] and clear of the backup GPT.
+pub fn last_offset(disk_size: u64, size: u64) -> Option<u64> {
+    disk_size.checked_sub(TAIL_LEN)?.checked_sub(size).map(|o| o / ALIGN * ALIGN)
+}
+
+/// Write the protective MBR and both GPTs of `layout` to `dev` (a disk or file of at least
+/// `layout.disk_size` bytes), without checking its length: for block devices.
+pub fn write_gpt_to(dev: &File, layout: &Layout) -> Result<()> {
+    let image = render_gpt(layout)?;
+    dev.write_all_at(&image.head, 0).context("writing the primary GPT")?;
+    dev.write_all_at(&image.tail, image.tail_offset).context("writing the backup GPT")?;
     Ok(())
 }
 
@@ -288,6 +329,7 @@ pub(crate) fn layout_of<D: gpt::DiskDevice>(mut dev: D, disk_size: u64) -> Resul
             part_guid: p.part_guid,
             offset,
             size,
+            flags: p.flags,
         });
     }
     Ok(Layout { disk_size, disk_guid: *disk.guid(), partitions })

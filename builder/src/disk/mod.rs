@@ -4,8 +4,10 @@
 //! and the gaps between them, backup GPT — to the output file and to SHA-256
 //! hashers at the same time, skipping all-zero blocks so the output stays sparse.
 
+pub mod bmap;
 pub mod esp;
 pub mod fatfix;
+pub mod flash;
 pub mod gpt;
 pub mod site;
 pub mod stream;

@@ -1,5 +1,6 @@
 //! The ground floor: mechanisms every stage uses to talk to the build host (programs, files,
 //! the cache, the network, the work directory, progress). Nothing here imports a stage.
+pub mod blockdev;
 pub mod cache;
 pub mod cmd;
 pub mod files;

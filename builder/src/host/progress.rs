@@ -98,3 +98,68 @@ impl Drop for Milestones {
         }
     }
 }
+
+/// Progress of a long copy (`kiln flash`'s write and read-back): on a terminal a bar with MB/s
+/// and time left, otherwise a plain line every 10 %.
+pub struct Transfer {
+    what: String,
+    total: u64,
+    start: Instant,
+    bar: Option<ProgressBar>,
+    next_line: u64,
+}
+
+impl Transfer {
+    pub fn start(what: &str, total: u64) -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::new(total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message(format!("kiln: {what}"));
+            bar
+        });
+        if bar.is_none() {
+            eprintln!("kiln: {what}: {} MiB ...", total >> 20);
+        }
+        Transfer { what: what.to_string(), total, start: Instant::now(), bar, next_line: total / 10 }
+    }
+
+    pub fn update(&mut self, done: u64) {
+        match &self.bar {
+            Some(bar) => bar.set_position(done),
+            None if done >= self.next_line && done < self.total => {
+                let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+                let rate = done as f64 / secs;
+                let left = (self.total - done) as f64 / rate.max(1.0);
+                eprintln!(
+                    "kiln: {}: {} of {} MiB, {:.0} MB/s, {left:.0}s left",
+                    self.what,
+                    done >> 20,
+                    self.total >> 20,
+                    rate / 1e6
+                );
+                self.next_line = done + self.total / 10;
+            }
+            None => {}
+        }
+    }
+
+    /// Close the bar; returns the seconds taken and prints the summary line.
+    pub fn finish(self) -> f64 {
+        let secs = self.start.elapsed().as_secs_f64();
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        eprintln!(
+            "kiln: {}: {} MiB in {secs:.1}s ({:.0} MB/s)",
+            self.what,
+            self.total >> 20,
+            self.total as f64 / secs.max(1e-3) / 1e6
+        );
+        secs
+    }
+}

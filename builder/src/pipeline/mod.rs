@@ -1,4 +1,5 @@
 //! `kiln build`: the whole flow from recipe to image, top to bottom.
+pub mod flash;
 mod guard;
 pub mod lock;
 pub mod site;

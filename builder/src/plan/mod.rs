@@ -130,12 +130,15 @@ impl Plan {
                 type_guid: ESP_TYPE,
                 part_guid: ids::uuid(&recipe_hash, "partition:esp"),
                 size: Some(recipe.disk.esp_size),
+                flags: 0,
             },
             PartitionSpec {
                 label: "root".into(),
                 type_guid: arch.root_partition_type(),
                 part_guid: ids::uuid(&recipe_hash, "partition:root"),
                 size: None,
+                // The root grows to the disk at first boot (systemd-repart, systemd-growfs).
+                flags: crate::disk::gpt::GROWFS,
             },
         ];
         let layout = plan_layout(recipe.disk.size, ids::uuid(&recipe_hash, "disk"), &specs).map_err(|e| {

@@ -28,6 +28,11 @@ pub fn manifest_name(stem: &str) -> String {
     format!("{stem}.manifest.json")
 }
 
+/// The block map (bmaptool's format) beside the image of `stem`.
+pub fn bmap_name(stem: &str) -> String {
+    format!("{stem}.bmap")
+}
+
 /// The SPDX SBOM beside the image of `stem`.
 pub fn sbom_name(stem: &str) -> String {
     format!("{stem}.spdx.json")

@@ -2,6 +2,7 @@
 //! it lists, and the image's GPT and partitions against the manifest. Works on `.img` and on
 //! `.img.zst` (decompressed as a stream, never to a temporary file). Every problem is reported
 //! with the file it concerns (and, inside the image, the partition).
+pub mod device;
 pub mod scan;
 use crate::disk::Layout;
 use crate::release::checksums::{self, Entry, HashingReader, SUMS_FILE};
@@ -41,7 +42,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(&mut self, status: Status, subject: impl Into<String>, detail: impl Into<String>) {
+    pub(super) fn push(&mut self, status: Status, subject: impl Into<String>, detail: impl Into<String>) {
         self.findings.push(Finding { status, subject: subject.into(), detail: detail.into() });
     }
 
@@ -49,7 +50,7 @@ impl Report {
         !self.findings.iter().any(|f| f.status == Status::Fail)
     }
 
-    fn fail_count(&self) -> usize {
+    pub(super) fn fail_count(&self) -> usize {
         self.findings.iter().filter(|f| f.status == Status::Fail).count()
     }
 
@@ -81,36 +82,46 @@ pub fn verify(image: &Path, key: Option<&Path>) -> Result<Report> {
         bail!("{} not found", image.display());
     }
     let dir = image.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-    let pk = key.map(sign::load_public_key).transpose()?;
     let mut r = Report::default();
+    let Some((entries, manifest)) = check_release(&mut r, &dir, &name, key)? else { return Ok(r) };
+    let image_entry = entries.iter().find(|e| e.file == name).cloned();
+    check_image(&mut r, image, &name, compressed, image_entry.as_ref(), manifest.as_ref());
+    Ok(r)
+}
 
+/// The files beside the image `name` in `dir`: the signature of `SHA256SUMS` (with `key`), the
+/// manifest and every other listed file but the image. None when `SHA256SUMS` is unusable.
+pub(super) fn check_release(
+    r: &mut Report,
+    dir: &Path,
+    name: &str,
+    key: Option<&Path>,
+) -> Result<Option<(Vec<Entry>, Option<Manifest>)>> {
+    let pk = key.map(sign::load_public_key).transpose()?;
     let sums_path = dir.join(SUMS_FILE);
     let sums_text = match std::fs::read(&sums_path) {
         Ok(t) => t,
         Err(e) => {
             r.push(Status::Fail, SUMS_FILE, format!("cannot be read beside the image ({e})"));
-            return Ok(r);
+            return Ok(None);
         }
     };
-    check_signature(&mut r, pk.as_ref(), &dir, &sums_text);
+    check_signature(r, pk.as_ref(), dir, &sums_text);
     let entries = match std::str::from_utf8(&sums_text).map_err(anyhow::Error::from).and_then(checksums::parse) {
         Ok(e) => e,
         Err(e) => {
             r.push(Status::Fail, SUMS_FILE, format!("unreadable: {e:#}"));
-            return Ok(r);
+            return Ok(None);
         }
     };
-
-    let stem = export::stem(&name).to_string();
+    let stem = export::stem(name).to_string();
     let manifest_name = export::manifest_name(&stem);
-    let manifest = check_manifest(&mut r, &dir, &entries, &manifest_name);
-    let image_entry = entries.iter().find(|e| e.file == name).cloned();
-    if image_entry.is_none() {
-        r.push(Status::Fail, &name, format!("not listed in {SUMS_FILE}"));
+    let manifest = check_manifest(r, dir, &entries, &manifest_name);
+    if !entries.iter().any(|e| e.file == name) {
+        r.push(Status::Fail, name, format!("not listed in {SUMS_FILE}"));
     }
-    check_listed(&mut r, &dir, &entries, &[&name, &manifest_name]);
-    check_image(&mut r, image, &name, compressed, image_entry.as_ref(), manifest.as_ref());
-    Ok(r)
+    check_listed(r, dir, &entries, &[name, &manifest_name]);
+    Ok(Some((entries, manifest)))
 }
 
 /// The signature of `SHA256SUMS` with the public key `pk`, or a note that it was not checked.
@@ -273,7 +284,7 @@ fn check_image(
 }
 
 /// The partition table (GPT) against the manifest: disk GUID, partition count and entries.
-fn check_gpt(r: &mut Report, name: &str, layout: &std::result::Result<Layout, String>, m: &Manifest) {
+pub(super) fn check_gpt(r: &mut Report, name: &str, layout: &std::result::Result<Layout, String>, m: &Manifest) {
     let fail = |r: &mut Report, subject: String, detail: String| r.push(Status::Fail, subject, detail);
     match layout {
         Err(e) => fail(r, name.to_string(), format!("partition table (GPT) unreadable: {e}")),
@@ -301,6 +312,7 @@ fn check_gpt(r: &mut Report, name: &str, layout: &std::result::Result<Layout, St
                     (got.part_guid != want.part_guid).then(|| format!("partition GUID {}", got.part_guid)),
                     (got.offset != want.offset).then(|| format!("offset {}", got.offset)),
                     (got.size != want.size).then(|| format!("size {}", got.size)),
+                    (got.flags != want.flags).then(|| format!("attributes {:#x}", got.flags)),
                 ]
                 .into_iter()
                 .flatten()

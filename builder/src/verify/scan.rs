@@ -147,12 +147,14 @@ mod tests {
                 type_guid: Uuid::from_u128(2),
                 part_guid: Uuid::from_u128(3),
                 size: Some(1 << 20),
+                flags: 0,
             },
             PartitionSpec {
                 label: "b".into(),
                 type_guid: Uuid::from_u128(4),
                 part_guid: Uuid::from_u128(5),
                 size: None,
+                flags: 0,
             },
         ];
         let layout = plan_layout(12 << 20, Uuid::from_u128(1), &specs).unwrap();

@@ -102,7 +102,10 @@ pub struct Machine {
 
 /// QEMU for `image`: firmware, disk (copy-on-write unless `persist`), serial on stdio.
 pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Option<&str>) -> Result<Machine> {
-    if !image.is_file() {
+    // A block device boots too (`kiln test DEVICE --persist`: what `kiln flash` wrote).
+    let device =
+        std::fs::metadata(image).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_block_device(&m.file_type()));
+    if !image.is_file() && !device {
         bail!("image {} not found", image.display());
     }
     let arch = image_arch(image)?;
@@ -146,9 +149,11 @@ pub fn machine(image: &Path, opts: &VmOptions, persist: bool, extra_cmdline: Opt
         None => cmd = cmd.arg("-bios").arg(&code),
     }
     let snapshot = if persist { "" } else { ",snapshot=on" };
+    // A real disk gets the guest's flushes (cache=unsafe drops them).
+    let cache = if device && persist { "writeback" } else { "unsafe" };
     cmd = cmd
         .arg("-drive")
-        .arg(format!("file={},format=raw,if=none,id=disk0,cache=unsafe{snapshot}", image.display()))
+        .arg(format!("file={},format=raw,if=none,id=disk0,cache={cache}{snapshot}", image.display()))
         .args(["-device", "virtio-blk-pci,drive=disk0,bootindex=1"])
         .args(["-device", "virtio-rng-pci"])
         .arg("-netdev")
