@@ -176,7 +176,10 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         cmd::check_interrupted()?;
         p.stage("assemble GPT disk image", || {
             image.in_place()?;
-            image.finish()
+            let digest = image.finish()?;
+            // A signal during the hashing stops the build here, within the stage.
+            cmd::check_interrupted()?;
+            Ok(digest)
         })
     })?;
     let formats = crate::release::export::with_img(opts.formats.as_deref().unwrap_or(&plan.formats));
