@@ -9,7 +9,7 @@ use std::process::Command;
 
 use kiln::disk::esp::{write_esp, EspFile, EspOptions, EspSource};
 use kiln::disk::gpt::{plan_layout, write_gpt, ALIGN, SECTOR};
-use kiln::disk::{assemble, read_layout, Layout, PartitionSpec};
+use kiln::disk::{assemble, read_layout, ImageWriter, Layout, PartitionSpec};
 use kiln::recipe::arch::{Arch, ESP_TYPE};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -301,6 +301,98 @@ fn assembled_image_is_sparse() {
     let used = meta.blocks() * 512;
     assert!(used < 8 * MIB, "1 GiB image uses {used} bytes on disk");
     check_with_tools(&out, &layout);
+}
+
+/// mke2fs with kiln's determinism settings, from `tree`, into `img` (at `offset`, `blocks` long).
+fn mke2fs(tree: &Path, img: &Path, offset: u64, blocks: u64) {
+    let uuid = "6c4bd1e4-3f5e-4b8e-9d2a-1f0e2d3c4b5a";
+    let ext = format!("offset={offset},hash_seed={uuid},root_owner=0:0");
+    let out = Command::new("mke2fs")
+        .args(["-t", "ext4", "-q", "-F", "-L", "root", "-b", "4096", "-T", "default", "-U", uuid, "-E", &ext, "-d"])
+        .arg(tree)
+        .arg("--")
+        .arg(img)
+        .arg(blocks.to_string())
+        .env("E2FSPROGS_FAKE_TIME", TIMESTAMP.to_string())
+        .output()
+        .expect("running mke2fs");
+    assert!(out.status.success(), "mke2fs: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A root file system made by mke2fs straight into the image at its offset (what `kiln build`
+/// does) gives the same bytes, digests and allocated size as one made in a file of its own and
+/// copied in; data found between partitions is refused.
+#[test]
+fn partition_written_in_place_matches_a_copied_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let layout = plan_layout(160 * MIB, DISK_GUID, &specs(40 * MIB)).unwrap();
+    let root = &layout.partitions[1];
+    let blocks = root.size / 4096;
+    let esp = d.join("esp.img");
+    write_esp(&esp, &esp_opts(40 * MIB), &esp_files(&esp_tree(), d)).unwrap();
+    let tree = d.join("tree");
+    fs::create_dir_all(tree.join("etc")).unwrap();
+    fs::write(tree.join("etc/hostname"), "kiln\n").unwrap();
+    fs::write(tree.join("etc/noise"), noise(3 * MIB as usize, 9)).unwrap();
+
+    // Reference: mke2fs into a file of its own, copied in by `assemble`.
+    let rootfs = d.join("root.img");
+    sparse_file(&rootfs, root.size);
+    mke2fs(&tree, &rootfs, 0, blocks);
+    let copied = d.join("copied.img");
+    let want = assemble(&copied, &layout, &[esp.clone(), rootfs]).unwrap();
+
+    let placed = d.join("placed.img");
+    let mut image = ImageWriter::create(&placed, &layout).unwrap();
+    image.copy(&esp).unwrap();
+    assert_eq!(image.next_partition().unwrap().number, root.number);
+    mke2fs(&tree, &placed, root.offset, blocks);
+    image.in_place().unwrap();
+    let got = image.finish().unwrap();
+    assert_eq!(got.sha256, want.sha256);
+    assert_eq!(sha256_file(&placed), want.sha256, "image digest = sha256sum");
+    let parts = |x: &kiln::disk::ImageDigest| x.partitions.iter().map(|p| p.sha256.clone()).collect::<Vec<_>>();
+    assert_eq!(parts(&got), parts(&want));
+    let used = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+    // Zero blocks mke2fs wrote or allocated are freed again; a few blocks of the host's own
+    // extent tree may differ with the file's fragmentation.
+    let slack = 256 * 1024;
+    assert!(
+        used(&placed) <= used(&copied) + slack,
+        "in place {} bytes allocated, copied {}",
+        used(&placed),
+        used(&copied)
+    );
+    check_with_tools(&placed, &layout);
+    let cut = d.join("root-cut.img");
+    let (ok, out) = run(
+        "dd",
+        &[
+            &format!("if={}", placed.display()),
+            &format!("of={}", cut.display()),
+            "bs=1M",
+            &format!("skip={}", root.offset / MIB),
+            &format!("count={}", root.size / MIB),
+            "status=none",
+        ],
+    );
+    assert!(ok, "dd: {out}");
+    let (ok, out) = run("e2fsck", &["-fn", cut.to_str().unwrap()]);
+    assert!(ok, "e2fsck -fn on the root from the image:\n{out}");
+
+    // A program that wrote outside its partition is caught, not hashed into the image.
+    let stray = d.join("stray.img");
+    let mut image = ImageWriter::create(&stray, &layout).unwrap();
+    image.copy(&esp).unwrap();
+    mke2fs(&tree, &stray, root.offset, blocks);
+    let after_root = root.offset + root.size;
+    assert!(after_root + 64 * 512 < layout.disk_size, "a gap before the backup gpt");
+    std::os::unix::fs::FileExt::write_all_at(&File::options().write(true).open(&stray).unwrap(), b"x", after_root)
+        .unwrap();
+    image.in_place().unwrap();
+    let err = format!("{:#}", image.finish().unwrap_err());
+    assert!(err.contains("outside every partition"), "{err}");
 }
 
 /// Walk a FAT directory: (path, is_dir, entry) for everything below it, "." and ".." included.

@@ -34,6 +34,8 @@ pub struct Mmdebstrap<'a> {
     pub target: &'a Path,
     /// Source lines after the mirror (extra repositories).
     pub extra_lines: &'a [String],
+    /// `--verbose`: apt's and dpkg's output lines on stderr (for progress; no effect on the tree).
+    pub verbose: bool,
 }
 
 /// The setup hook putting an apt pin file into the root.
@@ -63,6 +65,9 @@ impl Mmdebstrap<'_> {
             .arg(format!("--include={}", self.include.join(",")))
             .args(self.aptopts.iter().map(|o| format!("--aptopt={o}")))
             .arg(KEEP);
+        if self.verbose {
+            cmd = cmd.arg("--verbose");
+        }
         if let Some(components) = &src.components {
             cmd = cmd.arg(format!("--components={}", components.join(",")));
         }
@@ -157,6 +162,7 @@ mod tests {
             suite: &plan.recipe.base.suite,
             target: Path::new("/tmp/kiln-target"),
             extra_lines: &[],
+            verbose: false,
         };
         let argv = run.command(&work).unwrap().argv();
         let dashes = argv.iter().position(|a| a == "--").expect("an end of options");

@@ -241,6 +241,7 @@ fn mmdebstrap(
         suite: &r.base.suite,
         target: out,
         extra_lines: &extra.lines,
+        verbose: true,
     };
     let from = if source.offline {
         "the .deb cache".to_string()
@@ -249,7 +250,8 @@ fn mmdebstrap(
     };
     let extra_names =
         r.repositories.iter().map(|x| format!(" and repository `{}` ({})", x.name, x.url)).collect::<String>();
-    run.command(work)?.run().with_context(|| {
+    BootstrapProgress::reset();
+    run.command(work)?.on_stderr_line(BootstrapProgress::line).run().with_context(|| {
         format!("bootstrapping Debian {} ({}) from {from}{extra_names}", r.base.suite, plan.arch().debian())
     })?;
     match assist.map(|a| a.summary()) {
@@ -258,6 +260,48 @@ fn mmdebstrap(
         None => {}
     }
     Ok(())
+}
+
+/// Progress of the root's bootstrap from mmdebstrap's `--verbose` stderr: its phases (`I: …`)
+/// and the packages apt downloaded (`Get:`) and dpkg unpacked and configured (`Unpacking `,
+/// `Setting up `), shown in the stage's line on a terminal (phases as plain lines otherwise).
+struct BootstrapProgress;
+
+static PHASE: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+static COUNTS: [std::sync::atomic::AtomicUsize; 3] = [const { std::sync::atomic::AtomicUsize::new(0) }; 3];
+
+impl BootstrapProgress {
+    fn reset() {
+        PHASE.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        for c in &COUNTS {
+            c.store(0, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    fn line(line: &str) {
+        if let Some((text, plain)) = Self::update(line) {
+            crate::host::progress::note(&text, plain);
+        }
+    }
+
+    /// Take in one line of stderr; the progress text to show, if it changed, and whether it is
+    /// a phase (worth a plain line of its own).
+    fn update(line: &str) -> Option<(String, bool)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut phase = PHASE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = line.strip_prefix("I: ") {
+            // Hooks (kiln's own) and skipped steps are not phases worth showing.
+            if p.starts_with("running --") || p.starts_with("skipping ") {
+                return None;
+            }
+            *phase = p.trim_end_matches("...").to_string();
+            return Some((format!("mmdebstrap: {phase}"), true));
+        }
+        let i = ["Get:", "Unpacking ", "Setting up "].iter().position(|p| line.starts_with(p))?;
+        COUNTS[i].fetch_add(1, Relaxed);
+        let [got, unpacked, configured] = [0, 1, 2].map(|i| COUNTS[i].load(Relaxed));
+        Some((format!("mmdebstrap: {phase} ({got} downloaded, {unpacked} unpacked, {configured} configured)"), false))
+    }
 }
 
 /// The root's hooks (after the source's), in the order they run within each phase:
@@ -321,5 +365,32 @@ mod extra_tests {
         other_key.recipe.repositories[0].fingerprint = "0".repeat(40);
         let keys = [key(&plan), key(&without), key(&other_key)];
         assert!(keys[0] != keys[1] && keys[0] != keys[2] && keys[1] != keys[2], "{keys:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BootstrapProgress as B;
+
+    /// mmdebstrap's `--verbose` lines become a phase and package counts; other lines are ignored.
+    #[test]
+    fn bootstrap_progress_counts_packages_per_phase() {
+        B::reset();
+        assert_eq!(
+            B::update("I: downloading packages with apt..."),
+            Some(("mmdebstrap: downloading packages with apt".into(), true))
+        );
+        B::update("Get:1 http://deb.debian.org/debian trixie/main amd64 libc6 amd64 2.41-12 [2851 kB]");
+        B::update("Get:2 http://deb.debian.org/debian trixie/main amd64 bash amd64 5.2.37-2 [1500 kB]");
+        assert_eq!(B::update("Reading package lists..."), None);
+        assert_eq!(B::update("I: running --essential-hook in shell: sh -c 'x'"), None);
+        B::update("I: installing remaining packages inside the chroot...");
+        B::update("Unpacking dbus (1.16.2-2) ...");
+        let (text, plain) = B::update("Setting up dbus (1.16.2-2) ...").unwrap();
+        assert_eq!(
+            text,
+            "mmdebstrap: installing remaining packages inside the chroot (2 downloaded, 1 unpacked, 1 configured)"
+        );
+        assert!(!plain, "counters are not printed as lines of their own");
     }
 }

@@ -92,6 +92,7 @@ impl Tools {
             suite: TOOLS_SUITE,
             target: &fresh,
             extra_lines: &[],
+            verbose: false,
         };
         run.command(work)?.run().with_context(|| {
             format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))

@@ -1,8 +1,10 @@
 //! Disk image: GPT and ESP (owned by kiln, no external tools).
 //!
-//! [`assemble`] streams the whole image in disk order — GPT head, partitions
-//! and the gaps between them, backup GPT — to the output file and to SHA-256
-//! hashers at the same time, skipping all-zero blocks so the output stays sparse.
+//! [`ImageWriter`] fills the image file in disk order — partitions copied from content files or
+//! written in place at their offsets by another program (mke2fs), the gaps between them, both
+//! GPTs — and hashes it once on the way (SHA-256 of the whole image and of each partition),
+//! skipping all-zero blocks and holes so the output stays sparse and zeros are never read.
+//! [`assemble`] is the same from one content file per partition.
 
 pub mod bmap;
 pub mod esp;
@@ -64,9 +66,22 @@ impl SparseWriter {
     /// Append `buf` at the current position (and to `part`, the partition hasher, if any).
     /// The buffer goes to the image hasher; take the next one from [`StreamHasher::buffer`].
     fn put(&mut self, buf: Vec<u8>, part: Option<&mut Sha256>) -> Result<()> {
+        self.write_sparse(&buf, self.pos)?;
+        self.hash(buf, part)
+    }
+
+    /// Account for `buf` at the current position without writing it: it is in the file already
+    /// (written by another program), or is written later ([`ImageWriter::finish`]).
+    fn hash(&mut self, buf: Vec<u8>, part: Option<&mut Sha256>) -> Result<()> {
         if let Some(h) = part {
             h.update(&buf);
         }
+        self.pos += buf.len() as u64;
+        self.image.bytes(buf)
+    }
+
+    /// Write `buf` at `at`, leaving the all-zero blocks as holes.
+    fn write_sparse(&self, buf: &[u8], at: u64) -> Result<()> {
         let mut run: Option<usize> = None; // start of the current non-zero run
         for (i, block) in buf.chunks(BLOCK).enumerate() {
             let start = i * BLOCK;
@@ -74,17 +89,58 @@ impl SparseWriter {
             match (zero, run) {
                 (false, None) => run = Some(start),
                 (true, Some(s)) => {
-                    self.write_run(&buf[s..start], self.pos + s as u64)?;
+                    self.write_run(&buf[s..start], at + s as u64)?;
                     run = None;
                 }
                 _ => {}
             }
         }
         if let Some(s) = run {
-            self.write_run(&buf[s..], self.pos + s as u64)?;
+            self.write_run(&buf[s..], at + s as u64)?;
         }
-        self.pos += buf.len() as u64;
-        self.image.bytes(buf)
+        Ok(())
+    }
+
+    /// Turn the all-zero blocks of `buf`, which is in the file at `at`, into holes (the bytes
+    /// stay the same), as [`SparseWriter::write_sparse`] would have left them.
+    fn punch_zeros(&self, buf: &[u8], at: u64) -> Result<()> {
+        let mut run: Option<usize> = None; // start of the current zero run
+        let blocks = buf.len().div_ceil(BLOCK);
+        for i in 0..=blocks {
+            let start = i * BLOCK;
+            let zero = i < blocks && {
+                let block = &buf[start..buf.len().min(start + BLOCK)];
+                block.len() == BLOCK && block == &self.zeros[..BLOCK]
+            };
+            match (zero, run) {
+                (true, None) => run = Some(start),
+                (false, Some(s)) => {
+                    self.punch(at + s as u64, (start - s) as u64)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Free the blocks of `len` bytes at `at`, which read as zeros: zero blocks written by another
+    /// program, or blocks it allocated without writing (which SEEK_DATA reports as holes).
+    fn punch(&self, at: u64, len: u64) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: fallocate on a file descriptor we own; the range reads as zeros before and after.
+        if unsafe { libc::fallocate(self.file.as_raw_fd(), mode, at as libc::off_t, len as libc::off_t) } != 0 {
+            let e = std::io::Error::last_os_error();
+            // A file system without hole punching keeps the zeros allocated.
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(e).with_context(|| format!("freeing zero blocks at offset {at}"));
+            }
+        }
+        Ok(())
     }
 
     fn write_run(&self, data: &[u8], at: u64) -> Result<()> {
@@ -103,6 +159,34 @@ impl SparseWriter {
         }
         self.pos += len;
         self.image.zeros(len)
+    }
+
+    /// Account for the bytes of the file from the current position to `to`, which are not
+    /// written here: holes are hashed as zeros without reading them, data extents are read and
+    /// hashed. With `zero_only` (a gap between partitions) the data found must be zeros.
+    fn in_file(&mut self, to: u64, mut part: Option<&mut Sha256>, zero_only: bool) -> Result<()> {
+        ensure!(to >= self.pos, "internal error: {to} is behind the write position {}", self.pos);
+        while let Some((data, hole)) = next_data(&self.file, self.pos, to) {
+            self.punch(self.pos, data - self.pos)?;
+            self.skip_zeros(data - self.pos, part.as_deref_mut())?;
+            while self.pos < hole {
+                let want = (hole - self.pos).min(CHUNK as u64) as usize;
+                let mut buf = self.image.buffer();
+                buf.truncate(want);
+                self.file
+                    .read_exact_at(&mut buf, self.pos)
+                    .with_context(|| format!("reading back offset {}", self.pos))?;
+                ensure!(
+                    !zero_only || buf.iter().all(|&b| b == 0),
+                    "the image has data near offset {}, outside every partition",
+                    self.pos
+                );
+                self.punch_zeros(&buf, self.pos)?;
+                self.hash(buf, part.as_deref_mut())?;
+            }
+        }
+        self.punch(self.pos, to - self.pos)?;
+        self.skip_zeros(to - self.pos, part)
     }
 }
 
@@ -172,7 +256,7 @@ impl StreamHasher {
         self.send(Piece::Zeros(n))
     }
 
-    fn finish(mut self) -> Result<String> {
+    fn finish(&mut self) -> Result<String> {
         drop(self.pieces.take());
         let h = self.thread.take().context("image hashing thread already joined")?;
         let h = h.join().map_err(|_| anyhow::anyhow!("the image hashing thread panicked"))?;
@@ -215,13 +299,142 @@ fn next_data(src: &File, from: u64, end: u64) -> Option<(u64, u64)> {
     Some((data, hole))
 }
 
-/// Assemble the disk image at `out` (created or truncated, sparse, `layout.disk_size` long).
-///
-/// Writes the GPT, then copies `contents[i]` (whose length must not exceed the
-/// partition's size) into partition `i` at its offset, in 4 MiB chunks, leaving
-/// holes for all-zero blocks. SHA-256 digests of each full partition and of the
-/// whole image are computed while writing; nothing is read back from `out`.
-/// `out` is fsynced at the end; it is not renamed.
+/// A disk image assembled in place at its output path. Partitions are filled in layout order,
+/// each either copied from a content file ([`ImageWriter::copy`]) or written into the file at
+/// its offset by another program ([`ImageWriter::in_place`], e.g. `mke2fs -E offset=`); the
+/// GPT is written last ([`ImageWriter::finish`]). Everything is hashed once, in disk order, as it
+/// is written or read back; holes are hashed as zeros without being read.
+pub struct ImageWriter<'l> {
+    out: PathBuf,
+    layout: &'l Layout,
+    gpt: gpt::GptImage,
+    w: SparseWriter,
+    digests: Vec<PartitionDigest>,
+}
+
+impl<'l> ImageWriter<'l> {
+    /// Create (or truncate) `out` as a sparse file of `layout.disk_size` bytes.
+    pub fn create(out: &Path, layout: &'l Layout) -> Result<ImageWriter<'l>> {
+        let gpt = gpt::render_gpt(layout)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(out)
+            .with_context(|| format!("creating {}", out.display()))?;
+        file.set_len(layout.disk_size)
+            .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.disk_size))?;
+        let mut w = SparseWriter { file, pos: 0, image: StreamHasher::start()?, zeros: vec![0u8; CHUNK] };
+        // Hashed now, written by `finish`: no partition table on disk before the partitions.
+        w.hash(gpt.head.clone(), None)?;
+        Ok(ImageWriter { out: out.to_path_buf(), layout, gpt, w, digests: Vec::new() })
+    }
+
+    /// The image file.
+    pub fn path(&self) -> &Path {
+        &self.out
+    }
+
+    /// The partition to fill next, if any is left.
+    pub fn next_partition(&self) -> Option<&'l PlacedPartition> {
+        self.layout.partitions.get(self.digests.len())
+    }
+
+    /// Start the next partition: the gap before it is accounted for.
+    fn begin(&mut self) -> Result<&'l PlacedPartition> {
+        let p = self.next_partition().context("every partition is filled already")?;
+        self.w.in_file(p.offset, None, true).context("checking the gap before a partition")?;
+        Ok(p)
+    }
+
+    fn done(&mut self, p: &PlacedPartition, part: Sha256) {
+        self.digests.push(PartitionDigest {
+            number: p.number,
+            label: p.label.clone(),
+            sha256: hex::encode(part.finalize()),
+        });
+    }
+
+    /// Copy `content` (at most the partition's size) into the next partition, leaving holes for
+    /// its holes and all-zero blocks.
+    pub fn copy(&mut self, content: &Path) -> Result<()> {
+        let mut src = File::open(content).with_context(|| format!("opening {}", content.display()))?;
+        let size_of = |f: &File| f.metadata().with_context(|| format!("reading size of {}", content.display()));
+        let len = size_of(&src)?.len();
+        let p = self.begin()?;
+        ensure!(
+            len <= p.size,
+            "{} is {len} bytes, larger than partition {} ({:?}) of {} bytes",
+            content.display(),
+            p.number,
+            p.label,
+            p.size
+        );
+        let mut ph = Sha256::new();
+        let w = &mut self.w;
+        // Holes in the content file are zeros: hashed, neither read nor written.
+        let mut at = 0u64;
+        while let Some((data, hole)) = next_data(&src, at, len) {
+            w.skip_zeros(data - at, Some(&mut ph))?;
+            src.seek(SeekFrom::Start(data)).with_context(|| format!("reading {}", content.display()))?;
+            at = data;
+            while at < hole {
+                let want = (hole - at).min(CHUNK as u64) as usize;
+                let mut buf = w.image.buffer();
+                buf.truncate(want);
+                let n = read_full(&mut src, &mut buf).with_context(|| format!("reading {}", content.display()))?;
+                ensure!(n == want, "{} shrank while copying", content.display());
+                w.put(buf, Some(&mut ph)).with_context(|| {
+                    format!("writing partition {} ({:?}) to {}", p.number, p.label, self.out.display())
+                })?;
+                at += n as u64;
+            }
+        }
+        ensure!(size_of(&src)?.len() == len, "{} changed size while copying", content.display());
+        // The content's trailing hole and the partition's tail.
+        w.skip_zeros(p.size - at, Some(&mut ph))?;
+        tracing::debug!(number = p.number, label = %p.label, len, size = p.size, "copied partition");
+        self.done(p, ph);
+        Ok(())
+    }
+
+    /// The next partition was written into the image file at its offset: hash it from there.
+    pub fn in_place(&mut self) -> Result<()> {
+        let p = self.begin()?;
+        let mut ph = Sha256::new();
+        self.w
+            .in_file(p.offset + p.size, Some(&mut ph), false)
+            .with_context(|| format!("hashing partition {} ({:?}) of {}", p.number, p.label, self.out.display()))?;
+        tracing::debug!(number = p.number, label = %p.label, size = p.size, "hashed partition in place");
+        self.done(p, ph);
+        Ok(())
+    }
+
+    /// Write both GPTs, fsync the file (it is not renamed) and return the digests.
+    pub fn finish(mut self) -> Result<ImageDigest> {
+        ensure!(
+            self.digests.len() == self.layout.partitions.len(),
+            "{} of {} partitions filled",
+            self.digests.len(),
+            self.layout.partitions.len()
+        );
+        let w = &mut self.w;
+        w.in_file(self.gpt.tail_offset, None, true).context("checking the gap before the backup gpt")?;
+        w.put(self.gpt.tail.clone(), None).context("writing backup gpt")?;
+        w.write_sparse(&self.gpt.head, 0).context("writing primary gpt")?;
+        let size = self.layout.disk_size;
+        ensure!(w.pos == size, "internal error: wrote {} of {size} bytes", w.pos);
+        w.file.sync_all().with_context(|| format!("syncing {}", self.out.display()))?;
+        let sha256 = w.image.finish()?;
+        tracing::debug!(%sha256, size, "assembled image {}", self.out.display());
+        Ok(ImageDigest { sha256, size, partitions: self.digests })
+    }
+}
+
+/// Assemble the disk image at `out` (created or truncated, sparse, `layout.disk_size` long)
+/// from one content file per partition, whose length must not exceed the partition's size
+/// (checked before anything is written). See [`ImageWriter`].
 pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<ImageDigest> {
     ensure!(
         contents.len() == layout.partitions.len(),
@@ -229,12 +442,8 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
         contents.len(),
         layout.partitions.len()
     );
-    let image = gpt::render_gpt(layout)?;
-
-    let mut sources = Vec::with_capacity(contents.len());
     for (p, path) in layout.partitions.iter().zip(contents) {
-        let src = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let len = src.metadata().with_context(|| format!("reading size of {}", path.display()))?.len();
+        let len = std::fs::metadata(path).with_context(|| format!("reading size of {}", path.display()))?.len();
         ensure!(
             len <= p.size,
             "{} is {len} bytes, larger than partition {} ({:?}) of {} bytes",
@@ -243,57 +452,12 @@ pub fn assemble(out: &Path, layout: &Layout, contents: &[PathBuf]) -> Result<Ima
             p.label,
             p.size
         );
-        sources.push(src);
     }
-
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(out)
-        .with_context(|| format!("creating {}", out.display()))?;
-    file.set_len(layout.disk_size)
-        .with_context(|| format!("sizing {} to {} bytes", out.display(), layout.disk_size))?;
-    let mut w = SparseWriter { file, pos: 0, image: StreamHasher::start()?, zeros: vec![0u8; CHUNK] };
-    let mut digests = Vec::with_capacity(sources.len());
-
-    w.put(image.head.clone(), None).context("writing primary gpt")?;
-    for ((p, path), mut src) in layout.partitions.iter().zip(contents).zip(sources) {
-        w.skip_zeros(p.offset - w.pos, None)?;
-        let mut ph = Sha256::new();
-        let len = src.metadata().with_context(|| format!("reading size of {}", path.display()))?.len();
-        // Holes in the content file are zeros: hashed, neither read nor written.
-        let mut at = 0u64;
-        while let Some((data, hole)) = next_data(&src, at, len) {
-            w.skip_zeros(data - at, Some(&mut ph))?;
-            src.seek(SeekFrom::Start(data)).with_context(|| format!("reading {}", path.display()))?;
-            at = data;
-            while at < hole {
-                let want = (hole - at).min(CHUNK as u64) as usize;
-                let mut buf = w.image.buffer();
-                buf.truncate(want);
-                let n = read_full(&mut src, &mut buf).with_context(|| format!("reading {}", path.display()))?;
-                ensure!(n == want, "{} shrank while copying", path.display());
-                w.put(buf, Some(&mut ph))
-                    .with_context(|| format!("writing partition {} ({:?}) to {}", p.number, p.label, out.display()))?;
-                at += n as u64;
-            }
-        }
-        let now = src.metadata().with_context(|| format!("reading size of {}", path.display()))?.len();
-        ensure!(now == len, "{} changed size while copying", path.display());
-        // The content's trailing hole and the partition's tail.
-        w.skip_zeros(p.size - at, Some(&mut ph))?;
-        tracing::debug!(number = p.number, label = %p.label, len, size = p.size, "copied partition");
-        digests.push(PartitionDigest { number: p.number, label: p.label.clone(), sha256: hex::encode(ph.finalize()) });
+    let mut image = ImageWriter::create(out, layout)?;
+    for path in contents {
+        image.copy(path)?;
     }
-    w.skip_zeros(image.tail_offset - w.pos, None)?;
-    w.put(image.tail.clone(), None).context("writing backup gpt")?;
-    ensure!(w.pos == layout.disk_size, "internal error: wrote {} of {} bytes", w.pos, layout.disk_size);
-
-    w.file.sync_all().with_context(|| format!("syncing {}", out.display()))?;
-    let sha256 = w.image.finish()?;
-    tracing::debug!(%sha256, size = layout.disk_size, "assembled image {}", out.display());
-    Ok(ImageDigest { sha256, size: layout.disk_size, partitions: digests })
+    image.finish()
 }
 
 /// Read the partition table of an existing image and return the layout found.

@@ -6,6 +6,7 @@
 //! <cache>/tools/<key>/        pinned tools trees (+ <key>.lock)
 //! <cache>/debs/               the content-addressed .deb cache (debian::debcache)
 //! <cache>/artifacts/sha256/   sha256-pinned downloads (customize::artifacts)
+//! <cache>/esp/<key>.img       ESP images, by the hash of their files and options (image::espcache)
 //! <cache>/tmp/                work directories, beside the entries so a fresh tree moves in by rename
 //! ```
 //!
@@ -56,6 +57,16 @@ impl Cache {
         self.dir.join("artifacts")
     }
 
+    /// ESP images, one file per cache key.
+    pub fn esps(&self) -> PathBuf {
+        self.dir.join("esp")
+    }
+
+    /// The cached ESP image with key `key` (a hex digest).
+    pub fn esp(&self, key: &str) -> PathBuf {
+        self.esps().join(format!("{key}.img"))
+    }
+
     /// Where builds make their work directories.
     pub fn tmp(&self) -> PathBuf {
         tmp_in(&self.dir)
@@ -66,8 +77,14 @@ impl Cache {
     /// (`*.partial`) in the cache's areas. Every kiln command using the cache calls this first.
     pub fn clean_leftovers(&self) -> Result<()> {
         crate::host::work::reap_dead(&self.tmp())?;
-        let areas =
-            [self.dir.clone(), self.roots(), self.tools(), tmp_in(&self.debs()), self.artifacts().join("sha256")];
+        let areas = [
+            self.dir.clone(),
+            self.roots(),
+            self.tools(),
+            tmp_in(&self.debs()),
+            self.artifacts().join("sha256"),
+            self.esps(),
+        ];
         for p in crate::host::files::remove_dead_partials(&areas)? {
             eprintln!("kiln: removed {}, left unfinished by a kiln that was killed", p.display());
         }
@@ -198,8 +215,8 @@ mod tests {
     fn layout() {
         let c = Cache::new(Path::new("/c"));
         assert_eq!(
-            [c.roots(), c.tools(), c.debs(), c.artifacts(), c.tmp()],
-            ["/c/roots", "/c/tools", "/c/debs", "/c/artifacts", "/c/tmp"].map(PathBuf::from)
+            [c.roots(), c.tools(), c.debs(), c.artifacts(), c.tmp(), c.esp("ab")],
+            ["/c/roots", "/c/tools", "/c/debs", "/c/artifacts", "/c/tmp", "/c/esp/ab.img"].map(PathBuf::from)
         );
     }
 

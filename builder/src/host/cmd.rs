@@ -66,11 +66,20 @@ pub struct Cmd {
     envs: Vec<(OsString, OsString)>,
     cwd: Option<PathBuf>,
     own_group: bool,
+    /// Called with every line the program writes to stderr (`run`, `output`).
+    stderr_lines: Option<fn(&str)>,
 }
 
 impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
-        Cmd { program: program.as_ref().to_owned(), args: Vec::new(), envs: Vec::new(), cwd: None, own_group: true }
+        Cmd {
+            program: program.as_ref().to_owned(),
+            args: Vec::new(),
+            envs: Vec::new(),
+            cwd: None,
+            own_group: true,
+            stderr_lines: None,
+        }
     }
 
     /// Keep the child in kiln's process group so it can own the terminal (interactive use);
@@ -126,6 +135,12 @@ impl Cmd {
         c
     }
 
+    /// Also hand every line of stderr to `f` as it comes (progress from a long-running tool).
+    pub fn on_stderr_line(mut self, f: fn(&str)) -> Self {
+        self.stderr_lines = Some(f);
+        self
+    }
+
     /// Run to completion; stdout and stderr go to the debug log. Fails on a non-zero exit.
     pub fn run(&self) -> Result<()> {
         self.run_captured(false).map(|_| ())
@@ -145,10 +160,14 @@ impl Cmd {
         let stdout = child.child.stdout.take().context("stdout pipe")?;
         let stderr = child.child.stderr.take().context("stderr pipe")?;
         let name = self.program.to_string_lossy().into_owned();
+        let observe = self.stderr_lines;
         let err_thread = std::thread::spawn(move || {
             let mut tail = VecDeque::new();
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 tracing::debug!(target: "kiln::cmd", "{name}: {line}");
+                if let Some(f) = observe {
+                    f(&line);
+                }
                 if tail.len() == STDERR_TAIL {
                     tail.pop_front();
                 }

@@ -2,7 +2,22 @@
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The running stage's spinner and label, for [`note`].
+static CURRENT: Mutex<Option<(ProgressBar, String)>> = Mutex::new(None);
+
+/// Progress inside the running stage, from any thread: on a terminal it joins the stage's
+/// spinner line; otherwise, when `plain` (a few lines per stage, not a counter), a line of its own.
+pub fn note(text: &str, plain: bool) {
+    let current = CURRENT.lock().unwrap_or_else(|p| p.into_inner());
+    match &*current {
+        Some((bar, label)) => bar.set_message(format!("{label}: {text}")),
+        None if plain => eprintln!("kiln:   {text}"),
+        None => {}
+    }
+}
 
 pub struct Progress {
     tty: bool,
@@ -28,6 +43,7 @@ impl Progress {
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
             bar.enable_steady_tick(Duration::from_millis(120));
+            *CURRENT.lock().unwrap_or_else(|p| p.into_inner()) = Some((bar.clone(), label.clone()));
             Some(bar)
         } else {
             eprintln!("kiln: {label} ...");
@@ -40,6 +56,7 @@ impl Progress {
             Err(_) => format!("kiln: {label} failed after {secs:.1}s"),
         };
         if let Some(bar) = bar {
+            CURRENT.lock().unwrap_or_else(|p| p.into_inner()).take();
             bar.finish_and_clear()
         }
         eprintln!("{line}");

@@ -1,17 +1,18 @@
 //! Root filesystem images made from the configured tree by the filesystem's own tools.
 use crate::bootstrap::tools::Tools;
+use crate::disk::PlacedPartition;
 use crate::plan::Plan;
 use crate::recipe::Filesystem;
-use anyhow::{Context, Result};
-use std::path::{Path, PathBuf};
+use anyhow::{ensure, Context, Result};
+use std::path::Path;
 
-/// Make the root filesystem image for `plan` from `tree`, sized to fill the root partition.
-pub fn make_root(plan: &Plan, tools: &Tools, tree: &Path, work: &Path) -> Result<PathBuf> {
-    let size = plan.layout.partitions[1].size;
-    let out = work.join("root.img");
-    let f = std::fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
-    f.set_len(size).context("sizing the root filesystem image")?;
-    drop(f);
+/// ext4 block size (bytes).
+const BLOCK: u64 = 4096;
+
+/// Make the root filesystem for `plan` from `tree` straight into the image file `image`, at the
+/// offset of the root partition `part` and filling it (nothing outside it is written).
+pub fn make_root(plan: &Plan, tools: &Tools, tree: &Path, image: &Path, part: &PlacedPartition) -> Result<()> {
+    ensure!(part.size % BLOCK == 0 && part.offset % BLOCK == 0, "the root partition is not {BLOCK}-byte aligned");
     let epoch = plan.recipe.source_date_epoch.to_string();
     match plan.recipe.disk.filesystem {
         Filesystem::Ext4 => tools
@@ -20,14 +21,17 @@ pub fn make_root(plan: &Plan, tools: &Tools, tree: &Path, work: &Path) -> Result
             .arg("-U")
             .arg(plan.root_fs_uuid.to_string())
             .arg("-E")
-            .arg(format!("hash_seed={},root_owner=0:0", plan.root_fs_uuid))
+            .arg(format!("offset={},hash_seed={},root_owner=0:0", part.offset, plan.root_fs_uuid))
             .arg("-d")
             .arg(tree)
-            .arg(&out)
+            .arg("--")
+            .arg(image)
+            // The size in blocks: mke2fs would take the whole file from the offset on.
+            .arg((part.size / BLOCK).to_string())
             .env("SOURCE_DATE_EPOCH", &epoch)
             .env("E2FSPROGS_FAKE_TIME", &epoch)
             .run()
             .context("making the ext4 root filesystem")?,
     }
-    Ok(out)
+    Ok(())
 }

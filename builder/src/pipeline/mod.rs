@@ -20,6 +20,7 @@ use crate::host::net;
 use crate::host::progress::Progress;
 use crate::host::work::WorkDir;
 use crate::image::boot::{self, BootInfo};
+use crate::image::espcache;
 use crate::image::filesystem;
 use crate::lock::{Lock, LockChoice};
 use crate::plan::{Plan, PlanLock};
@@ -168,22 +169,37 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     // Before `system::clean`, which removes apt's lists (the .debs' checksums).
     let inventory = p.stage("list installed packages (SBOM)", || sbom::inventory(&tree))?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
-    let esp_img = work.join("esp.img");
-    p.stage("write ESP (fatfs)", || {
-        disk::esp::write_esp(&esp_img, &esp_options(&plan), &esp_files).context("writing ESP")
-    })?;
-    let root_img = p.stage("make root filesystem", || {
-        system::clean(&tree)?;
-        system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
-        let img = filesystem::make_root(&plan, &tools, &tree, work.path())?;
-        root::release(&root)?;
-        Ok(img)
+    let esp_cache = opts.reuse_root.then(|| crate::host::cache::Cache::new(&opts.cache));
+    let esp_img = p.stage("write ESP (fatfs, or cached)", || {
+        espcache::esp_image(esp_cache.as_ref(), &work.join("esp.img"), &esp_options(&plan), &esp_files)
     })?;
     cmd::check_interrupted()?;
-    // Every output appears at once at the end, or not at all.
+    // Every output appears at once at the end, or not at all. The image is filled in place:
+    // the ESP copied in while mke2fs makes the root filesystem at its offset, then the root is
+    // hashed and the GPT written.
     let mut staging = Staging::new(&opts.out_dir);
-    let digest = p.stage("assemble GPT disk image", || {
-        staging.write(&plan.image_name, |tmp| disk::assemble(tmp, &plan.layout, &[esp_img.clone(), root_img.clone()]))
+    let digest = staging.write(&plan.image_name, |tmp| {
+        let mut image = disk::ImageWriter::create(tmp, &plan.layout)?;
+        let part = plan.layout.partitions.get(1).context("the layout has no root partition")?;
+        p.stage("make root filesystem (in the image), copy the ESP in", || {
+            system::clean(&tree)?;
+            system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
+            std::thread::scope(|s| {
+                let mkfs = s.spawn(|| filesystem::make_root(&plan, &tools, &tree, tmp, part));
+                let esp = image.copy(&esp_img).context("copying the ESP into the image");
+                mkfs.join().map_err(|_| anyhow::anyhow!("the mke2fs thread panicked"))??;
+                esp
+            })?;
+            root::release(&root)
+        })?;
+        cmd::check_interrupted()?;
+        p.stage("assemble GPT disk image", || {
+            image.in_place()?;
+            let digest = image.finish()?;
+            // A signal during the hashing stops the build here, within the stage.
+            cmd::check_interrupted()?;
+            Ok(digest)
+        })
     })?;
     let formats = crate::release::export::with_img(opts.formats.as_deref().unwrap_or(&plan.formats));
     let inputs = release::Inputs {
