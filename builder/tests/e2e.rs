@@ -114,6 +114,21 @@ fn minimal_image_lists_three_suites_and_installs_security_updates() {
     }
 }
 
+/// `base.docs = false` (the default): no documentation, manual or info pages in the image, but
+/// every package's copyright file; the path excludes stay for packages installed on the box.
+#[test]
+fn minimal_image_has_copyright_files_but_no_docs_or_manual_pages() {
+    let Some(fx) = minimal() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let root = cut_partition(&fx.image, &fx.plan["layout"]["partitions"][1], &dir.path().join("root.img"));
+    assert!(exists_in(&root, "/usr/share/doc/systemd/copyright"), "a copyright file is missing");
+    assert!(!exists_in(&root, "/usr/share/doc/systemd/changelog.Debian.gz"), "documentation in the image");
+    assert!(!exists_in(&root, "/usr/share/man/man1/ls.1.gz"), "a manual page in the image");
+    let cfg = run("debugfs", &["-R", "cat /etc/dpkg/dpkg.cfg.d/99mmdebstrap", root.to_str().unwrap()]);
+    assert!(cfg.contains("path-exclude=/usr/share/man/*"), "{cfg}");
+    assert_eq!(fx.plan["recipe"]["base"]["docs"], false, "the plan shows the default");
+}
+
 /// Every non-directory below `dir` in the ext4 image `fs` (debugfs `ls -p`, recursively).
 fn files_below(fs: &Path, dir: &str) -> Vec<String> {
     assert!(exists_in(fs, dir), "{dir} is not in the image");

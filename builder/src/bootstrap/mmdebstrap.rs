@@ -21,6 +21,8 @@ pub struct Mmdebstrap<'a> {
     pub include: &'a [String],
     /// `--aptopt` values.
     pub aptopts: &'a [&'a str],
+    /// `--dpkgopt` values (mmdebstrap also writes them to the root's /etc/dpkg/dpkg.cfg.d/).
+    pub dpkgopts: &'a [&'a str],
     /// Where the packages come from (the source's hooks run before `hooks` of their phase).
     pub source: &'a Args,
     /// Further hooks; within a phase they run in this order.
@@ -64,6 +66,7 @@ impl Mmdebstrap<'_> {
             .arg(format!("--architectures={}", self.arch))
             .arg(format!("--include={}", self.include.join(",")))
             .args(self.aptopts.iter().map(|o| format!("--aptopt={o}")))
+            .args(self.dpkgopts.iter().map(|o| format!("--dpkgopt={o}")))
             .arg(KEEP);
         if self.verbose {
             cmd = cmd.arg("--verbose");
@@ -154,6 +157,7 @@ mod tests {
             arch: plan.arch().debian(),
             include: &plan.packages,
             aptopts: &[],
+            dpkgopts: &[],
             source: &src,
             hooks: Vec::new(),
             source_date_epoch: Some(plan.recipe.source_date_epoch),

@@ -30,6 +30,7 @@ struct BootstrapInputs<'a> {
     components: &'a [crate::recipe::ArchiveComponent],
     packages: &'a [String],
     initramfs_modules: &'a InitramfsModules,
+    docs: bool,
     locale: &'a str,
     source_date_epoch: i64,
     /// Hash of the locked package set, when the bootstrap pins one.
@@ -61,6 +62,7 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
         packages: &plan.packages,
         initramfs_modules: &plan.initramfs_modules,
         locale: &r.system.locale,
+        docs: r.base.docs,
         source_date_epoch: r.source_date_epoch,
         pins: source.pins_hash(),
         repositories: r
@@ -77,6 +79,17 @@ fn inputs<'a>(plan: &'a Plan, source: &Source) -> BootstrapInputs<'a> {
             .collect(),
     }
 }
+
+/// dpkg's path excludes of a root without documentation (`base.docs = false`, the default):
+/// documentation, manual and info pages are not unpacked, but every package's copyright file is
+/// (licences ship with the image). They stay in the image's dpkg configuration, so packages
+/// installed on the box later leave them out too.
+const NO_DOCS: &[&str] = &[
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/info/*",
+];
 
 /// Cache key of the plan's bootstrapped root (online and offline bootstraps of one lock share it).
 pub fn cache_key(plan: &Plan, source: &Source) -> CacheKey {
@@ -232,6 +245,7 @@ fn mmdebstrap(
         arch: plan.arch().debian(),
         include: &plan.packages,
         aptopts: &["Acquire::Retries \"3\""],
+        dpkgopts: if r.base.docs { &[] } else { NO_DOCS },
         source: &src,
         hooks: root_hooks(plan, extra, assist),
         source_date_epoch: Some(r.source_date_epoch),

@@ -84,6 +84,7 @@ impl Tools {
             arch: &source.arch,
             include: &include,
             aptopts: &[],
+            dpkgopts: &[],
             source: &src,
             hooks: Vec::new(),
             source_date_epoch: None,

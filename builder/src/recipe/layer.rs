@@ -115,6 +115,8 @@ pub struct BaseLayer {
     pub security: Option<bool>,
     /// Take packages from `<suite>-updates` on the main mirror (default true).
     pub updates: Option<bool>,
+    /// Keep documentation, manual and info pages (default false: dpkg leaves them out).
+    pub docs: Option<bool>,
     pub components: Option<Vec<ArchiveComponent>>,
     pub packages: Option<Vec<DebName>>,
     pub initramfs_modules: Option<Spanned<ModulesSetting>>,
@@ -437,6 +439,7 @@ impl Layer {
                 security_mirror: last(l.security_mirror, u.security_mirror),
                 security: last(l.security, u.security),
                 updates: last(l.updates, u.updates),
+                docs: last(l.docs, u.docs),
                 components: append(l.components, u.components),
                 packages: append(l.packages, u.packages),
                 initramfs_modules: last(l.initramfs_modules, u.initramfs_modules),

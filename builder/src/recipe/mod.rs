@@ -83,6 +83,9 @@ pub struct Base {
     pub security_mirror: Option<Url>,
     /// Packages from `<suite>-updates` on the main mirror.
     pub updates: bool,
+    /// Documentation, manual and info pages kept (false: dpkg's path excludes leave them out,
+    /// except each package's copyright file).
+    pub docs: bool,
     pub components: Vec<ArchiveComponent>,
     pub packages: Vec<DebName>,
     /// None: the architecture's default (see `Arch::default_initramfs_modules`).

@@ -232,6 +232,7 @@ fn resolve_base(base: BaseLayer, origins: &Origins, file: &Path) -> Result<Base,
         security,
         security_mirror: base.security_mirror.map(Spanned::into_inner),
         updates: base.updates.unwrap_or(true),
+        docs: base.docs.unwrap_or(false),
         components,
         packages: dedup(base.packages.unwrap_or_default()),
         initramfs_modules: base
