@@ -134,6 +134,28 @@ fn appliance_recipes_check() {
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
     assert_eq!(names, ["cockpit-admin", "nextcloud-install", "mail-aliases"]);
+    // The sovereign office: Debian main only (no repository, no artifact), every layer's service.
+    let sov = plan("sovereign-office");
+    assert!(
+        sov.recipe.repositories.is_empty() && sov.recipe.artifacts.is_empty(),
+        "sovereign-office needs more than Debian"
+    );
+    assert_eq!(sov.recipe.base.components, ["main"]);
+    for p in [
+        "slapd",
+        "nslcd",
+        "postfix",
+        "dovecot-imapd",
+        "sogo",
+        "prosody",
+        "lua-ldap",
+        "libnginx-mod-http-dav-ext",
+        "liblemonldap-ng-portal-perl",
+    ] {
+        assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
+    }
+    let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["office-directory", "mail-aliases", "office-groupware", "office-chat-cert", "office-sso"]);
 }
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
