@@ -155,7 +155,7 @@ fn appliance_recipes_check() {
         assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
     }
     let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["office-directory", "mail-aliases", "office-groupware", "office-chat-cert", "office-sso"]);
+    assert_eq!(names, ["office-directory", "mail-aliases", "office-groupware", "office-chat-cert"]);
 }
 
 /// The binary reports a bad recipe with file:line:column and the key, exits 2, prints nothing on stdout.
