@@ -141,17 +141,8 @@ fn appliance_recipes_check() {
         "sovereign-office needs more than Debian"
     );
     assert_eq!(sov.recipe.base.components, ["main"]);
-    for p in [
-        "slapd",
-        "nslcd",
-        "postfix",
-        "dovecot-imapd",
-        "sogo",
-        "prosody",
-        "lua-ldap",
-        "libnginx-mod-http-dav-ext",
-        "liblemonldap-ng-portal-perl",
-    ] {
+    for p in ["slapd", "nslcd", "postfix", "dovecot-imapd", "sogo", "prosody", "lua-ldap", "libnginx-mod-http-dav-ext"]
+    {
         assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
     }
     let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
