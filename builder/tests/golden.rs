@@ -226,6 +226,19 @@ fn appliance_recipes_check() {
     let site_vars: Vec<&str> = office.recipe.site_vars.iter().map(|v| v.name.as_str()).collect();
     assert_eq!(site_vars, ["admin_email", "domain"], "office-in-a-box's per-site settings are site variables");
     assert!(office.recipe.vars.get("domain").is_none() && office.recipe.vars.get("admin_email").is_none());
+    // The sovereign office: Debian main only (no repository, no artifact), every layer's service.
+    let sov = plan("sovereign-office");
+    assert!(
+        sov.recipe.repositories.is_empty() && sov.recipe.artifacts.is_empty(),
+        "sovereign-office needs more than Debian"
+    );
+    assert_eq!(sov.recipe.base.components, ["main"]);
+    for p in ["slapd", "nslcd", "postfix", "dovecot-imapd", "sogo", "prosody", "lua-ldap", "libnginx-mod-http-dav-ext"]
+    {
+        assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
+    }
+    let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["office-directory", "mail-aliases", "office-groupware", "office-chat-cert"]);
 }
 
 /// The example site files check against the recipes they name.

@@ -294,6 +294,15 @@ pub fn clean(root: &Path) -> Result<()> {
             }
         }
     }
+    // slapd's installer makes a directory with a random administrator password (its hash in
+    // cn=config) and random entry ids: a directory is made on the box (office-directory layer).
+    for rel in ["etc/ldap/slapd.d", "var/lib/ldap"] {
+        let p = root.join(rel);
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("removing /{rel}"))?;
+            std::fs::create_dir(&p).with_context(|| format!("creating /{rel}"))?;
+        }
+    }
     for rel in ["var/log", "var/cache/apt", "var/lib/apt/lists", "var/cache/debconf", "tmp", "var/tmp"] {
         empty_dir(root, rel)?;
     }
