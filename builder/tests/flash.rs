@@ -1,9 +1,11 @@
 //! `kiln flash` onto loop devices (sparse files 3× the image), checked with outside tools:
 //! sgdisk, sfdisk, blkid, fsck.vfat, cmp, bmaptool, and a boot of the flashed disk.
-//! Needs root and `KILN_E2E=1`; builds recipes/minimal.toml signed (KILN_CACHE, or the run's cache).
+//! Needs root and `KILN_E2E=1`; builds tests/recipes/e2e/site.toml (debian-base with sudo: an
+//! appliance whose admins come from the site file) signed (KILN_CACHE, or the run's cache).
 mod common;
+use common::guest::Guest;
 use common::*;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -15,7 +17,7 @@ struct Release {
     manifest: serde_json::Value,
 }
 
-/// The minimal image, built signed once for this file's tests.
+/// The site-test image, built signed once for this file's tests.
 fn release() -> Option<&'static Release> {
     static FX: OnceLock<Release> = OnceLock::new();
     if !e2e_enabled() {
@@ -33,7 +35,7 @@ fn release() -> Option<&'static Release> {
         let out = dir.join("out");
         let o = kiln(&[
             "build",
-            "../recipes/minimal.toml",
+            "tests/recipes/e2e/site.toml",
             "--out",
             out.to_str().unwrap(),
             "--cache",
@@ -42,11 +44,11 @@ fn release() -> Option<&'static Release> {
             prefix.with_extension("key").to_str().unwrap(),
         ]);
         assert!(o.status.success(), "kiln build: {}", String::from_utf8_lossy(&o.stderr));
-        let image = out.join("minimal-0.1.0-x86_64.img");
+        let image = out.join("site-test-0.1.0-x86_64.img");
         let manifest =
-            serde_json::from_slice(&std::fs::read(out.join("minimal-0.1.0-x86_64.manifest.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(out.join("site-test-0.1.0-x86_64.manifest.json")).unwrap()).unwrap();
         Release {
-            bmap: out.join("minimal-0.1.0-x86_64.bmap"),
+            bmap: out.join("site-test-0.1.0-x86_64.bmap"),
             dir: out,
             image,
             public: prefix.with_extension("pub"),
@@ -121,19 +123,9 @@ fn table(dev: &str) -> serde_json::Value {
     serde_json::from_str(&run("sfdisk", &["--json", dev])).unwrap()
 }
 
-/// Flash with a site file onto a disk 3× the image; everything checked from outside; then a
-/// boot grows the root up to the site partition and a second boot changes nothing.
-#[test]
-fn flash_writes_verifies_and_the_root_grows_at_first_boot() {
-    let Some(r) = release() else { return };
-    let disk = Loop::new("grow", 3 * image_size(r));
-    let site = r.dir.parent().unwrap().join("site.toml");
-    std::fs::write(&site, "hostname = \"box-one\"\n").unwrap();
-    let (ok, text) = flash(r, &disk.dev, &["--yes", "--site", site.to_str().unwrap()], &[]);
-    assert!(ok, "kiln flash failed:\n{text}");
-    assert!(text.contains("partition 2 (root)") && text.contains("match the signed manifest"), "{text}");
-    assert!(text.contains("MB/s"), "no rate in the progress:\n{text}");
-
+/// Checks from outside on a freshly flashed disk: verify, byte-identical partitions, a clean GPT,
+/// the site partition (kiln's type, named KILN-SITE, at the disk's end, FAT labelled KILN-SITE).
+fn check_flashed(r: &Release, disk: &Loop) {
     let (ok, out) = verify_device(r, &disk.dev);
     assert!(ok && out.contains("site partition (KILN-SITE) present"), "kiln verify DEVICE:\n{out}");
     assert_partitions_identical(r, &disk.dev);
@@ -151,29 +143,86 @@ fn flash_writes_verifies_and_the_root_grows_at_first_boot() {
     let blkid = run("blkid", &["-o", "export", &disk.part(3)]);
     assert!(blkid.contains("TYPE=vfat") && blkid.contains("LABEL=KILN-SITE"), "{blkid}");
     run("fsck.vfat", &["-n", &disk.part(3)]);
+}
 
-    // First boot: systemd-repart grows the root up to the site partition; growfs the ext4.
-    let log = r.dir.parent().unwrap().join("grow.serial.log");
-    let o = kiln(&["test", &disk.dev, "--persist", "--timeout", "900", "--serial-log", log.to_str().unwrap()]);
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "first boot:\n{stdout}\n{}", String::from_utf8_lossy(&o.stderr));
-    let after = table(&disk.dev);
-    let ps = after["partitiontable"]["partitions"].as_array().unwrap();
-    let root_end = ps[1]["start"].as_u64().unwrap() + ps[1]["size"].as_u64().unwrap();
-    assert_eq!(root_end, ps[2]["start"].as_u64().unwrap(), "root did not grow up to the site partition: {after}");
-    let serial = std::fs::read_to_string(&log).unwrap();
-    assert!(serial.contains("resized filesystem to"), "no ext4 growth on the console");
-    run("partx", &["--update", &disk.dev]);
-    let fs = run("dumpe2fs", &["-h", &disk.part(2)]);
-    let blocks: u64 = fs.lines().find_map(|l| l.strip_prefix("Block count:")).unwrap().trim().parse().unwrap();
-    assert!(blocks * 4096 > 2 * image_size(r), "ext4 not grown: {blocks} blocks");
+/// Boot a flashed disk with `kiln test DISK --persist`, log in as `admin` with `key` over the
+/// forwarded SSH port, and return what the guest said (host name, IPv4 addresses, root size).
+/// The login leaves the mark the recipe's check waits for, so the test ends after it.
+fn boot_and_log_in(disk: &Loop, log: &Path, key: &Path, admin: &str) -> String {
+    let mut guest = Guest::start(Path::new(&disk.dev), log, &["--persist"]);
+    guest.wait_ready(log);
+    let script = "hostname; ip -4 -o addr show scope global; findmnt -n -b -o SIZE /; sudo -n touch /run/kiln-e2e-done";
+    let ssh = guest.ssh(key, admin, script);
+    let said = String::from_utf8_lossy(&ssh.stdout).into_owned();
+    eprintln!("guest said:\n{said}{}", String::from_utf8_lossy(&ssh.stderr));
+    let port = guest.port;
+    guest.finish();
+    assert!(ssh.status.success(), "ssh -p {port} {admin}@127.0.0.1 failed");
+    said
+}
+
+/// One signed image for every site (issue #13): flashed with `kiln flash` onto two disks (3× the
+/// image) with two site files, each boots with its site's host name, network (a static address on
+/// one, DHCP on the other) and admin key (the test logs in over the forwarded SSH port), and a
+/// root grown up to the site partition; a second boot changes nothing.
+#[test]
+fn one_image_two_sites_two_disks() {
+    let Some(r) = release() else { return };
+    let keys = tempfile::tempdir().unwrap();
+    let static_net = "[[network]]\nmatch_name = \"en*\"\naddresses = [\"10.0.2.15/24\"]\ngateway = \"10.0.2.2\"\ndns = [\"10.0.2.3\"]\n";
+    let dhcp_net = "[[network]]\nmatch_name = \"en*\"\ndhcp = true\n";
+    let mut disks = Vec::new();
+    for (name, host, network) in [("a", "office-a.example.org", static_net), ("b", "office-b.example.org", dhcp_net)] {
+        let key = keys.path().join(name);
+        let comment = format!("admin@{host}");
+        run("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-C", &comment, "-f", key.to_str().unwrap()]);
+        let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        let site = r.dir.parent().unwrap().join(format!("site-{name}.toml"));
+        let text = format!(
+            "hostname = \"{host}\"\n\n[[admins]]\nname = \"admin{name}\"\nssh_authorized_keys = [\"{}\"]\n\n{network}",
+            public.trim()
+        );
+        std::fs::write(&site, text).unwrap();
+        let disk = Loop::new(&format!("site-{name}"), 3 * image_size(r));
+        let (ok, text) = flash(r, &disk.dev, &["--yes", "--site", site.to_str().unwrap()], &[]);
+        assert!(ok, "kiln flash failed:\n{text}");
+        assert!(text.contains("partition 2 (root)") && text.contains("match the signed manifest"), "{text}");
+        assert!(text.contains("MB/s"), "no rate in the progress:\n{text}");
+        check_flashed(r, &disk);
+        disks.push((name, host, key, disk));
+    }
+
+    for (name, host, key, disk) in &disks {
+        let log = r.dir.parent().unwrap().join(format!("site-{name}.serial.log"));
+        let said = boot_and_log_in(disk, &log, key, &format!("admin{name}"));
+        assert_eq!(said.lines().next(), Some(*host), "{said}");
+        let addr = said.lines().find(|l| l.contains(" inet ")).unwrap_or_else(|| panic!("no IPv4 address: {said}"));
+        if *name == "a" {
+            // QEMU's DHCP would hand out the same address: static means no lease on it.
+            assert!(addr.contains("10.0.2.15/24") && !addr.contains("dynamic"), "static address: {addr}");
+        } else {
+            assert!(addr.contains("dynamic"), "a DHCP lease: {addr}");
+        }
+        // The root grew up to the site partition (systemd-repart), and ext4 with it (growfs).
+        let after = table(&disk.dev);
+        let ps = after["partitiontable"]["partitions"].as_array().unwrap();
+        let root_end = ps[1]["start"].as_u64().unwrap() + ps[1]["size"].as_u64().unwrap();
+        assert_eq!(root_end, ps[2]["start"].as_u64().unwrap(), "root did not grow up to the site partition: {after}");
+        let root_size: u64 = said.lines().filter_map(|l| l.trim().parse().ok()).next_back().unwrap();
+        assert!(root_size > 2 * image_size(r), "the mounted root is {root_size} bytes: not grown");
+        assert!(std::fs::read_to_string(&log).unwrap().contains("resized filesystem to"), "no ext4 growth");
+    }
+
     // verify is for a freshly flashed disk: the grown root is named.
+    let (_, _, key, disk) = &disks[0];
     let (ok, out) = verify_device(r, &disk.dev);
     assert!(!ok && out.contains("partition 2 (root)"), "kiln verify after growth:\n{out}");
-    // Second boot: nothing changes.
-    let o = kiln(&["test", &disk.dev, "--persist", "--timeout", "900"]);
-    assert!(o.status.success(), "second boot: {}", String::from_utf8_lossy(&o.stdout));
-    assert_eq!(table(&disk.dev), after, "the second boot changed the partition table");
+    // Second boot: the same settings, and nothing on the disk's layout changes.
+    let before = table(&disk.dev);
+    let log = r.dir.parent().unwrap().join("site-a.second.serial.log");
+    let said = boot_and_log_in(disk, &log, key, "admina");
+    assert_eq!(said.lines().next(), Some("office-a.example.org"), "{said}");
+    assert_eq!(table(&disk.dev), before, "the second boot changed the partition table");
 }
 
 /// Refusals happen before a byte is written, with messages that say why.
@@ -190,7 +239,7 @@ fn flash_refuses_bad_images_and_targets() {
     for e in std::fs::read_dir(&r.dir).unwrap().flatten() {
         run("cp", &["--sparse=always", e.path().to_str().unwrap(), tampered.to_str().unwrap()]);
     }
-    let timg = tampered.join("minimal-0.1.0-x86_64.img");
+    let timg = tampered.join("site-test-0.1.0-x86_64.img");
     let root_off = r.manifest["partitions"][1]["offset"].as_u64().unwrap();
     let f = std::fs::OpenOptions::new().read(true).write(true).open(&timg).unwrap();
     let mut b = [0u8; 1];

@@ -1,5 +1,6 @@
 //! Shared helpers of the end-to-end tests.
 #![allow(dead_code)]
+pub mod guest;
 pub mod serve;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
