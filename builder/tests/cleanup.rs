@@ -288,7 +288,8 @@ fn sigterm_during_release() {
 }
 
 /// A stage that fails after the overlay is mounted (a unit to enable that the image does not
-/// have): exit 1, the failing stage and command named, nothing left.
+/// have): the failing stage named, the culprit named at its recipe position (bad input: exit 2,
+/// as for every error that points at the recipe), nothing left.
 #[test]
 fn failing_stage_leaves_nothing_behind() {
     let Some(fx) = minimal() else { return };
@@ -308,8 +309,9 @@ fn failing_stage_leaves_nothing_behind() {
     );
     let status = s.wait(Duration::from_secs(600));
     let err = s.stderr();
-    assert_eq!(status.code(), Some(1), "{err}");
+    assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("] apply overlays, repositories, artifacts, first-boot actions, units failed after"), "{err}");
+    assert!(err.contains("bad-enable.toml:8:11: key `system.enable[0]`"), "the recipe position is not named:\n{err}");
     assert!(err.contains("kiln-no-such-unit.service"), "the culprit is not named:\n{err}");
     assert_nothing_left(&s, &c.work, Some(&c.out));
 }
