@@ -225,7 +225,7 @@ fn failing_check_makes_kiln_test_fail_and_names_it() {
     assert!(stdout.contains("ok   ssh answers"), "the other checks still run: {stdout}");
     // README: "Log in over SSH with a key you add to the recipe".
     assert!(stdout.contains("ok   ssh login with the recipe's key"), "{stdout}");
-    assert!(stdout.contains("result: FAIL (1 of 7 checks failed: unit: kiln-no-such.service)"), "{stdout}");
+    assert!(stdout.contains("result: FAIL (1 of 8 checks failed: unit: kiln-no-such.service)"), "{stdout}");
 }
 
 /// README: "on a timeout it shows the tail of the serial log". A timeout far shorter than any
