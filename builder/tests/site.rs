@@ -1,7 +1,8 @@
 //! Site settings end to end (KILN_E2E=1): one build of a minimal image with sudo, booted twice
 //! by `kiln test --site`. With a valid site file the test logs in over the forwarded SSH port
 //! with a key it made and sees the site's host name, static address and passwordless sudo; with
-//! an invalid one the box keeps the image's defaults and the console names the error.
+//! an invalid one (refused by kiln on the host, so written onto a flashed disk's site partition by
+//! hand) the box keeps the image's defaults and the console names the error.
 mod common;
 use common::guest::Guest;
 use common::{build, e2e_dir, e2e_enabled, run, shared_cache};
@@ -60,10 +61,24 @@ fn site_settings_apply_on_the_box_and_an_invalid_file_changes_nothing() {
     assert!(console.contains("kiln-site: applied site.toml"), "console:\n{console}");
     eprintln!("kiln-site with a valid site file: {}", check_detail(&json, "kiln-site time"));
 
-    // Boot 2: an invalid site file (a bad gateway) applies nothing and says where.
-    let (site, log) = (dir.join("bad.toml"), dir.join("bad.serial.log"));
-    write_site(&site, public.trim(), "10.0.2.256");
-    let json = Guest::start(&image, &log, &["--site", site.to_str().unwrap()]).finish();
+    // Boot 2: an invalid site file (a bad gateway) applies nothing and says where. kiln refuses
+    // one on the host (`--site`, `kiln flash --site`), so the test puts it on a flashed disk's
+    // site partition by hand, as someone editing the partition or a USB stick would.
+    let (bad, log) = (dir.join("bad.toml"), dir.join("bad.serial.log"));
+    write_site(&bad, public.trim(), "10.0.2.256");
+    let refused = common::kiln(&["test", image.to_str().unwrap(), "--site", bad.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "kiln test --site takes an invalid site file");
+    let disk = LoopDisk::new(&dir.join("bad.disk"), 3 * std::fs::metadata(&image).unwrap().len());
+    let flashed =
+        common::kiln(&["flash", image.to_str().unwrap(), &disk.dev, "--yes", "--site", site.to_str().unwrap()]);
+    assert!(flashed.status.success(), "kiln flash: {}", String::from_utf8_lossy(&flashed.stderr));
+    run("partx", &["--update", &disk.dev]);
+    let mnt = tempfile::tempdir().unwrap();
+    run("mount", &[&format!("{}p3", disk.dev), mnt.path().to_str().unwrap()]);
+    let written = std::fs::copy(&bad, mnt.path().join("site.toml"));
+    run("umount", &[mnt.path().to_str().unwrap()]);
+    written.unwrap();
+    let json = Guest::start(Path::new(&disk.dev), &log, &["--persist"]).finish();
     assert_eq!(json["result"], "pass", "default host name, no failed units: {json:#}");
     eprintln!("kiln-site with an invalid site file: {}", check_detail(&json, "kiln-site time"));
     let console = std::fs::read_to_string(&log).unwrap();
@@ -71,4 +86,26 @@ fn site_settings_apply_on_the_box_and_an_invalid_file_changes_nothing() {
         console.contains("kiln-site: site.toml:11: network[0].gateway: `10.0.2.256` is not an IPv4 address"),
         "the console names the error:\n{console}"
     );
+}
+
+/// A loop device over a new sparse file, detached (and the file removed) on drop.
+struct LoopDisk {
+    dev: String,
+    file: std::path::PathBuf,
+}
+
+impl LoopDisk {
+    fn new(file: &Path, size: u64) -> LoopDisk {
+        let _ = std::fs::remove_file(file);
+        std::fs::File::create(file).unwrap().set_len(size).unwrap();
+        let dev = run("losetup", &["--find", "--show", "--partscan", file.to_str().unwrap()]).trim().to_string();
+        LoopDisk { dev, file: file.to_path_buf() }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.dev]).output();
+        let _ = std::fs::remove_file(&self.file);
+    }
 }
