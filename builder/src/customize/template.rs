@@ -52,13 +52,7 @@ pub use super::template_child::{child_main, CHILD_ARG};
 
 /// Render in this process, on a thread of its own with a deadline.
 pub fn render_here(path: &Path, ctx: &tera::Context, key: &str) -> Result<Vec<u8>, RecipeError> {
-    let whole = |message: String| RecipeError {
-        file: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        key: Some(key.to_string()),
-        message,
-    };
+    let whole = |message: String| RecipeError::file(path, Some(key.to_string()), message);
     let text = crate::host::files::read_regular(path, MAX_SOURCE)
         .map_err(|e| whole(format!("cannot read template: {e} (templates are regular files of at most 1MiB)")))?;
     check_source(&text).map_err(|(offset, message)| {

@@ -40,13 +40,7 @@ struct Failure {
 
 /// Render `path` in a child process of `exe`, killed at the deadline.
 pub fn render(exe: &Path, path: &Path, ctx: &tera::Context, key: &str) -> Result<Vec<u8>, RecipeError> {
-    let whole = |message: String| RecipeError {
-        file: path.to_path_buf(),
-        line: 1,
-        column: 1,
-        key: Some(key.to_string()),
-        message,
-    };
+    let whole = |message: String| RecipeError::file(path, Some(key.to_string()), message);
     let request = Request { path: path.to_path_buf(), key: key.to_string(), context: ctx.clone().into_json() };
     let input = serde_json::to_vec(&request).map_err(|e| whole(format!("template error: {e}")))?;
     let mut child = Cmd::new(exe)
