@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 /// mmdebstrap's options that keep what kiln reads after a bootstrap: apt's package lists (the
 /// sha256 of every installed .deb, for the SBOM and lock files) and the downloaded .debs (for
-/// the .deb cache). system::clean removes what is left of them before the image is made.
+/// the .deb cache). cleanup::clean removes what is left of them before the image is made.
 const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
 
 /// One mmdebstrap run in root mode, variant minbase.

@@ -2,6 +2,7 @@
 //! first-boot actions, units, and the final clean-up.
 pub mod apt;
 pub mod artifacts;
+pub mod cleanup;
 pub mod firstboot;
 pub mod overlay;
 pub mod owners;

@@ -7,6 +7,7 @@ pub mod vendor;
 use crate::bootstrap::root;
 use crate::bootstrap::tools::Tools;
 use crate::customize::artifacts;
+use crate::customize::cleanup;
 use crate::customize::firstboot;
 use crate::customize::overlay;
 use crate::customize::owners;
@@ -166,7 +167,7 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         owners::files(&plan, &tree)?;
         system::units(&plan, &tree)
     })?;
-    // Before `system::clean`, which removes apt's lists (the .debs' checksums).
+    // Before `cleanup::clean`, which removes apt's lists (the .debs' checksums).
     let inventory = p.stage("list installed packages (SBOM)", || sbom::inventory(&tree))?;
     let (esp_files, boot) = p.stage("collect boot pieces", || boot::esp_files(&plan, &tree))?;
     let esp_cache = opts.reuse_root.then(|| crate::host::cache::Cache::new(&opts.cache));
@@ -182,8 +183,8 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         let mut image = disk::ImageWriter::create(tmp, &plan.layout)?;
         let part = plan.layout.partitions.get(1).context("the layout has no root partition")?;
         p.stage("make root filesystem (in the image), copy the ESP in", || {
-            system::clean(&tree)?;
-            system::mark_updated(&tree, plan.recipe.source_date_epoch)?;
+            cleanup::clean(&tree)?;
+            cleanup::mark_updated(&tree, plan.recipe.source_date_epoch)?;
             std::thread::scope(|s| {
                 let mkfs = s.spawn(|| filesystem::make_root(&plan, &tools, &tree, tmp, part));
                 let esp = image.copy(&esp_img).context("copying the ESP into the image");

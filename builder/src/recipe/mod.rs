@@ -4,6 +4,7 @@ mod error;
 mod external;
 mod files;
 pub mod layer;
+mod origins;
 mod ports;
 pub mod site;
 pub mod sitevars;

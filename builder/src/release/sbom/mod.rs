@@ -1,7 +1,7 @@
 //! The software bill of materials: every Debian package installed in the image, read from
 //! the configured root during the build, written as an SPDX 2.3 JSON document.
 //!
-//! [`inventory`] must run before `system::clean`, which removes apt's package lists (the
+//! [`inventory`] must run before `cleanup::clean`, which removes apt's package lists (the
 //! only place the .debs' SHA256 are recorded). [`spdx::document`] turns the inventory into
 //! the SBOM once the image and its digest exist.
 pub mod license;
