@@ -2,11 +2,12 @@
 //! the box later: `[[repositories]]`, `[[artifacts]]`, `[[first_boot]]`. Per-file checks
 //! (with positions; key files are checked against their fingerprints here, before anything
 //! else happens) and the resolution of the merged lists.
-use super::error::{Origin, RecipeError};
+use super::error::RecipeError;
 use super::layer::{ArtifactLayer, FirstBootLayer, Layer, Origins, RepositoryLayer};
+use super::origins::Unique;
 use super::values::PinPattern;
 use super::{normalize, relative_to, Artifact, FirstBoot, FirstBootRun, Pin, Repository};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
@@ -217,46 +218,6 @@ pub fn resolve(file: &Path, top_dir: &Path, layer: &mut Layer, origins: &Origins
         actions.push(FirstBoot { name: f.name, run, before: dedup(f.before), after: dedup(f.after) });
     }
     Ok((repos, artifacts, actions))
-}
-
-/// Names that must be unique across a merged list; errors point at both definitions.
-pub struct Unique<'a> {
-    what: &'static str,
-    list: &'static str,
-    hint: &'static str,
-    origins: &'a [Origin],
-    seen: BTreeMap<String, usize>,
-}
-
-impl<'a> Unique<'a> {
-    /// `origins`: where each entry of the merged list was written, in list order.
-    pub fn new(what: &'static str, list: &'static str, origins: &'a [Origin]) -> Unique<'a> {
-        Unique { what, list, hint: "", origins, seen: BTreeMap::new() }
-    }
-
-    /// Words added to the error (`; give one a name`).
-    pub fn hint(self, hint: &'static str) -> Unique<'a> {
-        Unique { hint, ..self }
-    }
-
-    /// Entry `i` is named `name`: an error if an earlier entry has that name too.
-    pub fn check(&mut self, i: usize, name: &str, file: &Path) -> Result<(), RecipeError> {
-        let Some(&first) = self.seen.get(name) else {
-            self.seen.insert(name.to_string(), i);
-            return Ok(());
-        };
-        let (what, list, hint) = (self.what, self.list, self.hint);
-        Err(match (self.origins.get(first), self.origins.get(i)) {
-            (Some(a), Some(b)) => {
-                b.error(None, format!("two {what} are named `{name}`: this one and the one at {a}{hint}"))
-            }
-            _ => RecipeError::file(
-                file,
-                Some(list.into()),
-                format!("two {what} are named `{name}` (in the recipe or its layers){hint}"),
-            ),
-        })
-    }
 }
 
 fn dedup<T: Ord + Clone>(v: Vec<T>) -> Vec<T> {

@@ -3,8 +3,9 @@
 //! setuid or setgid bit is accepted here only because it is written out: overlays never
 //! carry those bits (`customize::overlay`).
 use super::error::{Origin, RecipeError};
-use super::external::{parse_mode, Unique};
+use super::external::parse_mode;
 use super::layer::{FileLayer, GroupLayer, Layer, Origins};
+use super::origins::Unique;
 use super::{FileAttrs, Group, User};
 use std::path::Path;
 use toml::Spanned;

@@ -5,6 +5,7 @@
 //! and scalars set by the including file win over the layers it includes.
 use super::error::{key_of, Origin, RecipeError};
 pub use super::origins::Origins;
+use super::origins::{origins_of, Spots};
 use super::sitevars::{SiteLayer, SiteVar};
 use super::size::Size;
 use super::values::{
@@ -336,7 +337,33 @@ pub fn merge_tables(mut lower: toml::Table, upper: toml::Table) -> toml::Table {
 impl Layer {
     /// Record where this file's name and list entries are written (`text` is the file's contents).
     pub fn locate(&mut self, file: &Path, text: &str) {
-        self.origins = Origins::of(self, file, text);
+        self.origins = Origins {
+            name: self.name.as_ref().map(|n| Origin::new(file, text, n.span().start, "name".into())),
+            users: origins_of(&self.users, file, text, "users"),
+            checks: origins_of(&self.checks, file, text, "checks"),
+            repositories: origins_of(&self.repositories, file, text, "repositories"),
+            artifacts: origins_of(&self.artifacts, file, text, "artifacts"),
+            first_boot: origins_of(&self.first_boot, file, text, "first_boot"),
+            groups: origins_of(&self.groups, file, text, "groups"),
+            files: origins_of(&self.files, file, text, "files"),
+            packages: BTreeMap::new(),
+            enable: BTreeMap::new(),
+            disable: BTreeMap::new(),
+            ports: origins_of(&self.ports, file, text, "ports"),
+            security_mirror: self
+                .base
+                .as_ref()
+                .and_then(|b| b.security_mirror.as_ref())
+                .map(|m| Origin::new(file, text, m.span().start, "base.security_mirror".into())),
+            automatic_updates: self
+                .system
+                .as_ref()
+                .and_then(|s| s.automatic_updates.as_ref())
+                .map(|a| Origin::new(file, text, a.span().start, "system.automatic_updates".into())),
+        };
+        if let Ok(spots) = toml::from_str::<Spots>(text) {
+            spots.record(file, text, &mut self.origins);
+        }
     }
 
     /// `self` is the lower layer (an include), `upper` the file that includes it.

@@ -1,7 +1,6 @@
 //! Where a recipe file wrote the values that are checked after merging (names, list entries,
 //! package and unit names), so that a late error still names file, line, column and key.
-use super::error::Origin;
-use super::layer::Layer;
+use super::error::{Origin, RecipeError};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,38 +28,6 @@ pub struct Origins {
 }
 
 impl Origins {
-    /// Where `layer`'s name and list entries are written in `file` (its contents `text`).
-    pub fn of(layer: &Layer, file: &Path, text: &str) -> Origins {
-        let mut origins = Origins {
-            name: layer.name.as_ref().map(|n| Origin::new(file, text, n.span().start, "name".into())),
-            users: origins_of(&layer.users, file, text, "users"),
-            checks: origins_of(&layer.checks, file, text, "checks"),
-            repositories: origins_of(&layer.repositories, file, text, "repositories"),
-            artifacts: origins_of(&layer.artifacts, file, text, "artifacts"),
-            first_boot: origins_of(&layer.first_boot, file, text, "first_boot"),
-            groups: origins_of(&layer.groups, file, text, "groups"),
-            files: origins_of(&layer.files, file, text, "files"),
-            packages: BTreeMap::new(),
-            enable: BTreeMap::new(),
-            disable: BTreeMap::new(),
-            ports: origins_of(&layer.ports, file, text, "ports"),
-            security_mirror: layer
-                .base
-                .as_ref()
-                .and_then(|b| b.security_mirror.as_ref())
-                .map(|m| Origin::new(file, text, m.span().start, "base.security_mirror".into())),
-            automatic_updates: layer
-                .system
-                .as_ref()
-                .and_then(|s| s.automatic_updates.as_ref())
-                .map(|a| Origin::new(file, text, a.span().start, "system.automatic_updates".into())),
-        };
-        if let Ok(spots) = toml::from_str::<Spots>(text) {
-            spots.record(file, text, &mut origins);
-        }
-        origins
-    }
-
     pub(super) fn merge(self, upper: Origins) -> Origins {
         let cat = |mut l: Vec<Origin>, u: Vec<Origin>| {
             l.extend(u);
@@ -94,14 +61,14 @@ fn first_of(mut lower: BTreeMap<String, Origin>, upper: BTreeMap<String, Origin>
 }
 
 /// Origins of the entries of one list of one file.
-fn origins_of<T>(list: &Option<Vec<Spanned<T>>>, file: &Path, text: &str, key: &str) -> Vec<Origin> {
+pub(super) fn origins_of<T>(list: &Option<Vec<Spanned<T>>>, file: &Path, text: &str, key: &str) -> Vec<Origin> {
     let list = list.iter().flatten().enumerate();
     list.map(|(i, e)| Origin::new(file, text, e.span().start, format!("{key}[{i}]"))).collect()
 }
 
 /// Positions of package and unit names in one file (a second, lenient reading of its text).
 #[derive(Deserialize)]
-struct Spots {
+pub(super) struct Spots {
     base: Option<BaseSpots>,
     system: Option<SystemSpots>,
 }
@@ -120,7 +87,7 @@ struct SystemSpots {
 }
 
 impl Spots {
-    fn record(self, file: &Path, text: &str, origins: &mut Origins) {
+    pub(super) fn record(self, file: &Path, text: &str, origins: &mut Origins) {
         let add = |map: &mut BTreeMap<String, Origin>, s: &Spanned<String>, key: String| {
             map.entry(s.get_ref().clone()).or_insert_with(|| Origin::new(file, text, s.span().start, key));
         };
@@ -143,5 +110,45 @@ impl Spots {
         for (i, u) in self.system.iter().flat_map(|s| s.disable.iter().flatten()).enumerate() {
             add(&mut origins.disable, u, format!("system.disable[{i}]"));
         }
+    }
+}
+
+/// Names that must be unique across a merged list; errors point at both definitions.
+pub struct Unique<'a> {
+    what: &'static str,
+    list: &'static str,
+    hint: &'static str,
+    origins: &'a [Origin],
+    seen: BTreeMap<String, usize>,
+}
+
+impl<'a> Unique<'a> {
+    /// `origins`: where each entry of the merged list was written, in list order.
+    pub fn new(what: &'static str, list: &'static str, origins: &'a [Origin]) -> Unique<'a> {
+        Unique { what, list, hint: "", origins, seen: BTreeMap::new() }
+    }
+
+    /// Words added to the error (`; give one a name`).
+    pub fn hint(self, hint: &'static str) -> Unique<'a> {
+        Unique { hint, ..self }
+    }
+
+    /// Entry `i` is named `name`: an error if an earlier entry has that name too.
+    pub fn check(&mut self, i: usize, name: &str, file: &Path) -> Result<(), RecipeError> {
+        let Some(&first) = self.seen.get(name) else {
+            self.seen.insert(name.to_string(), i);
+            return Ok(());
+        };
+        let (what, list, hint) = (self.what, self.list, self.hint);
+        Err(match (self.origins.get(first), self.origins.get(i)) {
+            (Some(a), Some(b)) => {
+                b.error(None, format!("two {what} are named `{name}`: this one and the one at {a}{hint}"))
+            }
+            _ => RecipeError::file(
+                file,
+                Some(list.into()),
+                format!("two {what} are named `{name}` (in the recipe or its layers){hint}"),
+            ),
+        })
     }
 }

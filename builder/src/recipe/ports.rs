@@ -9,7 +9,7 @@
 //! scheme = "https"      # optional: http or https, to print a URL
 //! ```
 use super::error::{Origin, RecipeError};
-use super::external::Unique;
+use super::origins::Unique;
 use super::values::FileName;
 use serde::{Deserialize, Serialize};
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! unknown keys refused, errors with file:line:column and key), then checked against the site
 //! variables an image declares.
 use super::error::{key_of, Origin, RecipeError};
-use super::external::Unique;
+use super::origins::Unique;
 use super::sitevars::{SiteValue, SiteVar};
 use super::values::{
     CryptHash, Hostname, InterfaceMatch, IpAddress, IpPrefix, Ipv4Address, Ipv6Address, Locale, MacAddress, NtpServer,

@@ -1,10 +1,10 @@
 //! Checks on recipe values: per file (where positions are known) and on the merged result.
 use super::error::{Origin, RecipeError};
-use super::external::Unique;
 use super::layer::{
     AutomaticUpdates, BaseLayer, CheckLayer, DiskLayer, InitramfsModules, Layer, ModulesSetting, Origins, SystemLayer,
     UserLayer,
 };
+use super::origins::Unique;
 use super::values::{Hostname, ImagePath, Locale, RecipeName, TimeZone};
 use super::{
     defaults, normalize, relative_to, Base, Boot, Check, CheckKind, Disk, Filesystem, Output, OutputFormat, Overlay,
