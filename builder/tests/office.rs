@@ -24,6 +24,7 @@ const PROOFS: &[&str] = &[
     "WebDAV: alice writes a file to her share and reads it back; bob cannot; a wrong password cannot",
     "XMPP: alice and bob log in and a message passes",
     "XMPP: a wrong password is refused",
+    "SSO/OIDC: alice signs in to the portal and gets an OIDC code, tokens and userinfo; a wrong password is refused",
     "office-user remove bob: every service refuses bob",
     "first-boot secrets are root only",
     "no failed units",
@@ -62,6 +63,7 @@ fn scan_root(image: &Path, base: &Path) {
         "/root/directory-credentials",
         "/etc/ssl/private/ssl-cert-snakeoil.key",
         "/etc/prosody/certs/office.key",
+        "/root/sso-credentials",
         "/var/lib/kiln/first-boot/office-directory.done",
     ] {
         assert!(!exists_in(&root, secret), "{secret} must not be in the image");
