@@ -238,7 +238,22 @@ fn appliance_recipes_check() {
         assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
     }
     let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
-    assert_eq!(names, ["office-directory", "mail-aliases", "office-groupware", "office-chat-cert"]);
+    assert_eq!(
+        names,
+        [
+            "office-directory",
+            "mail-aliases",
+            "office-cert",
+            "office-web",
+            "office-groupware",
+            "office-chat",
+            "office-sso"
+        ]
+    );
+    // One image for any municipality: the domain, organisation and admin address are the site's.
+    let site_vars: Vec<&str> = sov.recipe.site_vars.iter().map(|v| v.name.as_str()).collect();
+    assert_eq!(site_vars, ["admin_email", "domain", "organisation"], "sovereign-office's per-site settings");
+    assert!(["domain", "organisation", "admin_email"].iter().all(|v| sov.recipe.vars.get(*v).is_none()));
 }
 
 /// The example site files check against the recipes they name.

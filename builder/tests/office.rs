@@ -1,6 +1,8 @@
 //! The sovereign office (recipes/sovereign-office.toml, issue 14) built from the Debian mirror
 //! alone and boot-tested under QEMU with 4 GiB: its test recipe adds alice and bob with
 //! office-user and proves each protocol with a real client in the guest (one check each). The
+//! box boots with a site file whose domain (rathaus.example) is not the image's default, and
+//! the image holds no trace of it: one image, any municipality's domain (docs/site.md). The
 //! image is also scanned for secrets: none from the build host, the box makes its own. Needs
 //! root, the host tools and the Debian mirror: KILN_E2E=1 (scripts/test).
 mod common;
@@ -13,7 +15,8 @@ const RECIPE: &str = "tests/recipes/e2e/sovereign-office.toml";
 const PROOFS: &[&str] = &[
     "LDAP: the directory answers with its base",
     "LDAP: administrator credentials made on this box, root only",
-    "HTTPS: the start page is served with this box's certificate",
+    "HTTPS: the start page is served with this box's certificate, which names the site's domain",
+    "site: the office serves the site's domain and organisation",
     "office-user: alice and bob are added",
     "SMTP: alice sends bob mail over submission with authentication",
     "IMAPS: bob reads alice's mail",
@@ -24,6 +27,7 @@ const PROOFS: &[&str] = &[
     "WebDAV: alice writes a file to her share and reads it back; bob cannot; a wrong password cannot",
     "XMPP: alice and bob log in and a message passes",
     "XMPP: a wrong password is refused",
+    "SSO/OIDC: alice signs in to the portal and gets an OIDC code, tokens and userinfo; a wrong password is refused",
     "office-user remove bob: every service refuses bob",
     "first-boot secrets are root only",
     "no failed units",
@@ -41,15 +45,59 @@ fn sovereign_office_builds_from_debian_alone_and_every_protocol_works() {
     eprintln!("sovereign-office: image {} MiB ({} MiB allocated)", size >> 20, used >> 20);
 
     scan_root(&image, &base);
+    // The site's domain comes from the site volume alone: the image has never seen it.
+    assert!(!contains_bytes(&image, SITE_DOMAIN.split('.').next().unwrap()), "{SITE_DOMAIN} is in the image");
 
-    let out = kiln(&["test", image.to_str().unwrap(), "--memory", "4096", "--timeout", "1500"]);
+    let site = base.join("site.toml");
+    std::fs::write(&site, SITE).unwrap();
+    let args =
+        ["test", image.to_str().unwrap(), "--memory", "4096", "--timeout", "1500", "--site", site.to_str().unwrap()];
+    let out = kiln(&[&args[..], &["--json"]].concat());
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stdout}\n{stderr}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{stderr}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    let detail = |name: &str| {
+        let c = checks.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("no check {name}: {json:#}"));
+        assert_eq!(c["ok"], true, "not passed: {name}: {c}");
+        c["detail"].as_str().unwrap_or_default().to_string()
+    };
     for proof in PROOFS {
-        assert!(stdout.lines().any(|l| l.starts_with(&format!("ok   {proof}"))), "not passed: {proof}\n{stdout}");
+        detail(proof);
     }
+    let site_said = detail("site: the office serves the site's domain and organisation");
+    for want in [
+        "domain=rathaus.example base=dc=rathaus,dc=example",
+        "<h1>Stadt Rathaus &amp; Co</h1>",
+        "DNS:rathaus.example, DNS:auth.rathaus.example, DNS:office.rathaus.example",
+    ] {
+        assert!(site_said.contains(want), "the office did not take the site's values ({want}): {site_said}");
+    }
+    eprintln!(
+        "sovereign-office: boot to all checks ready {}s ({}), memory: {}",
+        json["boot_to_ready_seconds"],
+        json["accel"],
+        detail("guest memory in use (free -m)")
+    );
+}
+
+/// The site file the box boots with: a domain, organisation and host name that are not the
+/// image's defaults (office.home.arpa).
+const SITE_DOMAIN: &str = "rathaus.example";
+const SITE: &str = "hostname = \"office.rathaus.example\"\n\n[vars]\ndomain = \"rathaus.example\"\norganisation = \"Stadt Rathaus & Co\"\nadmin_email = \"it@rathaus.example\"\n";
+
+/// Whether `needle` occurs anywhere in the file, ignoring case (GNU grep, which is fast on
+/// the image's holes; exit 1 is "not found").
+fn contains_bytes(path: &Path, needle: &str) -> bool {
+    let status = std::process::Command::new("grep")
+        .args(["-q", "-a", "-i", "-F", "-e", needle, "--"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(matches!(status.code(), Some(0 | 1)), "grep failed on {}: {status}", path.display());
+    status.success()
 }
 
 /// No private key, password hash or first-boot secret in the root file system: everything
@@ -62,7 +110,10 @@ fn scan_root(image: &Path, base: &Path) {
         "/root/directory-credentials",
         "/etc/ssl/private/ssl-cert-snakeoil.key",
         "/etc/prosody/certs/office.key",
+        "/root/sso-credentials",
+        "/etc/office/domain",
         "/var/lib/kiln/first-boot/office-directory.done",
+        "/var/lib/kiln/first-boot/office-sso.done",
     ] {
         assert!(!exists_in(&root, secret), "{secret} must not be in the image");
     }

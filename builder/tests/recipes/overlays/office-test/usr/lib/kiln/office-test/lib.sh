@@ -2,7 +2,7 @@
 # and clients pointed at this box by its domain, trusting its own certificate.
 # shellcheck shell=bash
 set -euo pipefail
-domain=$(cat /usr/share/kiln/office/domain)
+domain=$(cat /etc/office/domain)
 ca=/etc/ssl/certs/ssl-cert-snakeoil.pem
 # shellcheck disable=SC2034 # used by the scripts that source this
 declare -A pw=([alice]=alice-office-pw-1 [bob]=bob-office-pw-2)
