@@ -70,6 +70,7 @@ pub fn clean(root: &Path) -> Result<()> {
             }
         }
     }
+    postgresql_clusters(root)?;
     // slapd's installer makes a directory with a random administrator password (its hash in
     // cn=config) and random entry ids: a directory is made on the box (office-directory layer).
     for rel in ["etc/ldap/slapd.d", "var/lib/ldap"] {
@@ -93,6 +94,43 @@ pub fn clean(root: &Path) -> Result<()> {
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))
                     .with_context(|| format!("setting mode of /{rel}"))?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Made anew on the box, before each cluster's first start (`postgresql@.service` drop-in).
+const PG_CLUSTER: [(&str, &str, u32); 2] = [
+    (
+        "usr/lib/kiln/postgresql-cluster",
+        include_str!("../../../overlays/kiln-guest/usr/lib/kiln/postgresql-cluster"),
+        0o755,
+    ),
+    (
+        "usr/lib/systemd/system/postgresql@.service.d/kiln-cluster.conf",
+        include_str!("../../../overlays/kiln-guest/usr/lib/systemd/system/postgresql@.service.d/kiln-cluster.conf"),
+        0o644,
+    ),
+];
+
+/// postgresql-common's installer makes a cluster (`/var/lib/postgresql/VERSION/NAME`) whose data
+/// holds a random system identifier and the build's time: its data directory is removed (its
+/// configuration in /etc/postgresql stays, so systemd's generator still starts it) and the
+/// image gets `PG_CLUSTER`, which makes it on the box. Images without PostgreSQL get nothing.
+fn postgresql_clusters(root: &Path) -> Result<()> {
+    let Ok(versions) = std::fs::read_dir(root.join("var/lib/postgresql")) else { return Ok(()) };
+    let mut removed = false;
+    for v in versions.flatten().filter(|v| v.file_type().is_ok_and(|t| t.is_dir())) {
+        for c in std::fs::read_dir(v.path())?.flatten() {
+            if c.file_type().is_ok_and(|t| t.is_dir()) && c.path().join("PG_VERSION").is_file() {
+                std::fs::remove_dir_all(c.path()).with_context(|| format!("removing {}", c.path().display()))?;
+                removed = true;
+            }
+        }
+    }
+    if removed {
+        for (rel, text, mode) in PG_CLUSTER {
+            write_file(root, rel, text.as_bytes(), mode)?;
         }
     }
     Ok(())
@@ -196,6 +234,28 @@ mod tests {
             let m = std::fs::metadata(r.join(rel)).unwrap();
             assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (42, 0, 0o700), "/{rel}");
             assert_eq!(std::fs::read_dir(r.join(rel)).unwrap().count(), 0, "/{rel} not emptied");
+        }
+    }
+
+    /// A cluster's data directory goes, its configuration stays, and only then does the image
+    /// get the drop-in that makes the cluster on the box.
+    #[test]
+    fn postgresql_clusters_are_made_on_the_box() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        super::postgresql_clusters(r).unwrap();
+        assert!(!r.join(super::PG_CLUSTER[1].0).exists(), "no PostgreSQL, no drop-in");
+        std::fs::create_dir_all(r.join("var/lib/postgresql/17/main/global")).unwrap();
+        std::fs::write(r.join("var/lib/postgresql/17/main/PG_VERSION"), "17\n").unwrap();
+        std::fs::create_dir_all(r.join("etc/postgresql/17/main")).unwrap();
+        std::fs::write(r.join("etc/postgresql/17/main/postgresql.conf"), "port = 5432\n").unwrap();
+        super::postgresql_clusters(r).unwrap();
+        assert!(!r.join("var/lib/postgresql/17/main").exists(), "the build's data directory is removed");
+        assert!(r.join("var/lib/postgresql/17").is_dir(), "the version directory stays");
+        assert!(r.join("etc/postgresql/17/main/postgresql.conf").is_file(), "the configuration stays");
+        for (rel, text, mode) in super::PG_CLUSTER {
+            assert_eq!(std::fs::read_to_string(r.join(rel)).unwrap(), text, "/{rel}");
+            assert_eq!(std::fs::metadata(r.join(rel)).unwrap().permissions().mode() & 0o7777, mode, "/{rel}");
         }
     }
 }
