@@ -319,6 +319,24 @@ fn mke2fs(tree: &Path, img: &Path, offset: u64, blocks: u64) {
     assert!(out.status.success(), "mke2fs: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// The host's mke2fs (1.47.0 on Debian 12 clamps no time to SOURCE_DATE_EPOCH) copies each
+/// file's access time, and the first mke2fs reading a new file moves it (relatime: an access
+/// time not after the modification time is updated): give every file a recent access time
+/// after its modification time, which reading leaves alone, so two runs copy the same times.
+fn settle_times(tree: &Path) {
+    let now = std::time::SystemTime::now();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(TIMESTAMP as u64);
+    let times = fs::FileTimes::new().set_accessed(now).set_modified(old);
+    for dir in ["", "etc"] {
+        for e in fs::read_dir(tree.join(dir)).unwrap().flatten() {
+            if e.file_type().unwrap().is_file() {
+                fs::File::options().write(true).open(e.path()).unwrap().set_times(times).unwrap();
+            }
+        }
+        fs::File::open(tree.join(dir)).unwrap().set_times(times).unwrap();
+    }
+}
+
 /// A root file system made by mke2fs straight into the image at its offset (what `kiln build`
 /// does) gives the same bytes, digests and allocated size as one made in a file of its own and
 /// copied in; data found between partitions is refused.
@@ -335,6 +353,7 @@ fn partition_written_in_place_matches_a_copied_one() {
     fs::create_dir_all(tree.join("etc")).unwrap();
     fs::write(tree.join("etc/hostname"), "kiln\n").unwrap();
     fs::write(tree.join("etc/noise"), noise(3 * MIB as usize, 9)).unwrap();
+    settle_times(&tree);
 
     // Reference: mke2fs into a file of its own, copied in by `assemble`.
     let rootfs = d.join("root.img");
