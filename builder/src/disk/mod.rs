@@ -408,12 +408,24 @@ impl<'l> ImageWriter<'l> {
     }
 
     /// The next partition was written into the image file at its offset: hash it from there.
+    /// Meanwhile what is written so far goes to the disk (on a thread of its own), so the sync
+    /// in [`ImageWriter::finish`] has little left to do.
     pub fn in_place(&mut self) -> Result<()> {
         let p = self.begin()?;
         let mut ph = Sha256::new();
-        self.w
-            .in_file(p.offset + p.size, Some(&mut ph), false)
-            .with_context(|| format!("hashing partition {} ({:?}) of {}", p.number, p.label, self.out.display()))?;
+        let file = self.w.file.try_clone().with_context(|| format!("opening {} again", self.out.display()))?;
+        let w = &mut self.w;
+        std::thread::scope(|s| {
+            let sync = std::thread::Builder::new()
+                .name("image-sync".into())
+                .spawn_scoped(s, move || file.sync_data())
+                .context("starting the image sync thread")?;
+            let hashed = w.in_file(p.offset + p.size, Some(&mut ph), false);
+            let synced = sync.join().map_err(|_| anyhow::anyhow!("the image sync thread panicked"))?;
+            hashed?;
+            synced.context("syncing the image")
+        })
+        .with_context(|| format!("hashing partition {} ({:?}) of {}", p.number, p.label, self.out.display()))?;
         tracing::debug!(number = p.number, label = %p.label, size = p.size, "hashed partition in place");
         self.done(p, ph);
         Ok(())
