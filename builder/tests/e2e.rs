@@ -179,7 +179,9 @@ fn minimal_image_boots_and_passes_its_checks() {
     let analysis: Vec<&str> = doc["analysis"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
     let text = analysis.join("\n");
     assert!(analysis[0].starts_with("Startup finished in "), "systemd-analyze time first:\n{text}");
-    assert!(text.contains("kiln-check.service") || text.contains("ssh.service"), "blame lists units:\n{text}");
+    let units =
+        analysis.iter().filter(|l| l.trim_end().ends_with(".service") || l.trim_end().ends_with(".mount")).count();
+    assert!(units >= 5, "blame lists the slowest units with their times:\n{text}");
     assert!(text.contains("multi-user.target @"), "the critical chain of multi-user.target:\n{text}");
 }
 
