@@ -373,6 +373,11 @@ fn partition_written_in_place_matches_a_copied_one() {
     assert_eq!(sha256_file(&placed), want.sha256, "image digest = sha256sum");
     let parts = |x: &kiln::disk::ImageDigest| x.partitions.iter().map(|p| p.sha256.clone()).collect::<Vec<_>>();
     assert_eq!(parts(&got), parts(&want));
+    // The block map made while writing is the map of the finished file, read back.
+    let read_back = |p: &Path| kiln::disk::bmap::BlockMap::of_image(&mut File::open(p).unwrap()).unwrap().to_xml();
+    assert_eq!(got.bmap.to_xml(), read_back(&placed), "block map of the in-place image");
+    assert_eq!(want.bmap.to_xml(), read_back(&copied), "block map of the copied image");
+    assert!(got.bmap.ranges.len() > 2, "the map has the GPTs, the ESP and the root: {:?}", got.bmap.ranges);
     let used = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
     // Zero blocks mke2fs wrote or allocated are freed again; a few blocks of the host's own
     // extent tree may differ with the file's fragmentation.

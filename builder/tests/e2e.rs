@@ -162,8 +162,10 @@ fn minimal_image_boots_and_passes_its_checks() {
     assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (6 checks)"), "{stdout}");
     assert!(stdout.contains("ok   security updates: timer active, security archive configured"), "{stdout}");
     assert_eq!(sha256sum(&fx.image), before, "kiln test changed the image");
+    assert!(!stdout.contains("analyze:"), "the boot is analyzed only with --analyze:\n{stdout}");
 
-    let out = kiln(&["test", "--json", fx.image.to_str().unwrap(), "--timeout", "600"]);
+    // --analyze: the guest's own account of its boot (systemd-analyze), after the checks.
+    let out = kiln(&["test", "--json", "--analyze", fx.image.to_str().unwrap(), "--timeout", "600"]);
     assert!(out.status.success(), "kiln test --json failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
     assert_eq!((doc["command"].as_str(), doc["result"].as_str()), (Some("test"), Some("pass")), "{doc}");
@@ -174,6 +176,13 @@ fn minimal_image_boots_and_passes_its_checks() {
     assert!(checks.iter().all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()), "{doc}");
     assert!(checks.iter().any(|c| c["name"] == "ssh answers"), "{doc}");
     assert_eq!(doc["failed"], serde_json::json!([]));
+    let analysis: Vec<&str> = doc["analysis"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let text = analysis.join("\n");
+    assert!(analysis[0].starts_with("Startup finished in "), "systemd-analyze time first:\n{text}");
+    let units =
+        analysis.iter().filter(|l| l.trim_end().ends_with(".service") || l.trim_end().ends_with(".mount")).count();
+    assert!(units >= 5, "blame lists the slowest units with their times:\n{text}");
+    assert!(text.contains("multi-user.target @"), "the critical chain of multi-user.target:\n{text}");
 }
 
 #[test]

@@ -117,6 +117,10 @@ pub enum Command {
         /// Write the guest's changes to the image (e.g. to test what a second boot does).
         #[arg(long)]
         persist: bool,
+        /// Also print where the guest's boot time went: `systemd-analyze` time, the top of
+        /// blame and the critical chain, run in the guest after its checks.
+        #[arg(long)]
+        analyze: bool,
         #[command(flatten)]
         vm: VmArgs,
         /// Print the result as one JSON document on stdout instead of lines (see docs/cli.md).

@@ -149,6 +149,9 @@ pub fn test(report: &TestReport, log: &Path) -> ExitCode {
         println!("{} {}{detail}", if c.passed { "ok  " } else { "FAIL" }, c.name);
     }
     println!("boot-to-ready: {:.1}s ({}, system {})", report.ready_after, report.accel, report.system_state);
+    for line in &report.analysis {
+        println!("analyze: {line}");
+    }
     if report.passed {
         println!("result: pass ({} checks)", report.checks.len());
         ExitCode::SUCCESS
@@ -179,6 +182,9 @@ struct TestJson<'a> {
     serial_log: &'a Path,
     /// Guest ports forwarded to the host's 127.0.0.1 while the guest ran.
     ports: &'a [crate::vm::Forward],
+    /// `--analyze`: the guest's systemd-analyze lines (time, top of blame, critical chain).
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    analysis: &'a [String],
 }
 
 /// `kiln test --json`: the report as JSON; exit status 1 when a check failed, as without `--json`.
@@ -194,6 +200,7 @@ pub fn test_json(report: &TestReport, image: &Path, log: &Path) -> Result<ExitCo
         failed: report.checks.iter().filter(|c| !c.passed).map(|c| c.name.as_str()).collect(),
         serial_log: log,
         ports: &report.forwards,
+        analysis: &report.analysis,
     })?;
     Ok(if report.passed { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -31,8 +31,8 @@ fn dispatch(command: Command) -> Result<ExitCode> {
         Command::Fetch { recipe, lock, cache } => fetch(&recipe, &lock, &cache),
         Command::Vendor { recipe, dir, lock, cache } => vendor(&recipe, &dir, &lock, &cache),
         Command::Boot { image, persist, vm } => boot(&image, persist, &vm),
-        Command::Test { image, timeout, serial_log, persist, vm, json } => {
-            test(&image, timeout, serial_log, persist, &vm, json)
+        Command::Test { image, timeout, serial_log, persist, analyze, vm, json } => {
+            test(&image, timeout, serial_log, persist, analyze, &vm, json)
         }
         Command::Keygen { out, prefix, unencrypted, force } => keygen(&out, prefix.as_deref(), unencrypted, force),
         Command::Verify { image, from_image, key, json } => verify(&image, from_image.as_deref(), key.as_deref(), json),
@@ -140,12 +140,13 @@ fn test(
     timeout: u64,
     serial_log: Option<PathBuf>,
     persist: bool,
+    analyze: bool,
     vm: &VmArgs,
     json: bool,
 ) -> Result<ExitCode> {
     check_site(image, vm)?;
     let log = serial_log.unwrap_or_else(|| vm::default_log(image));
-    let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist)
+    let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist, analyze)
         .with_context(|| format!("testing {}", image.display()))?;
     if json {
         report::test_json(&report, image, &log)

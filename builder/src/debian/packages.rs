@@ -5,7 +5,7 @@ use crate::debian::deb822;
 use crate::lock::LockedPackage;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -32,9 +32,13 @@ pub struct Package {
 /// Installed packages of the root at `root`, sorted by name and architecture.
 pub fn installed(root: &Path) -> Result<Vec<Package>> {
     let status = std::fs::read_to_string(root.join("var/lib/dpkg/status")).context("reading the root's dpkg status")?;
-    let known = list_index(root)?;
-    let mut pkgs: Vec<Package> = deb822::paragraphs(&status)
+    let installed: Vec<_> = deb822::paragraphs(&status)
         .filter(|p| p.get("Status").is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")))
+        .collect();
+    let names: HashSet<&str> = installed.iter().filter_map(|p| p.get("Package")).collect();
+    let known = list_index(root, &names)?;
+    let mut pkgs: Vec<Package> = installed
+        .into_iter()
         .map(|p| {
             let get = |k: &str| p.get(k).unwrap_or_default().to_string();
             let (name, version, architecture) = (get("Package"), get("Version"), get("Architecture"));
@@ -72,13 +76,18 @@ pub fn list_suite(file_name: &str) -> Option<String> {
     rest.split('_').next().filter(|s| !s.is_empty()).map(str::to_string)
 }
 
-/// The [`ListIndex`] of every `*_Packages` list in the root.
-fn list_index(root: &Path) -> Result<ListIndex> {
+/// The [`ListIndex`] of every `*_Packages` list in the root, for the packages named in `names`
+/// (a list has tens of thousands of stanzas: the others are passed over by their first line).
+fn list_index(root: &Path, names: &HashSet<&str>) -> Result<ListIndex> {
     let mut index = BTreeMap::new();
     for f in list_files(root, "_Packages")? {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
         let suite = f.file_name().and_then(|n| list_suite(&n.to_string_lossy()));
-        for p in deb822::paragraphs(&text) {
+        let wanted = deb822::raw_paragraphs(&text).filter(|raw| {
+            // apt's lists begin each stanza with `Package:`; anything else is parsed in full.
+            raw.lines().next().and_then(|l| l.strip_prefix("Package:")).is_none_or(|n| names.contains(n.trim()))
+        });
+        for p in wanted.filter_map(|raw| deb822::paragraphs(raw).next()) {
             if let (Some(n), Some(v), Some(a), Some(sha), Some(file)) =
                 (p.get("Package"), p.get("Version"), p.get("Architecture"), p.get("SHA256"), p.get("Filename"))
             {

@@ -95,6 +95,13 @@ impl BlockMap {
         Ok(BlockMap { image_size, ranges })
     }
 
+    /// The map of an image given by its bytes in order, as [`super::ImageWriter`] sees them
+    /// while it writes and hashes the image: the same map as [`BlockMap::of_image`] of the
+    /// finished file, without reading it again.
+    pub fn builder() -> MapBuilder {
+        MapBuilder::default()
+    }
+
     pub fn blocks_count(&self) -> u64 {
         self.image_size.div_ceil(BLOCK_SIZE)
     }
@@ -132,6 +139,100 @@ impl BlockMap {
         }
         s.push_str("    </BlockMap>\n</bmap>\n");
         s
+    }
+}
+
+/// Builds a [`BlockMap`] from an image's bytes in order: data pieces ([`MapBuilder::bytes`]) and
+/// runs of zeros ([`MapBuilder::zeros`], holes: never unmapped data). Pieces need not be
+/// block-aligned.
+#[derive(Default)]
+pub struct MapBuilder {
+    /// Number of the next whole block.
+    next: u64,
+    /// The bytes of block `next` seen so far (less than a block).
+    partial: Vec<u8>,
+    /// The run being mapped: first, last, hasher.
+    open: Option<(u64, u64, Sha256)>,
+    ranges: Vec<BlockRange>,
+}
+
+const BLOCK: usize = BLOCK_SIZE as usize;
+static ZERO_BLOCK: [u8; BLOCK] = [0; BLOCK];
+
+impl MapBuilder {
+    /// The next `buf.len()` bytes of the image.
+    pub fn bytes(&mut self, mut buf: &[u8]) {
+        if !self.partial.is_empty() {
+            let take = (BLOCK - self.partial.len()).min(buf.len());
+            self.partial.extend_from_slice(&buf[..take]);
+            buf = &buf[take..];
+            if self.partial.len() < BLOCK {
+                return;
+            }
+            let block = std::mem::take(&mut self.partial);
+            self.block(&block);
+        }
+        let whole = buf.len() / BLOCK * BLOCK;
+        for block in buf[..whole].chunks_exact(BLOCK) {
+            self.block(block);
+        }
+        self.partial.extend_from_slice(&buf[whole..]);
+    }
+
+    /// The next `n` bytes of the image are zeros.
+    pub fn zeros(&mut self, mut n: u64) {
+        if !self.partial.is_empty() {
+            let take = ((BLOCK - self.partial.len()) as u64).min(n) as usize;
+            self.bytes(&ZERO_BLOCK[..take]);
+            n -= take as u64;
+        }
+        if n >= BLOCK_SIZE {
+            self.close();
+            self.next += n / BLOCK_SIZE;
+        }
+        self.partial.extend_from_slice(&ZERO_BLOCK[..(n % BLOCK_SIZE) as usize]);
+    }
+
+    /// The map of the `image_size` bytes given.
+    pub fn finish(mut self, image_size: u64) -> Result<BlockMap> {
+        if !self.partial.is_empty() {
+            let last = std::mem::take(&mut self.partial);
+            self.block(&last);
+        }
+        self.close();
+        let seen = self.next * BLOCK_SIZE;
+        ensure!(
+            seen.div_ceil(BLOCK_SIZE) == image_size.div_ceil(BLOCK_SIZE),
+            "internal error: the block map saw {seen} bytes of a {image_size}-byte image"
+        );
+        Ok(BlockMap { image_size, ranges: self.ranges })
+    }
+
+    /// Block `next` (short only at the image's end).
+    fn block(&mut self, block: &[u8]) {
+        let number = self.next;
+        self.next += 1;
+        if block == &ZERO_BLOCK[..block.len()] {
+            return self.close();
+        }
+        match &mut self.open {
+            Some((_, last, h)) if *last + 1 == number => {
+                *last = number;
+                h.update(block);
+            }
+            _ => {
+                self.close();
+                let mut h = Sha256::new();
+                h.update(block);
+                self.open = Some((number, number, h));
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((first, last, h)) = self.open.take() {
+            self.ranges.push(BlockRange { first, last, sha256: hex::encode(h.finalize()) });
+        }
     }
 }
 
@@ -190,5 +291,42 @@ mod tests {
         let back = parse(&xml).unwrap();
         assert_eq!(back.ranges, map.ranges);
         assert_eq!(back.image_size, 64 * BLOCK_SIZE);
+    }
+
+    /// The map built from the bytes in order, in pieces that do not follow block boundaries,
+    /// equals the map read from the file.
+    #[test]
+    fn builder_from_unaligned_pieces_equals_the_map_of_the_file() {
+        let size = 40 * BLOCK_SIZE + 1000; // a short last block
+        let mut bytes = vec![0u8; size as usize];
+        bytes[..17408].fill(3); // a GPT head of 34 sectors: not a whole number of blocks
+        bytes[5 * 4096 + 100] = 1;
+        bytes[6 * 4096..9 * 4096].fill(9);
+        bytes[20 * 4096..20 * 4096 + 10].fill(4);
+        bytes[size as usize - 1] = 8;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.img");
+        std::fs::write(&path, &bytes).unwrap();
+        let want = BlockMap::of_image(&mut File::open(&path).unwrap()).unwrap();
+        // Pieces of odd sizes; long zero stretches given as zero runs (holes), as the writer does.
+        let mut b = BlockMap::builder();
+        let mut at = 0usize;
+        for len in [17408usize, 5000, 3, 70000, 4096 * 9 + 7].into_iter().cycle() {
+            let end = (at + len).min(bytes.len());
+            let piece = &bytes[at..end];
+            if piece.iter().all(|&x| x == 0) {
+                b.zeros(piece.len() as u64);
+            } else {
+                b.bytes(piece);
+            }
+            at = end;
+            if at == bytes.len() {
+                break;
+            }
+        }
+        let got = b.finish(size).unwrap();
+        assert_eq!(got.ranges, want.ranges);
+        assert_eq!(got.to_xml(), want.to_xml());
+        assert!(BlockMap::builder().finish(size).is_err(), "a map of fewer bytes than the image");
     }
 }

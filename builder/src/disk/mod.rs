@@ -2,8 +2,8 @@
 //!
 //! [`ImageWriter`] fills the image file in disk order — partitions copied from content files or
 //! written in place at their offsets by another program (mke2fs), the gaps between them, both
-//! GPTs — and hashes it once on the way (SHA-256 of the whole image and of each partition),
-//! skipping all-zero blocks and holes so the output stays sparse and zeros are never read.
+//! GPTs — and hashes it once on the way (SHA-256 of the whole image and of each partition, and
+//! the block map with its range checksums), skipping all-zero blocks and holes so the output stays sparse and zeros are never read.
 //! [`assemble`] is the same from one content file per partition.
 
 pub mod bmap;
@@ -40,6 +40,9 @@ pub struct ImageDigest {
     pub size: u64,
     /// Partition digests in layout order.
     pub partitions: Vec<PartitionDigest>,
+    /// The image's block map, made in the same pass.
+    #[serde(skip)]
+    pub bmap: bmap::BlockMap,
 }
 
 /// SHA-256 of one partition over its full size (zero padding included).
@@ -195,12 +198,13 @@ enum Piece {
     Zeros(u64),
 }
 
-/// SHA-256 of a byte stream computed on its own thread. Buffers handed over come back through
-/// [`StreamHasher::buffer`], so a copy allocates only the few that are in flight.
+/// SHA-256 and block map ([`bmap::MapBuilder`]) of a byte stream, computed on their own thread.
+/// Buffers handed over come back through [`StreamHasher::buffer`], so a copy allocates only the
+/// few that are in flight.
 struct StreamHasher {
     pieces: Option<SyncSender<Piece>>,
     spare: Receiver<Vec<u8>>,
-    thread: Option<JoinHandle<Sha256>>,
+    thread: Option<JoinHandle<(Sha256, bmap::MapBuilder)>>,
 }
 
 impl StreamHasher {
@@ -211,14 +215,17 @@ impl StreamHasher {
             .name("image-sha256".into())
             .spawn(move || {
                 let mut h = Sha256::new();
+                let mut map = bmap::BlockMap::builder();
                 let zeros = vec![0u8; CHUNK];
                 for piece in rx {
                     match piece {
                         Piece::Bytes(b) => {
                             h.update(&b);
+                            map.bytes(&b);
                             let _ = give_back.send(b);
                         }
                         Piece::Zeros(mut n) => {
+                            map.zeros(n);
                             while n > 0 {
                                 let k = n.min(CHUNK as u64) as usize;
                                 h.update(&zeros[..k]);
@@ -227,7 +234,7 @@ impl StreamHasher {
                         }
                     }
                 }
-                h
+                (h, map)
             })
             .context("starting the image hashing thread")?;
         Ok(StreamHasher { pieces: Some(pieces), spare, thread: Some(thread) })
@@ -256,11 +263,12 @@ impl StreamHasher {
         self.send(Piece::Zeros(n))
     }
 
-    fn finish(&mut self) -> Result<String> {
+    /// The SHA-256 (hex) and the block map of the `size` bytes given.
+    fn finish(&mut self, size: u64) -> Result<(String, bmap::BlockMap)> {
         drop(self.pieces.take());
         let h = self.thread.take().context("image hashing thread already joined")?;
-        let h = h.join().map_err(|_| anyhow::anyhow!("the image hashing thread panicked"))?;
-        Ok(hex::encode(h.finalize()))
+        let (h, map) = h.join().map_err(|_| anyhow::anyhow!("the image hashing thread panicked"))?;
+        Ok((hex::encode(h.finalize()), map.finish(size)?))
     }
 }
 
@@ -400,12 +408,24 @@ impl<'l> ImageWriter<'l> {
     }
 
     /// The next partition was written into the image file at its offset: hash it from there.
+    /// Meanwhile what is written so far goes to the disk (on a thread of its own), so the sync
+    /// in [`ImageWriter::finish`] has little left to do.
     pub fn in_place(&mut self) -> Result<()> {
         let p = self.begin()?;
         let mut ph = Sha256::new();
-        self.w
-            .in_file(p.offset + p.size, Some(&mut ph), false)
-            .with_context(|| format!("hashing partition {} ({:?}) of {}", p.number, p.label, self.out.display()))?;
+        let file = self.w.file.try_clone().with_context(|| format!("opening {} again", self.out.display()))?;
+        let w = &mut self.w;
+        std::thread::scope(|s| {
+            let sync = std::thread::Builder::new()
+                .name("image-sync".into())
+                .spawn_scoped(s, move || file.sync_data())
+                .context("starting the image sync thread")?;
+            let hashed = w.in_file(p.offset + p.size, Some(&mut ph), false);
+            let synced = sync.join().map_err(|_| anyhow::anyhow!("the image sync thread panicked"))?;
+            hashed?;
+            synced.context("syncing the image")
+        })
+        .with_context(|| format!("hashing partition {} ({:?}) of {}", p.number, p.label, self.out.display()))?;
         tracing::debug!(number = p.number, label = %p.label, size = p.size, "hashed partition in place");
         self.done(p, ph);
         Ok(())
@@ -426,9 +446,9 @@ impl<'l> ImageWriter<'l> {
         let size = self.layout.disk_size;
         ensure!(w.pos == size, "internal error: wrote {} of {size} bytes", w.pos);
         w.file.sync_all().with_context(|| format!("syncing {}", self.out.display()))?;
-        let sha256 = w.image.finish()?;
+        let (sha256, bmap) = w.image.finish(size)?;
         tracing::debug!(%sha256, size, "assembled image {}", self.out.display());
-        Ok(ImageDigest { sha256, size, partitions: self.digests })
+        Ok(ImageDigest { sha256, size, partitions: self.digests, bmap })
     }
 }
 

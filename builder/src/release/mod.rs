@@ -52,10 +52,9 @@ pub fn write_outputs(staging: &mut Staging, i: &Inputs) -> Result<Vec<Entry>> {
         sums.push(Entry { sha256, file: name });
     }
 
-    // The block map of the raw image, for `kiln flash` and `bmaptool copy`.
-    let mut file = std::fs::File::open(&raw).with_context(|| format!("opening {}", raw.display()))?;
-    let bmap = crate::disk::bmap::BlockMap::of_image(&mut file).context("making the block map")?;
-    sums.push(stage_text(staging, &export::bmap_name(&stem), &bmap.to_xml())?);
+    // The block map of the raw image, for `kiln flash` and `bmaptool copy` (made while the image
+    // was written).
+    sums.push(stage_text(staging, &export::bmap_name(&stem), &i.digest.bmap.to_xml())?);
 
     let key = i.signer.map(|s| KeyInfo { key_id: s.key_id(), public_key: s.public_key() });
     let manifest = Manifest::new(i.plan, i.boot, &i.plan.layout, i.digest, key)?.to_json()?;

@@ -44,6 +44,8 @@ pub struct TestReport {
     pub passed: bool,
     /// Guest ports that were reachable on the host's 127.0.0.1 while the guest ran.
     pub forwards: Vec<super::Forward>,
+    /// With `analyze`: the guest's `systemd-analyze` time, top of blame and critical chain.
+    pub analysis: Vec<String>,
 }
 
 enum Event {
@@ -54,18 +56,26 @@ enum Event {
 /// Boot `image`, wait for the agent's verdict, and return the report (also on failed checks).
 /// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
 /// The whole serial console is written to `log`. With `persist` the guest's writes reach the image.
-pub fn test(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
+/// With `analyze` the agent also reports where the boot's time went (`systemd-analyze`).
+pub fn test(
+    image: &Path,
+    opts: &VmOptions,
+    timeout: Duration,
+    log: &Path,
+    persist: bool,
+    analyze: bool,
+) -> Result<TestReport> {
     // A forwarded port is free when kiln picks it, but another program may take it before QEMU
     // binds it: QEMU then stops at once, and new ports are picked.
     for _ in 1..HOSTFWD_TRIES {
-        match test_once(image, opts, timeout, log, persist) {
+        match test_once(image, opts, timeout, log, persist, analyze) {
             Err(e) if format!("{e:#}").contains(HOSTFWD_TAKEN) => {
                 eprintln!("kiln: a forwarded port was taken before QEMU could bind it; picking new ports")
             }
             other => return other,
         }
     }
-    test_once(image, opts, timeout, log, persist)
+    test_once(image, opts, timeout, log, persist, analyze)
 }
 
 /// How often `kiln test` picks new ports when QEMU cannot bind one.
@@ -73,8 +83,15 @@ const HOSTFWD_TRIES: usize = 3;
 /// QEMU's words when a `hostfwd` port is taken.
 const HOSTFWD_TAKEN: &str = "Could not set up host forwarding rule";
 
-fn test_once(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, persist: bool) -> Result<TestReport> {
-    let m = machine(image, opts, persist, Some("kiln.test"))?;
+fn test_once(
+    image: &Path,
+    opts: &VmOptions,
+    timeout: Duration,
+    log: &Path,
+    persist: bool,
+    analyze: bool,
+) -> Result<TestReport> {
+    let m = machine(image, opts, persist, Some(if analyze { "kiln.test kiln.analyze" } else { "kiln.test" }))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     eprintln!(
         "kiln: booting {} with {}",
@@ -87,7 +104,7 @@ fn test_once(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, pers
     let start = Instant::now();
     let mut child = m.cmd.spawn(Stdio::null(), Stdio::piped(), Stdio::piped())?;
     let (rx, err_thread) = read_output(&mut child)?;
-    let (tail, ready, checks, verdict) = read_serial(&rx, &mut log_file, start, timeout, m.accel, log)?;
+    let (tail, ready, checks, verdict, analysis) = read_serial(&rx, &mut log_file, start, timeout, m.accel, log)?;
     // The agent powers the guest off after its verdict; give it a moment, then stop QEMU.
     let off_deadline = Instant::now() + Duration::from_secs(60);
     while verdict.is_some() && child.try_wait()?.is_none() && Instant::now() < off_deadline {
@@ -115,6 +132,7 @@ fn test_once(image: &Path, opts: &VmOptions, timeout: Duration, log: &Path, pers
         passed: passed && checks.iter().all(|c| c.passed),
         checks,
         forwards: m.forwards.clone(),
+        analysis,
     })
 }
 
@@ -138,8 +156,8 @@ fn read_output(child: &mut cmd::Running) -> Result<(mpsc::Receiver<Event>, JoinH
 }
 
 /// Lines seen until the agent's verdict, the console closing, or the deadline (an error then):
-/// the last lines, the ready time and state, the checks, the verdict.
-type Serial = (Vec<String>, Option<(f64, String)>, Vec<CheckResult>, Option<bool>);
+/// the last lines, the ready time and state, the checks, the verdict, the `KILN-ANALYZE` lines.
+type Serial = (Vec<String>, Option<(f64, String)>, Vec<CheckResult>, Option<bool>, Vec<String>);
 
 /// Follow the serial console until the agent's verdict (see [`Serial`]); every line goes to `log_file`.
 fn read_serial(
@@ -154,6 +172,7 @@ fn read_serial(
     let mut ready: Option<(f64, String)> = None;
     let mut checks = Vec::new();
     let mut verdict: Option<bool> = None;
+    let mut analysis = Vec::new();
     let deadline = start + timeout;
     let mut milestones = Milestones::start("boot", "firmware", start);
     let mut next = 0;
@@ -185,6 +204,8 @@ fn read_serial(
                     ready = Some((start.elapsed().as_secs_f64(), state));
                 } else if let Some(rest) = marker(&line, "KILN-CHECK ") {
                     checks.push(parse_check(rest));
+                } else if let Some(rest) = marker(&line, "KILN-ANALYZE ") {
+                    analysis.push(rest.trim_end().to_string());
                 } else if let Some(rest) = marker(&line, "KILN-RESULT ") {
                     milestones.reached("checks done");
                     verdict = Some(rest.trim() == "pass");
@@ -220,7 +241,7 @@ fn read_serial(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    Ok((tail, ready, checks, verdict))
+    Ok((tail, ready, checks, verdict, analysis))
 }
 
 /// Console lines after which no verdict can come, and what they mean.
