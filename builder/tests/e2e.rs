@@ -159,7 +159,8 @@ fn minimal_image_boots_and_passes_its_checks() {
     eprintln!("{stdout}");
     assert!(out.status.success(), "kiln test failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("ok   ssh answers (port 22 open)"), "{stdout}");
-    assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (6 checks)"), "{stdout}");
+    assert!(stdout.contains("ok   sshd speaks SSH (socket-activated at this connection)"), "{stdout}");
+    assert!(stdout.contains("boot-to-ready:") && stdout.contains("result: pass (7 checks)"), "{stdout}");
     assert!(stdout.contains("ok   security updates: timer active, security archive configured"), "{stdout}");
     assert_eq!(sha256sum(&fx.image), before, "kiln test changed the image");
     assert!(!stdout.contains("analyze:"), "the boot is analyzed only with --analyze:\n{stdout}");
@@ -172,7 +173,7 @@ fn minimal_image_boots_and_passes_its_checks() {
     assert!(["kvm", "tcg"].contains(&doc["accel"].as_str().unwrap()), "{doc}");
     assert!(doc["boot_to_ready_seconds"].as_f64().unwrap() > 0.0, "{doc}");
     let checks = doc["checks"].as_array().unwrap();
-    assert_eq!(checks.len(), 6, "{doc}");
+    assert_eq!(checks.len(), 7, "{doc}");
     assert!(checks.iter().all(|c| c["ok"] == true && c["name"].is_string() && c["detail"].is_string()), "{doc}");
     assert!(checks.iter().any(|c| c["name"] == "ssh answers"), "{doc}");
     assert_eq!(doc["failed"], serde_json::json!([]));
@@ -234,7 +235,7 @@ fn failing_check_makes_kiln_test_fail_and_names_it() {
     assert!(stdout.contains("ok   ssh answers"), "the other checks still run: {stdout}");
     // README: "Log in over SSH with a key you add to the recipe".
     assert!(stdout.contains("ok   ssh login with the recipe's key"), "{stdout}");
-    assert!(stdout.contains("result: FAIL (1 of 8 checks failed: unit: kiln-no-such.service)"), "{stdout}");
+    assert!(stdout.contains("result: FAIL (1 of 9 checks failed: unit: kiln-no-such.service)"), "{stdout}");
 }
 
 /// README: "on a timeout it shows the tail of the serial log". A timeout far shorter than any
