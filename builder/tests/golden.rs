@@ -217,8 +217,16 @@ fn appliance_recipes_check() {
     let office = plan("office-in-a-box");
     let nc = office.recipe.artifacts.iter().find(|a| a.name == "nextcloud").expect("nextcloud artifact");
     assert!(nc.url.starts_with("https://download.nextcloud.com/server/releases/nextcloud-") && nc.sha256.len() == 64);
-    for p in ["nginx", "php8.4-fpm", "postgresql", "redis-server", "postfix", "dovecot-imapd", "libvirt-daemon-system"]
-    {
+    for p in [
+        "nginx",
+        "php8.4-fpm",
+        "postgresql",
+        "redis-server",
+        "postfix",
+        "dovecot-imapd",
+        "rspamd",
+        "libvirt-daemon-system",
+    ] {
         assert!(office.packages.iter().any(|x| x == p), "office-in-a-box lacks {p}");
     }
     let names: Vec<&str> = office.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();
@@ -233,8 +241,17 @@ fn appliance_recipes_check() {
         "sovereign-office needs more than Debian"
     );
     assert_eq!(sov.recipe.base.components, ["main"]);
-    for p in ["slapd", "nslcd", "postfix", "dovecot-imapd", "sogo", "prosody", "lua-ldap", "libnginx-mod-http-dav-ext"]
-    {
+    for p in [
+        "slapd",
+        "nslcd",
+        "postfix",
+        "dovecot-imapd",
+        "rspamd",
+        "sogo",
+        "prosody",
+        "lua-ldap",
+        "libnginx-mod-http-dav-ext",
+    ] {
         assert!(sov.packages.iter().any(|x| x == p), "sovereign-office lacks {p}");
     }
     let names: Vec<&str> = sov.recipe.first_boot.iter().map(|f| f.name.as_str()).collect();

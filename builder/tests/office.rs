@@ -17,11 +17,16 @@ const PROOFS: &[&str] = &[
     "LDAP: administrator credentials made on this box, root only",
     "HTTPS: the start page is served with this box's certificate, which names the site's domain",
     "site: the office serves the site's domain and organisation",
+    "Rspamd: the milter answers on 11332",
+    "Rspamd: Postfix hands SMTP and submission mail to Rspamd",
+    "DKIM: the key was made on this box, readable by root and Rspamd only",
     "office-user: alice and bob are added",
     "SMTP: alice sends bob mail over submission with authentication",
     "IMAPS: bob reads alice's mail",
     "SMTP: a forged sender is refused",
     "SMTP/IMAPS: a wrong password is refused",
+    "DKIM: alice's mail to bob is signed for the domain and the signature verifies",
+    "Rspamd: a spam message (GTUBE) is rejected",
     "CalDAV: alice creates an event and reads it back; bob cannot; a wrong password cannot",
     "CardDAV: alice creates a contact and reads it back; bob cannot; a wrong password cannot",
     "WebDAV: alice writes a file to her share and reads it back; bob cannot; a wrong password cannot",
@@ -114,6 +119,9 @@ fn scan_root(image: &Path, base: &Path) {
         "/etc/office/domain",
         "/var/lib/kiln/first-boot/office-directory.done",
         "/var/lib/kiln/first-boot/office-sso.done",
+        "/var/lib/rspamd/dkim/office.home.arpa.dkim.key",
+        "/var/lib/rspamd/dkim",
+        "/root/mail-dkim-credentials",
     ] {
         assert!(!exists_in(&root, secret), "{secret} must not be in the image");
     }
