@@ -111,7 +111,7 @@ pub enum Command {
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 600)]
         timeout: u64,
-        /// Where to write the guest's serial console [default: $TMPDIR/kiln-test-IMAGE.serial.log].
+        /// Where to write the guest's serial console [default: $TMPDIR/kiln-test-IMAGE.PID.serial.log].
         #[arg(long)]
         serial_log: Option<PathBuf>,
         /// Write the guest's changes to the image (e.g. to test what a second boot does).

@@ -303,10 +303,10 @@ fn clean_line(bytes: &[u8]) -> String {
     out
 }
 
-/// Default place for the serial log of a test of `image`.
+/// Default place for the serial log of a test of `image`, with kiln's process id: two `kiln test` runs of one image at once write a log each.
 pub fn default_log(image: &Path) -> PathBuf {
     let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
-    std::env::temp_dir().join(format!("kiln-test-{name}.serial.log"))
+    std::env::temp_dir().join(format!("kiln-test-{name}.{}.serial.log", std::process::id()))
 }
 
 #[cfg(test)]
