@@ -56,8 +56,6 @@ pub const LOCALE: Script = script!("locale.sh");
 pub const APT_PIN: Script = script!("apt-pin.sh");
 /// The bootstrap's apt sources and pin file removed (`PIN_FILE`).
 pub const APT_SOURCES: Script = script!("apt-sources.sh");
-/// dpkg's `force-unsafe-io` while a tree is bootstrapped (`on` first, `off` last).
-pub const UNSAFE_IO: Script = script!("unsafe-io.sh");
 /// Native help for foreign bootstraps (`ACTION DIR TREE ARCH`, see `assist.rs`).
 pub const ASSIST: Script = script!("assist.sh");
 
@@ -163,11 +161,6 @@ mod tests {
             &root,
         );
         assert_eq!(read("etc/initramfs-tools/conf.d/kiln"), "MODULES=dep\n");
-        run(&[Hook::new(Phase::Setup, UNSAFE_IO, ["on"])], &root);
-        assert_eq!(read("etc/dpkg/dpkg.cfg.d/kiln-unsafe-io"), "force-unsafe-io\n");
-        run(&[Hook::new(Phase::Customize, UNSAFE_IO, ["off"])], &root);
-        assert!(!root.join("etc/dpkg/dpkg.cfg.d/kiln-unsafe-io").exists(), "nothing of unsafe-io is left");
-        assert!(root.join("etc/dpkg/dpkg.cfg.d").is_dir());
         for gone in ["etc/apt/preferences.d/kiln-lock", "etc/apt/sources.list", "etc/apt/sources.list.d/debian.sources"]
         {
             assert!(!root.join(gone).exists(), "{gone}");

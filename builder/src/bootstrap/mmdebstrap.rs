@@ -49,13 +49,9 @@ impl Mmdebstrap<'_> {
     /// The command (hook scripts are written into `work/hooks`).
     pub fn command(&self, work: &WorkDir) -> anyhow::Result<Cmd> {
         let src = self.source;
-        // dpkg flushes every file it unpacks, tens of thousands per tree; a bootstrapped tree is
-        // throwaway until it is stored (one flush of the file system then), so it skips them.
-        let mut all: Vec<Hook> = vec![Hook::new(Phase::Setup, hooks::UNSAFE_IO, ["on"])];
-        all.extend(src.pins.iter().map(pin_hook));
+        let mut all: Vec<Hook> = src.pins.iter().map(pin_hook).collect();
         all.push(Hook::new(Phase::Customize, hooks::APT_SOURCES, [src.pin_file]));
         all.extend(self.hooks.iter().cloned());
-        all.push(Hook::new(Phase::Customize, hooks::UNSAFE_IO, ["off"]));
         let mut cmd = match self.private_path {
             Some(dir) => {
                 let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
@@ -185,11 +181,6 @@ mod tests {
             ]
         );
         assert!(argv[1..dashes].iter().all(|a| a.starts_with("--")), "only options before `--`: {argv:?}");
-        // dpkg's unsafe-io is set before anything else and unset after everything else.
-        let hooks: Vec<&String> = argv.iter().filter(|a| a.contains("-hook=")).collect();
-        assert!(hooks[0].starts_with("--setup-hook=") && hooks[0].contains("unsafe-io.sh \"$1\" on"), "{hooks:?}");
-        let last = hooks.last().unwrap();
-        assert!(last.starts_with("--customize-hook=") && last.contains("unsafe-io.sh \"$1\" off"), "{hooks:?}");
     }
 
     /// Values that would read as options never reach the command line: the recipe is refused.

@@ -182,30 +182,14 @@ pub fn store(tree: &Path, dest: &Path) -> Result<()> {
     if dest.exists() {
         return Ok(());
     }
-    crate::host::files::write_dir_atomically(dest, |tmp| {
-        match std::fs::rename(tree, tmp) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
-                Cmd::new("cp").args(["-a", "--no-target-directory"]).arg(tree).arg(tmp).run()
-            }
-            Err(e) => Err(e).with_context(|| format!("moving {} into the cache", tree.display())),
-        }?;
-        // Bootstraps skip dpkg's flush of every file (force-unsafe-io): one flush of the whole
-        // file system here, before the rename, keeps an entry complete across a power loss.
-        sync_filesystem(tmp)
+    crate::host::files::write_dir_atomically(dest, |tmp| match std::fs::rename(tree, tmp) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            Cmd::new("cp").args(["-a", "--no-target-directory"]).arg(tree).arg(tmp).run()
+        }
+        Err(e) => Err(e).with_context(|| format!("moving {} into the cache", tree.display())),
     })
     .or_else(|e| if dest.exists() { Ok(()) } else { Err(e) })
-}
-
-/// Flush the file system holding `path` to its disk (syncfs).
-fn sync_filesystem(path: &Path) -> Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("flushing {} to disk", path.display()));
-    }
-    Ok(())
 }
 
 /// Give the cached tree `from` a second name `to` in the cache (a tree of hard links, complete
