@@ -124,7 +124,9 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     // A foreign one needs the tools tree only from its extract hook on: it starts at once (the
     // mirror, the download, the extraction of the essential packages) and waits there for the
     // tools tree, which a thread makes meanwhile.
-    let pending = match side_by_side || opts.host_tools {
+    // (Not for a cached root: then nothing waits, and the help would be prepared for nothing.)
+    let root_cached = opts.reuse_root && root::is_cached(&plan, &root_src, &opts.cache);
+    let pending = match side_by_side || opts.host_tools || root_cached {
         true => None,
         false => Assist::pending(plan.arch(), &Tools::cache_dir(&opts.cache, &tools_src)?, &work)?,
     };
@@ -132,7 +134,7 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
     // Package names too, when the root is to be bootstrapped (a cached root had them all).
-    let check_names = !opts.offline && (!opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache));
+    let check_names = !opts.offline && !root_cached;
     let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || {
         let inputs = outside_inputs(&plan, work.path(), opts)?;
         if check_names {
