@@ -153,22 +153,47 @@ pub struct Assist {
     dir: PathBuf,
     tree: PathBuf,
     arch: &'static str,
-    /// Native programs offered (before apt's versions are compared).
-    pub offered: usize,
+}
+
+/// Native help for a bootstrap: a tools tree that is ready, or an assist whose tools tree
+/// another thread is still making (`Assist::pending`; its extract hook waits for it).
+#[derive(Clone, Copy)]
+pub enum Help<'a> {
+    Tools(&'a Tools),
+    Pending(&'a Assist),
 }
 
 impl Assist {
     /// The assist for bootstrapping `target` with `tools`, or None when it does not apply: a
     /// native build, host tools instead of a tools tree, or a host other than x86_64.
     pub fn new(target: Arch, tools: &Tools, work: &WorkDir) -> Result<Option<Assist>> {
-        let (Some(Arch::X86_64), Some(tree)) = (Arch::host(), tools.root()) else { return Ok(None) };
-        if target == Arch::X86_64 {
+        let Some(tree) = tools.root() else { return Ok(None) };
+        let Some(assist) = Assist::pending(target, tree, work)? else { return Ok(None) };
+        assist.fill(tools)?;
+        Ok(Some(assist))
+    }
+
+    /// The assist for bootstrapping `target` with the tools tree that will be at `tree`, before
+    /// that tree exists: the bootstrap can start (mirror, download, extraction) while another
+    /// thread makes the tree and then calls `fill` (or `fail`); until then `assist.sh setup`
+    /// (the extract hook) waits. None when native help does not apply (see `new`).
+    pub fn pending(target: Arch, tree: &Path, work: &WorkDir) -> Result<Option<Assist>> {
+        if Arch::host() != Some(Arch::X86_64) || target == Arch::X86_64 {
             return Ok(None);
         }
         let dir = work.join("assist");
         for d in ["bin", "libexec", "tree", "root"] {
             std::fs::create_dir_all(dir.join(d)).with_context(|| format!("creating {}", dir.join(d).display()))?;
         }
+        Ok(Some(Assist { dir, tree: tree.to_path_buf(), arch: target.debian() }))
+    }
+
+    /// Copy the native programs out of the tools tree (which must be the one `pending` named)
+    /// and tell the waiting extract hook to go on.
+    pub fn fill(&self, tools: &Tools) -> Result<()> {
+        let tree = tools.root().context("native help needs a tools tree")?;
+        anyhow::ensure!(tree == self.tree, "the tools tree is {}, not {}", tree.display(), self.tree.display());
+        let dir = &self.dir;
         let loader = tree.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
         let mut ld = std::fs::read(&loader).with_context(|| format!("reading {}", loader.display()))?;
         for (old, new) in LOADER_PATHS {
@@ -181,6 +206,7 @@ impl Assist {
                 .with_context(|| format!("linking {}", dir.join(link).display()))?;
         }
         let list = program_list(tree)?;
+        tracing::debug!("{} arch-neutral programs offered natively", list.count);
         for line in list.text.lines() {
             let mut f = line.split(' ');
             let (Some(name), Some(path)) = (f.next(), f.next()) else { continue };
@@ -197,7 +223,18 @@ impl Assist {
         native_copy(&tree.join("usr/bin/dash"), &dir.join("libexec/dash"))?;
         write_executable(&dir.join("bin/dpkg"), DPKG_WRAPPER.as_bytes())?;
         std::fs::write(dir.join("list"), &list.text).context("writing the assist's program list")?;
-        Ok(Some(Assist { dir, tree: tree.to_path_buf(), arch: target.debian(), offered: list.count }))
+        std::fs::write(dir.join("ready"), b"").context("marking the assist ready")
+    }
+
+    /// Tell the waiting extract hook that the tools tree will not come (the bootstrap then fails
+    /// at once instead of waiting).
+    pub fn fail(&self) {
+        let _ = std::fs::write(self.dir.join("failed"), b"");
+    }
+
+    /// Whether `fail` was called: a bootstrap that failed then is not retried without help.
+    pub fn failed(&self) -> bool {
+        self.dir.join("failed").exists()
     }
 
     /// The mmdebstrap hook running `assist.sh ACTION` at `phase` (setup: extract hook; bind:
@@ -222,10 +259,11 @@ impl Assist {
                 .unwrap_or_default()
         };
         let (native, emulated) = (list("native:"), list("emulated:"));
+        let offered = std::fs::read_to_string(self.dir.join("list")).map(|l| l.lines().count()).unwrap_or(0);
         let mut s = format!(
             "{} of {} arch-neutral programs ran natively ({}{})",
             native.len(),
-            self.offered,
+            offered,
             native.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
             if native.len() > 6 { ", …" } else { "" }
         );
@@ -391,6 +429,33 @@ mod tests {
         assert_eq!(std::fs::metadata(&to).unwrap().len(), std::fs::metadata("/usr/bin/true").unwrap().len());
         let mut not_elf = b"#!/bin/sh\n".to_vec();
         assert!(set_interpreter(&mut not_elf, HOST_INTERP, ASSIST_INTERP).is_err());
+    }
+
+    /// A pending assist whose tools tree failed: its extract hook stops the bootstrap at once
+    /// (no mounts, nothing in the root), and the bootstrap is not retried without help.
+    #[test]
+    fn pending_assist_stops_the_bootstrap_when_the_tools_tree_fails() {
+        let work = WorkDir::new(None, false).unwrap();
+        let tree = work.join("tools");
+        let Some(a) = Assist::pending(Arch::Aarch64, &tree, &work).unwrap() else {
+            assert_ne!(Arch::host(), Some(Arch::X86_64), "native help applies on x86_64 hosts");
+            return;
+        };
+        assert!(!a.failed());
+        let err = a.fill(&Tools::Tree { root: work.join("other"), arch: Arch::X86_64 }).unwrap_err();
+        assert!(err.to_string().contains("not "), "{err}");
+        a.fail();
+        assert!(a.failed());
+        let root = work.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let hooks = work.join("hooks");
+        let hook = a.hook(Phase::Extract, Action::Setup);
+        let opt = crate::bootstrap::hooks::options(&[hook], &hooks).unwrap().remove(0);
+        let out =
+            crate::host::cmd::Cmd::new("sh").args(["-c", opt.split_once('=').unwrap().1, "exec"]).arg(&root).run();
+        let err = format!("{:#}", out.unwrap_err());
+        assert!(err.contains("the tools tree was not made"), "{err}");
+        assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "the root is untouched");
     }
 
     #[test]

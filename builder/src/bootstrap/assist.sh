@@ -6,7 +6,7 @@
 # libexec/ (dpkg and the dash its wrapper runs), ld.so (finding libraries in tree/), list
 # (`program path kind package source-version`) and the mount points tree/ and root/. Nothing of
 # it lands in the root:
-# setup    (extract hook) drop programs whose package apt would install in another source
+# setup    (extract hook) wait until kiln has filled DIR (`ready`; `failed`: stop), drop programs whose package apt would install in another source
 #          version than the tools tree's, mount DIR at /.kiln-assist with the tools tree (its
 #          libraries) and the root itself (for dpkg --root), and put
 #          /.kiln-assist/bin first in dpkg's PATH
@@ -36,6 +36,14 @@ candidates() {
 
 case $action in
 setup)
+    # kiln may still be making the tools tree beside this bootstrap (Assist::pending): wait for it.
+    while [ ! -e "$dir/ready" ]; do
+        if [ -e "$dir/failed" ]; then
+            say "the tools tree was not made; stopping"
+            exit 1
+        fi
+        sleep 0.1
+    done
     for p in "$a" "$root/etc/apt/apt.conf.d/00kiln-assist"; do
         if [ -e "$p" ] || [ -L "$p" ]; then
             say "$p exists; everything runs under emulation"

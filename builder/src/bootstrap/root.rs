@@ -1,9 +1,8 @@
 //! The Debian root: bootstrapped by mmdebstrap, cached by the hash of its inputs, and given to
 //! each build as a writable overlay over the cached tree.
-use crate::bootstrap::assist::{Action, Assist};
+use crate::bootstrap::assist::{Action, Assist, Help};
 use crate::bootstrap::hooks::{self, Hook, Phase};
 use crate::bootstrap::mmdebstrap::{pin_hook, CacheKey, Kind, Mmdebstrap};
-use crate::bootstrap::tools::Tools;
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
 use crate::host::cache::{self, Cache};
@@ -119,9 +118,9 @@ pub struct Root {
 /// `work/root` directly.
 ///
 /// The packages come from `source` (mirror or local repository, pinned to a lock or not); the
-/// .debs mmdebstrap downloads move into `debs`, out of the root. With `native` (the tools tree),
-/// a foreign-architecture bootstrap runs arch-neutral programs natively from it (same root; see
-/// `assist.rs`); None emulates everything.
+/// .debs mmdebstrap downloads move into `debs`, out of the root. With `native` (the tools tree,
+/// or an assist waiting for it), a foreign-architecture bootstrap runs arch-neutral programs
+/// natively from it (same root; see `assist.rs`); None emulates everything.
 pub fn prepare(
     plan: &Plan,
     work: &WorkDir,
@@ -129,7 +128,7 @@ pub fn prepare(
     source: &Source,
     debs: &DebCache,
     extra: &crate::debian::repos::ExtraSources,
-    native: Option<&Tools>,
+    native: Option<Help<'_>>,
 ) -> Result<Root> {
     let dir = work.join("root");
     let Some(cache) = cache else {
@@ -194,17 +193,21 @@ fn bootstrap(
     source: &Source,
     debs: &DebCache,
     extra: &crate::debian::repos::ExtraSources,
-    native: Option<&Tools>,
+    native: Option<Help<'_>>,
 ) -> Result<()> {
-    let assist = match native {
-        Some(tools) => Assist::new(plan.arch(), tools, work)?,
-        None => None,
+    let made = match native {
+        Some(Help::Tools(tools)) => Assist::new(plan.arch(), tools, work)?,
+        _ => None,
     };
-    let assist = assist.as_ref();
+    let assist = match native {
+        Some(Help::Pending(a)) => Some(a),
+        _ => made.as_ref(),
+    };
     match mmdebstrap(plan, work, out, source, debs, extra, assist) {
         // Native help must never be why a build fails: a package whose maintainer script needs
-        // more than the help offers gets the plain emulated bootstrap.
-        Err(e) if assist.is_some() && !crate::host::cmd::interrupted() => {
+        // more than the help offers gets the plain emulated bootstrap (not when the tools tree
+        // it waited for failed: that error is the build's).
+        Err(e) if assist.is_some_and(|a| !a.failed()) && !crate::host::cmd::interrupted() => {
             eprintln!(
                 "kiln: the bootstrap with native help failed; bootstrapping again with everything emulated\n  ({:#})",
                 e.chain()

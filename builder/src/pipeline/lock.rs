@@ -61,7 +61,8 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
     })?;
     let (_keys, extra) = crate::debian::repos::sources(&plan, work.path())?;
     let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || {
-        root::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, Some(&tools))
+        let help = Some(crate::bootstrap::assist::Help::Tools(&tools));
+        root::prepare(&plan, &work, reuse.then_some(opts.cache.as_path()), &root_src, &debs, &extra, help)
     })?;
     let installed = packages::installed(&root.dir);
     let archive_date = packages::archive_date(&root.dir);

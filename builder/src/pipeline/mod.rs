@@ -4,6 +4,7 @@ mod guard;
 pub mod lock;
 pub mod site;
 pub mod vendor;
+use crate::bootstrap::assist::{Assist, Help};
 use crate::bootstrap::root;
 use crate::bootstrap::tools::Tools;
 use crate::customize::artifacts;
@@ -121,11 +122,20 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     // A bootstrap for the host's own architecture needs nothing of the tools tree (only a
     // foreign one runs programs from it): then both are made at the same time.
     let side_by_side = opts.full_emulation || crate::recipe::arch::Arch::host() == Some(plan.arch());
-    let mut p = Progress::new(if side_by_side { 10 } else { 11 });
+    // A foreign one needs the tools tree only from its extract hook on: it starts at once (the
+    // mirror, the download, the extraction of the essential packages) and waits there for the
+    // tools tree, which a thread makes meanwhile.
+    // (Not for a cached root: then nothing waits, and the help would be prepared for nothing.)
+    let root_cached = opts.reuse_root && root::is_cached(&plan, &root_src, &opts.cache);
+    let pending = match side_by_side || opts.host_tools || root_cached {
+        true => None,
+        false => Assist::pending(plan.arch(), &Tools::cache_dir(&opts.cache, &tools_src)?, &work)?,
+    };
+    let mut p = Progress::new(if side_by_side || pending.is_some() { 10 } else { 11 });
 
     // Everything from outside the Debian mirror is checked and fetched before any bootstrap work.
     // Package names too, when the root is to be bootstrapped (a cached root had them all).
-    let check_names = !opts.offline && (!opts.reuse_root || !root::is_cached(&plan, &root_src, &opts.cache));
+    let check_names = !opts.offline && !root_cached;
     let (keys, extra, fetched) = p.stage("check hosts, repositories, artifacts", || {
         let inputs = outside_inputs(&plan, work.path(), opts)?;
         if check_names {
@@ -150,10 +160,30 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
                 Ok((tools?, root?))
             })
         })?
+    } else if let Some(pending) = &pending {
+        p.stage("tools tree (mke2fs) and Debian root (mmdebstrap, or cached), overlapped", || {
+            std::thread::scope(|s| {
+                let tools = s.spawn(|| {
+                    let tools = make_tools();
+                    match tools.as_ref().map_err(|_| anyhow::anyhow!("no tools tree")).and_then(|t| pending.fill(t)) {
+                        Ok(()) => tools,
+                        Err(e) => {
+                            pending.fail();
+                            tools.and(Err(e))
+                        }
+                    }
+                });
+                let help = Some(Help::Pending(pending));
+                let root = root::prepare(&plan, &work, cache, &root_src, &debs, &extra, help);
+                let tools = tools.join().map_err(|_| anyhow::anyhow!("the tools tree thread panicked"))?;
+                // The tools tree's error first: a bootstrap waiting for it failed because of it.
+                Ok((tools?, root?))
+            })
+        })?
     } else {
         let tools = p.stage("tools tree (mke2fs)", make_tools)?;
         let root = p.stage("bootstrap Debian root (mmdebstrap, or cached)", || {
-            root::prepare(&plan, &work, cache, &root_src, &debs, &extra, Some(&tools))
+            root::prepare(&plan, &work, cache, &root_src, &debs, &extra, Some(Help::Tools(&tools)))
         })?;
         (tools, root)
     };
