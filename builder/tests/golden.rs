@@ -197,6 +197,8 @@ fn appliance_recipes_check() {
     for r in ["minimal", "kvm-host"] {
         plan(r);
     }
+    // minimal is a 1 GiB image (its root grows to the disk at first boot).
+    assert_eq!(plan("minimal").layout.disk_size, 1 << 30);
     let kvm = plan("kvm-host");
     for p in ["libvirt-daemon-system", "cockpit-machines", "qemu-system-x86", "ovmf"] {
         assert!(kvm.packages.iter().any(|x| x == p), "kvm-host lacks {p}: {:?}", kvm.packages);
