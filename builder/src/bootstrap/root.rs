@@ -195,13 +195,14 @@ fn bootstrap(
     extra: &crate::debian::repos::ExtraSources,
     native: Option<Help<'_>>,
 ) -> Result<()> {
-    let made = match native {
-        Some(Help::Tools(tools)) => Assist::new(plan.arch(), tools, work)?,
-        _ => None,
-    };
+    let made;
     let assist = match native {
+        Some(Help::Tools(tools)) => {
+            made = Assist::new(plan.arch(), tools, work)?;
+            made.as_ref()
+        }
         Some(Help::Pending(a)) => Some(a),
-        _ => made.as_ref(),
+        None => None,
     };
     match mmdebstrap(plan, work, out, source, debs, extra, assist) {
         // Native help must never be why a build fails: a package whose maintainer script needs

@@ -146,8 +146,8 @@ fn test(
 ) -> Result<ExitCode> {
     check_site(image, vm)?;
     let log = serial_log.unwrap_or_else(|| vm::default_log(image));
-    let report = vm::test(image, &vm.options(), Duration::from_secs(timeout), &log, persist, analyze)
-        .with_context(|| format!("testing {}", image.display()))?;
+    let run = vm::TestRun { timeout: Duration::from_secs(timeout), log: &log, persist, analyze };
+    let report = vm::test(image, &vm.options(), &run).with_context(|| format!("testing {}", image.display()))?;
     if json {
         report::test_json(&report, image, &log)
     } else {

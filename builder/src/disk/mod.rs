@@ -3,7 +3,8 @@
 //! [`ImageWriter`] fills the image file in disk order — partitions copied from content files or
 //! written in place at their offsets by another program (mke2fs), the gaps between them, both
 //! GPTs — and hashes it once on the way (SHA-256 of the whole image and of each partition, and
-//! the block map with its range checksums), skipping all-zero blocks and holes so the output stays sparse and zeros are never read.
+//! the block map with its range checksums), skipping all-zero blocks and holes so the output
+//! stays sparse and zeros are never read.
 //! [`assemble`] is the same from one content file per partition.
 
 pub mod bmap;

@@ -164,14 +164,11 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         p.stage("tools tree (mke2fs) and Debian root (mmdebstrap, or cached), overlapped", || {
             std::thread::scope(|s| {
                 let tools = s.spawn(|| {
-                    let tools = make_tools();
-                    match tools.as_ref().map_err(|_| anyhow::anyhow!("no tools tree")).and_then(|t| pending.fill(t)) {
-                        Ok(()) => tools,
-                        Err(e) => {
-                            pending.fail();
-                            tools.and(Err(e))
-                        }
+                    let tools = make_tools().and_then(|t| pending.fill(&t).map(|()| t));
+                    if tools.is_err() {
+                        pending.fail(); // the waiting extract hook stops the bootstrap
                     }
+                    tools
                 });
                 let help = Some(Help::Pending(pending));
                 let root = root::prepare(&plan, &work, cache, &root_src, &debs, &extra, help);

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-pub use test::{default_log, test, CheckResult, TestReport};
+pub use test::{default_log, test, CheckResult, TestReport, TestRun};
 
 const FIRMWARE_TOML: &str = include_str!("../../../firmware/firmware.toml");
 

@@ -53,29 +53,32 @@ enum Event {
     Closed,
 }
 
+/// How one `kiln test` boot runs.
+pub struct TestRun<'a> {
+    /// Give up when no verdict has arrived after this long.
+    pub timeout: Duration,
+    /// Where the whole serial console is written.
+    pub log: &'a Path,
+    /// The guest's writes reach the image.
+    pub persist: bool,
+    /// The agent also reports where the boot's time went (`systemd-analyze`), after its checks.
+    pub analyze: bool,
+}
+
 /// Boot `image`, wait for the agent's verdict, and return the report (also on failed checks).
-/// Errors only when no verdict arrives: QEMU fails, the guest stops early, or `timeout` passes.
-/// The whole serial console is written to `log`. With `persist` the guest's writes reach the image.
-/// With `analyze` the agent also reports where the boot's time went (`systemd-analyze`).
-pub fn test(
-    image: &Path,
-    opts: &VmOptions,
-    timeout: Duration,
-    log: &Path,
-    persist: bool,
-    analyze: bool,
-) -> Result<TestReport> {
+/// Errors only when no verdict arrives: QEMU fails, the guest stops early, or the timeout passes.
+pub fn test(image: &Path, opts: &VmOptions, run: &TestRun) -> Result<TestReport> {
     // A forwarded port is free when kiln picks it, but another program may take it before QEMU
     // binds it: QEMU then stops at once, and new ports are picked.
     for _ in 1..HOSTFWD_TRIES {
-        match test_once(image, opts, timeout, log, persist, analyze) {
+        match test_once(image, opts, run) {
             Err(e) if format!("{e:#}").contains(HOSTFWD_TAKEN) => {
                 eprintln!("kiln: a forwarded port was taken before QEMU could bind it; picking new ports")
             }
             other => return other,
         }
     }
-    test_once(image, opts, timeout, log, persist, analyze)
+    test_once(image, opts, run)
 }
 
 /// How often `kiln test` picks new ports when QEMU cannot bind one.
@@ -83,14 +86,8 @@ const HOSTFWD_TRIES: usize = 3;
 /// QEMU's words when a `hostfwd` port is taken.
 const HOSTFWD_TAKEN: &str = "Could not set up host forwarding rule";
 
-fn test_once(
-    image: &Path,
-    opts: &VmOptions,
-    timeout: Duration,
-    log: &Path,
-    persist: bool,
-    analyze: bool,
-) -> Result<TestReport> {
+fn test_once(image: &Path, opts: &VmOptions, run: &TestRun) -> Result<TestReport> {
+    let TestRun { timeout, log, persist, analyze } = *run;
     let m = machine(image, opts, persist, Some(if analyze { "kiln.test kiln.analyze" } else { "kiln.test" }))?;
     let mut log_file = std::fs::File::create(log).with_context(|| format!("creating serial log {}", log.display()))?;
     eprintln!(
@@ -303,7 +300,8 @@ fn clean_line(bytes: &[u8]) -> String {
     out
 }
 
-/// Default place for the serial log of a test of `image`, with kiln's process id: two `kiln test` runs of one image at once write a log each.
+/// Default place for the serial log of a test of `image`, with kiln's process id: two
+/// `kiln test` runs of one image at once write a log each.
 pub fn default_log(image: &Path) -> PathBuf {
     let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image".into());
     std::env::temp_dir().join(format!("kiln-test-{name}.{}.serial.log", std::process::id()))
