@@ -178,7 +178,7 @@ impl Assist {
     /// thread makes the tree and then calls `fill` (or `fail`); until then `assist.sh setup`
     /// (the extract hook) waits. None when native help does not apply (see `new`).
     pub fn pending(target: Arch, tree: &Path, work: &WorkDir) -> Result<Option<Assist>> {
-        if Arch::host() != Some(Arch::X86_64) || target == Arch::X86_64 {
+        if !applies(target) {
             return Ok(None);
         }
         let dir = work.join("assist");
@@ -275,6 +275,12 @@ impl Assist {
         }
         Some(s)
     }
+}
+
+/// Whether a bootstrap of `target` on this host gets native help (a foreign target on an
+/// x86_64 host; `--full-emulation` declines it but needs the same tools tree, see `Purpose`).
+pub fn applies(target: Arch) -> bool {
+    Arch::host() == Some(Arch::X86_64) && target != Arch::X86_64
 }
 
 /// Copy the x86_64 program `from` to `to` with its ELF interpreter renamed to `ASSIST_INTERP`.

@@ -13,8 +13,21 @@ use std::path::{Path, PathBuf};
 /// the .deb cache). cleanup::clean removes what is left of them before the image is made.
 const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink";
 
-/// One mmdebstrap run in root mode, variant minbase.
+/// How much mmdebstrap installs (its `--variant`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// The essential and required packages, apt, and `include` with their dependencies,
+    /// installed by dpkg with their maintainer scripts (an image's root; a tools tree whose
+    /// programs run a foreign bootstrap's scripts).
+    Minbase,
+    /// Only `include` and their dependencies, unpacked: no maintainer script and no dpkg
+    /// database (a tools tree whose programs are only run from outside it).
+    Extract,
+}
+
+/// One mmdebstrap run in root mode.
 pub struct Mmdebstrap<'a> {
+    pub variant: Variant,
     /// Debian architecture.
     pub arch: &'a str,
     /// Packages beyond the essential ones.
@@ -62,7 +75,11 @@ impl Mmdebstrap<'_> {
             None => Cmd::new("mmdebstrap"),
         };
         cmd = cmd
-            .args(["--mode=root", "--variant=minbase"])
+            .arg("--mode=root")
+            .arg(match self.variant {
+                Variant::Minbase => "--variant=minbase",
+                Variant::Extract => "--variant=extract",
+            })
             .arg(format!("--architectures={}", self.arch))
             .arg(format!("--include={}", self.include.join(",")))
             .args(self.aptopts.iter().map(|o| format!("--aptopt={o}")))
@@ -154,6 +171,7 @@ mod tests {
             mirrors: vec![plan.mirror.clone(), "deb http://sec.example/debian-security trixie-security main".into()],
         };
         let run = Mmdebstrap {
+            variant: Variant::Minbase,
             arch: plan.arch().debian(),
             include: &plan.packages,
             aptopts: &[],

@@ -2,7 +2,7 @@
 //! each build as a writable overlay over the cached tree.
 use crate::bootstrap::assist::{Action, Assist, Help};
 use crate::bootstrap::hooks::{self, Hook, Phase};
-use crate::bootstrap::mmdebstrap::{pin_hook, CacheKey, Kind, Mmdebstrap};
+use crate::bootstrap::mmdebstrap::{pin_hook, CacheKey, Kind, Mmdebstrap, Variant};
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
 use crate::host::cache::{self, Cache};
@@ -246,6 +246,7 @@ fn mmdebstrap(
     let src = source.mmdebstrap_args(debs, work, "root")?;
     let foreign = Some(plan.arch()) != crate::recipe::arch::Arch::host();
     let run = Mmdebstrap {
+        variant: Variant::Minbase,
         arch: plan.arch().debian(),
         include: &plan.packages,
         aptopts: &["Acquire::Retries \"3\""],

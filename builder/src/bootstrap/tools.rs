@@ -3,7 +3,13 @@
 //! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
 //! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
-use crate::bootstrap::mmdebstrap::{CacheKey, Kind, Mmdebstrap};
+//!
+//! For a build of the host's own architecture the tree only needs the image tools: their
+//! packages and dependencies are unpacked, nothing is installed (`Purpose::Image`, a third of a
+//! minbase tree's time). Native help for a foreign bootstrap runs the tree's programs inside
+//! the root and finds them through its dpkg database: that needs a whole minbase system
+//! (`Purpose::Assist`).
+use crate::bootstrap::mmdebstrap::{CacheKey, Kind, Mmdebstrap, Variant};
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
 use crate::host::cache::Cache;
@@ -17,7 +23,36 @@ use std::path::{Path, PathBuf};
 use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 4;
+const TOOLS_FORMAT: u32 = 5;
+
+/// What a build needs of its tools tree, which decides how it is made and cached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Purpose {
+    /// Programs run from outside the tree (mke2fs): the packages are only unpacked, and kiln
+    /// writes their dpkg status from their control files (for the lock and build records).
+    Image,
+    /// Also native help for a foreign bootstrap (`assist.rs`): a minbase system.
+    Assist,
+}
+
+impl Purpose {
+    /// The purpose for a build of `target` on this host. It depends on the host and the target
+    /// only (not on `--full-emulation`), so that a lock's tools packages fit every build of it.
+    pub fn of(target: Arch) -> Purpose {
+        match crate::bootstrap::assist::applies(target) {
+            true => Purpose::Assist,
+            false => Purpose::Image,
+        }
+    }
+
+    fn variant(self) -> Variant {
+        match self {
+            Purpose::Image => Variant::Extract,
+            Purpose::Assist => Variant::Minbase,
+        }
+    }
+}
 
 /// Where image-writing tools come from.
 #[derive(Debug, Clone)]
@@ -33,6 +68,7 @@ struct ToolsInputs<'a> {
     suite: &'a str,
     mirror: &'a str,
     arch: &'a str,
+    purpose: Purpose,
     packages: &'a [&'a str],
     /// Hash of the locked package set, when pinned to a lock.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -40,28 +76,36 @@ struct ToolsInputs<'a> {
 }
 
 impl Tools {
-    /// Where the cache keeps the tools tree of `source`.
-    pub fn cache_dir(cache: &Path, source: &Source) -> Result<PathBuf> {
+    /// Where the cache keeps the tools tree of `source` for `purpose`.
+    pub fn cache_dir(cache: &Path, source: &Source, purpose: Purpose) -> Result<PathBuf> {
         let inputs = ToolsInputs {
             suite: TOOLS_SUITE,
             mirror: &source.mirror,
             arch: &source.arch,
+            purpose,
             packages: TOOLS_PACKAGES,
             pins: source.pins_hash(),
         };
         Ok(CacheKey::new(Kind::Tools, TOOLS_FORMAT, &inputs).dir(cache))
     }
 
-    pub fn is_cached(cache: &Path, source: &Source) -> Result<bool> {
-        Ok(Self::cache_dir(cache, source)?.join("usr/sbin/mke2fs").is_file())
+    pub fn is_cached(cache: &Path, source: &Source, purpose: Purpose) -> Result<bool> {
+        Ok(Self::cache_dir(cache, source, purpose)?.join("usr/sbin/mke2fs").is_file())
     }
 
     /// The tools tree for this host from `cache` (made and stored there when missing; with
     /// `reuse` false made afresh in `work` and not stored). Offline, it is made from the .deb
     /// cache, which needs the lock's tools packages.
-    pub fn tree(cache: &Path, source: &Source, work: &WorkDir, debs: &DebCache, reuse: bool) -> Result<Tools> {
+    pub fn tree(
+        cache: &Path,
+        source: &Source,
+        purpose: Purpose,
+        work: &WorkDir,
+        debs: &DebCache,
+        reuse: bool,
+    ) -> Result<Tools> {
         let arch = crate::debian::pinning::host_arch()?;
-        let root = Self::cache_dir(cache, source)?;
+        let root = Self::cache_dir(cache, source, purpose)?;
         if reuse && root.join("usr/sbin/mke2fs").is_file() {
             return Ok(Tools::Tree { root, arch });
         }
@@ -81,6 +125,7 @@ impl Tools {
         let src = source.mmdebstrap_args(debs, work, "tools")?;
         let include: Vec<String> = TOOLS_PACKAGES.iter().map(|p| p.to_string()).collect();
         let run = Mmdebstrap {
+            variant: purpose.variant(),
             arch: &source.arch,
             include: &include,
             aptopts: &[],
@@ -98,6 +143,9 @@ impl Tools {
         run.command(work)?.run().with_context(|| {
             format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
         })?;
+        if purpose == Purpose::Image {
+            unpacked_status(&fresh)?;
+        }
         debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
         source.verify(&crate::debian::packages::installed(&fresh)?).context("checking the tools tree")?;
         if !reuse {
@@ -156,4 +204,38 @@ impl Tools {
         let pkgs = crate::debian::packages::installed(&status).ok()?;
         pkgs.into_iter().find(|p| p.name == package).map(|p| p.version)
     }
+}
+
+/// For a tree of unpacked packages (`Variant::Extract`): the `/bin`, `/lib`… links of a merged
+/// /usr (base-files makes them in an installed system), and a dpkg status naming the packages,
+/// made from the control files of the .debs apt downloaded (each stanza as dpkg would record it
+/// once installed, sorted by name).
+fn unpacked_status(tree: &Path) -> Result<()> {
+    for dir in ["bin", "sbin", "lib", "lib64"] {
+        if tree.join("usr").join(dir).is_dir() && std::fs::symlink_metadata(tree.join(dir)).is_err() {
+            std::os::unix::fs::symlink(format!("usr/{dir}"), tree.join(dir))
+                .with_context(|| format!("linking /{dir} in {}", tree.display()))?;
+        }
+    }
+    let archives = tree.join("var/cache/apt/archives");
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
+        .with_context(|| format!("reading {}", archives.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    let mut stanzas = std::collections::BTreeMap::new();
+    for deb in &debs {
+        let control = Cmd::new("dpkg-deb").arg("--field").arg(deb).output()?;
+        let mut lines = control.lines();
+        let first = lines.next().unwrap_or_default();
+        let Some(name) = first.strip_prefix("Package: ") else {
+            bail!("{} has no Package field first in its control file", deb.display());
+        };
+        let rest: Vec<&str> = lines.collect();
+        stanzas.insert(name.to_string(), format!("{first}\nStatus: install ok installed\n{}\n", rest.join("\n")));
+    }
+    anyhow::ensure!(!stanzas.is_empty(), "no .deb was unpacked into {}", tree.display());
+    let status = stanzas.into_values().collect::<Vec<_>>().join("\n");
+    std::fs::write(tree.join("var/lib/dpkg/status"), status).context("writing the tools tree's dpkg status")
 }

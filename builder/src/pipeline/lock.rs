@@ -1,7 +1,7 @@
 //! `kiln lock` (resolve a recipe into its lock file) and `kiln fetch` (fill the .deb cache with
 //! a lock's packages).
 use crate::bootstrap::root;
-use crate::bootstrap::tools::Tools;
+use crate::bootstrap::tools::{Purpose, Tools};
 use crate::debian::debcache::DebCache;
 use crate::debian::mirror;
 use crate::debian::packages::{self, Package};
@@ -57,7 +57,7 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
     let mut p = crate::host::progress::Progress::new(2);
     let cached = if reuse { "or cached" } else { "afresh: --update" };
     let tools = p.stage(&format!("tools tree (mmdebstrap, {cached})"), || {
-        Tools::tree(&opts.cache, &tools_src, &work, &debs, reuse)
+        Tools::tree(&opts.cache, &tools_src, Purpose::of(plan.arch()), &work, &debs, reuse)
     })?;
     let (_keys, extra) = crate::debian::repos::sources(&plan, work.path())?;
     let root = p.stage(&format!("bootstrap Debian root (mmdebstrap, {cached})"), || {
@@ -92,7 +92,7 @@ fn sources(plan: &Plan, old: Option<&Lock>, host: Arch) -> Result<(Source, Sourc
 /// The sources whose trees are not in the cache (they will be bootstrapped).
 fn uncached<'a>(plan: &Plan, root_src: &'a Source, tools_src: &'a Source, cache: &Path) -> Result<Vec<&'a Source>> {
     let mut needed = Vec::new();
-    if !Tools::is_cached(cache, tools_src)? {
+    if !Tools::is_cached(cache, tools_src, Purpose::of(plan.arch()))? {
         needed.push(tools_src);
     }
     if !root::is_cached(plan, root_src, cache) {
@@ -165,8 +165,10 @@ fn cache_resolved(
     };
     let (pinned_root, pinned_tools) =
         (pinned(root_src, &new.packages), pinned(tools_src, &new.tools.as_ref().context("tools")?.packages));
-    let (root_to, tools_to) =
-        (root::cache_dir(plan, &pinned_root, &opts.cache), Tools::cache_dir(&opts.cache, &pinned_tools)?);
+    let (root_to, tools_to) = (
+        root::cache_dir(plan, &pinned_root, &opts.cache),
+        Tools::cache_dir(&opts.cache, &pinned_tools, Purpose::of(plan.arch()))?,
+    );
     let tools_dir = tools.root().context("tools tree")?;
     if reuse {
         cache::alias(&root::cache_dir(plan, root_src, &opts.cache), &root_to)?;

@@ -6,7 +6,7 @@ pub mod site;
 pub mod vendor;
 use crate::bootstrap::assist::{Assist, Help};
 use crate::bootstrap::root;
-use crate::bootstrap::tools::Tools;
+use crate::bootstrap::tools::{Purpose, Tools};
 use crate::customize::artifacts;
 use crate::customize::cleanup;
 use crate::customize::firstboot;
@@ -129,7 +129,9 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
     let root_cached = opts.reuse_root && root::is_cached(&plan, &root_src, &opts.cache);
     let pending = match side_by_side || opts.host_tools || root_cached {
         true => None,
-        false => Assist::pending(plan.arch(), &Tools::cache_dir(&opts.cache, &tools_src)?, &work)?,
+        false => {
+            Assist::pending(plan.arch(), &Tools::cache_dir(&opts.cache, &tools_src, Purpose::of(plan.arch()))?, &work)?
+        }
     };
     let mut p = Progress::new(if side_by_side || pending.is_some() { 10 } else { 11 });
 
@@ -147,7 +149,7 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         if opts.host_tools {
             Ok(Tools::Host)
         } else {
-            Tools::tree(&opts.cache, &tools_src, &work, &debs, true)
+            Tools::tree(&opts.cache, &tools_src, Purpose::of(plan.arch()), &work, &debs, true)
         }
     };
     let cache = opts.reuse_root.then_some(opts.cache.as_path());
@@ -265,7 +267,7 @@ fn check_locked_available(
     work: &WorkDir,
 ) -> Result<()> {
     let mut needed = Vec::new();
-    if !opts.host_tools && !Tools::is_cached(&opts.cache, tools_src)? {
+    if !opts.host_tools && !Tools::is_cached(&opts.cache, tools_src, Purpose::of(plan.arch()))? {
         needed.push(tools_src);
     }
     if !opts.reuse_root || !root::is_cached(plan, root_src, &opts.cache) {
