@@ -3,6 +3,10 @@ use clap::Parser;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    // kiln as mmdebstrap's `./tarfilter` (bootstrap/tarfilter.rs).
+    if kiln::bootstrap::tarfilter::called_as() {
+        return kiln::bootstrap::tarfilter::main();
+    }
     // kiln itself, started by kiln to render one template (customize/template_child.rs).
     if std::env::args_os().nth(1).is_some_and(|a| a == kiln::customize::template::CHILD_ARG) {
         return kiln::customize::template::child_main();

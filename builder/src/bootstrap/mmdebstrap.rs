@@ -92,6 +92,11 @@ impl Mmdebstrap<'_> {
             cmd = cmd.arg(format!("--components={}", components.join(",")));
         }
         cmd = cmd.args(hooks::options(&all, &work.join("hooks"))?).env("TMPDIR", work.path());
+        if self.dpkgopts.iter().any(|o| o.starts_with("path-")) {
+            // With path excludes mmdebstrap filters the essential packages through
+            // `./tarfilter` when its working directory has one (kiln's, tarfilter.rs).
+            cmd = cmd.current_dir(crate::bootstrap::tarfilter::dir(&work.join("tarfilter"))?);
+        }
         if let Some(epoch) = self.source_date_epoch {
             cmd = cmd.env("SOURCE_DATE_EPOCH", epoch.to_string());
         }

@@ -5,6 +5,7 @@ pub mod emulation;
 pub mod hooks;
 pub mod mmdebstrap;
 pub mod root;
+pub mod tarfilter;
 pub mod tools;
 
 use crate::plan::Plan;
