@@ -89,14 +89,20 @@ impl Kiln {
 
     /// SIGKILL kiln itself (its children keep running in their own process groups), recording
     /// its work directory and its children's process groups first.
-    fn kill(mut self, work_parent: &Path) -> Killed {
-        let work = work_dir_of(work_parent, self.pid());
+    fn kill(self, work_parent: &Path) -> Killed {
+        self.try_kill(work_parent)
+            .unwrap_or_else(|k| panic!("no work directory of kiln {} in {}", k.pid(), work_parent.display()))
+    }
+
+    /// `kill`, unless kiln has no work directory (any more): then it is returned, finishing.
+    fn try_kill(mut self, work_parent: &Path) -> Result<Killed, Kiln> {
+        let Some(work) = work_dir_of(work_parent, self.pid()) else { return Err(self) };
         let groups = descendant_groups(self.pid());
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid(), libc::SIGKILL) };
         let _ = self.child.wait();
         eprintln!("killed {} (work dir {}, child process groups {groups:?})", self.name, work.display());
-        Killed { work, groups }
+        Ok(Killed { work, groups })
     }
 }
 
@@ -123,13 +129,12 @@ impl Killed {
 }
 
 /// The work directory below `parent` that kiln `pid` owns (its `.kiln-owner` file).
-fn work_dir_of(parent: &Path, pid: i32) -> PathBuf {
+fn work_dir_of(parent: &Path, pid: i32) -> Option<PathBuf> {
     std::fs::read_dir(parent)
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .find(|d| std::fs::read_to_string(d.join(".kiln-owner")).is_ok_and(|s| s.trim() == pid.to_string()))
-        .unwrap_or_else(|| panic!("no work directory of kiln {pid} in {}", parent.display()))
 }
 
 /// (pid, parent pid, process group, state) of every process.
@@ -252,13 +257,17 @@ fn concurrent_builds_on_an_empty_cache_after_a_killed_bootstrap() {
     let cache = base.join("cache");
     let tmp = cache.join("tmp");
 
-    // SIGKILL during the cold bootstrap of the tools tree, once mmdebstrap has mounted its
-    // chroot's file systems (or has run a while).
+    // SIGKILL during the cold bootstraps, while the tools tree's mmdebstrap runs (it takes a
+    // few seconds: its packages are only unpacked), the root's beside it.
     let mut first = Kiln::build("cold", MINIMAL, &base.join("out-cold"), &cache, &[]);
-    first.wait_for(Duration::from_secs(300), |l| l.starts_with("kiln: bootstrapping ")).expect("no bootstrap");
+    first
+        .wait_for(Duration::from_secs(300), |l| l.starts_with("kiln: bootstrapping ") && l.contains("/tools/"))
+        .expect("no bootstrap of the tools tree");
     let since = Instant::now();
-    while !mounted_below(&tmp) && since.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(200));
+    while !common::processes_mentioning("--variant=extract").iter().any(|p| p.contains("mmdebstrap"))
+        && since.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(20));
     }
     let killed = first.kill(&tmp);
 
@@ -319,20 +328,31 @@ fn sigkill_at_each_stage_the_next_build_cleans_up_and_succeeds() {
         }
         let prefix = format!("kiln: [{stage}/");
         let reached = kiln.wait_for(Duration::from_secs(600), |l| l.starts_with(&prefix) && l.ends_with(" ..."));
-        if reached.is_none() {
+        let mut finishing = None;
+        if reached.is_some() {
+            // A moment for the stage to start its programs, if it has any.
+            let since = Instant::now();
+            while !has_descendants(kiln.pid()) && since.elapsed() < Duration::from_millis(200) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // The last stage can be over before the kill (its work directory gone): then the
+            // build ends as if no stage were left.
+            match kiln.try_kill(&tmp) {
+                Ok(killed) => previous = Some(killed),
+                Err(kiln) => finishing = Some(kiln),
+            }
+        } else {
+            finishing = Some(kiln);
+        }
+        if let Some(kiln) = finishing {
             // No stage left to kill in: this build ran to its end.
             let (status, stderr, stdout) = kiln.finish();
             assert!(status.success(), "the build after the kills failed:\n{stderr}");
             assert_eq!(sha256(&image_of(&stdout)), sha256(&fx.image), "the image differs from the sequential one");
             assert!(partials(&[&out, &fx.cache]).is_empty());
+            stage += usize::from(reached.is_some());
             break;
         }
-        // A moment for the stage to start its programs, if it has any.
-        let since = Instant::now();
-        while !has_descendants(kiln.pid()) && since.elapsed() < Duration::from_millis(200) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        previous = Some(kiln.kill(&tmp));
         stage += 1;
     }
     assert!(stage > 10, "only {} stages were seen", stage - 1);
