@@ -33,6 +33,9 @@ use std::path::{Path, PathBuf};
 /// dpkg's wrapper in the assist's `bin/`: dpkg on the root from outside it, or the root's own.
 const DPKG_WRAPPER: &str = include_str!("assist-dpkg.sh");
 
+/// py3compile in the assist's `bin/`, first in dpkg's PATH: maintainer scripts compile nothing.
+const PY3COMPILE: &str = include_str!("assist-py3compile.sh");
+
 /// Where the native programs appear inside the root while it is bootstrapped.
 pub const PATH_DIR: &str = "/.kiln-assist/bin";
 
@@ -222,6 +225,7 @@ impl Assist {
         }
         native_copy(&tree.join("usr/bin/dash"), &dir.join("libexec/dash"))?;
         write_executable(&dir.join("bin/dpkg"), DPKG_WRAPPER.as_bytes())?;
+        write_executable(&dir.join("bin/py3compile"), PY3COMPILE.as_bytes())?;
         std::fs::write(dir.join("list"), &list.text).context("writing the assist's program list")?;
         std::fs::write(dir.join("ready"), b"").context("marking the assist ready")
     }

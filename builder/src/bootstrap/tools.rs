@@ -69,6 +69,8 @@ struct ToolsInputs<'a> {
     mirror: &'a str,
     arch: &'a str,
     purpose: Purpose,
+    /// The archives besides the suite (updates, security).
+    archives: Vec<String>,
     packages: &'a [&'a str],
     /// Hash of the locked package set, when pinned to a lock.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,6 +85,7 @@ impl Tools {
             mirror: &source.mirror,
             arch: &source.arch,
             purpose,
+            archives: source.extra.iter().map(|a| format!("{} {}", a.uri, a.suite)).collect(),
             packages: TOOLS_PACKAGES,
             pins: source.pins_hash(),
         };

@@ -139,7 +139,9 @@ fn postgresql_clusters(root: &Path) -> Result<()> {
 /// Python byte code compiled by maintainer scripts (py3compile; unattended-upgrades pulls in
 /// python3): not shipped by any package, not reproducible byte for byte (marshal's references
 /// depend on the interpreter's state), about a third of Python's size. Python compiles again
-/// on the box, as needed.
+/// on the box, as needed. Below /usr/lib/python3* and /usr/share/python3 (debpython, which
+/// py3compile compiles for itself): all of it, so that a foreign bootstrap whose py3compile did
+/// nothing (assist.rs) gives the same root as one that compiled.
 fn remove_bytecode(root: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(root.join("usr/lib")) else { return Ok(()) };
     let mut dirs: Vec<_> = entries
@@ -147,6 +149,9 @@ fn remove_bytecode(root: &Path) -> Result<()> {
         .filter(|e| e.file_name().to_string_lossy().starts_with("python3") && e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| e.path())
         .collect();
+    if root.join("usr/share/python3").is_dir() {
+        dirs.push(root.join("usr/share/python3"));
+    }
     while let Some(dir) = dirs.pop() {
         for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?.flatten() {
             if !e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -192,6 +197,7 @@ mod tests {
         for d in [
             "usr/lib/python3.13/email/__pycache__",
             "usr/lib/python3/dist-packages/apt/__pycache__",
+            "usr/share/python3/debpython/__pycache__",
             "usr/lib/other/__pycache__",
         ] {
             std::fs::create_dir_all(r.join(d)).unwrap();
@@ -201,6 +207,7 @@ mod tests {
         super::remove_bytecode(r).unwrap();
         assert!(!r.join("usr/lib/python3.13/email/__pycache__").exists());
         assert!(!r.join("usr/lib/python3/dist-packages/apt/__pycache__").exists());
+        assert!(!r.join("usr/share/python3/debpython/__pycache__").exists());
         assert!(r.join("usr/lib/python3.13/email/m.py").exists());
         assert!(r.join("usr/lib/other/__pycache__/m.cpython-313.pyc").exists(), "only Python's own directories");
     }

@@ -6,7 +6,7 @@ use crate::debian::mirror::{self, Help};
 use crate::debian::source::{self, Source};
 use crate::host::work::WorkDir;
 use crate::lock::LockedPackage;
-use crate::plan::{Plan, PlanLock, TOOLS_SUITE};
+use crate::plan::{Archive, Plan, PlanLock, TOOLS_SUITE};
 use crate::recipe::arch::Arch;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -16,19 +16,29 @@ pub fn host_arch() -> Result<Arch> {
     Arch::host().context("the tools tree needs an x86_64 or aarch64 host")
 }
 
-/// The source of a tools tree: this host's architecture, `mirror` (the image's), pinned to the
-/// lock's tools packages when given.
-pub fn tools_source(mirror: &str, pins: Option<Vec<LockedPackage>>, offline: bool) -> Result<Source> {
+/// The source of a tools tree: this host's architecture, the image's mirror and its updates and
+/// security archives (for the tools' suite), pinned to the lock's tools packages when given.
+/// With the same archives as the root, the tools tree has the root's versions of the programs
+/// that native help runs (it uses a program only at the root's version: assist.rs), and image
+/// tools with their security fixes.
+pub fn tools_source(plan: &Plan, pins: Option<Vec<LockedPackage>>, offline: bool) -> Result<Source> {
     let arch = host_arch()?;
+    let suite = plan.recipe.base.suite.as_str();
+    let extra = plan
+        .archives()
+        .into_iter()
+        .skip(1)
+        .map(|a| Archive { suite: a.suite.replacen(suite, TOOLS_SUITE, 1), uri: a.uri })
+        .collect();
     Ok(Source {
-        mirror: mirror.into(),
+        mirror: plan.mirror.clone(),
         suite: TOOLS_SUITE.into(),
         components: vec!["main".into()],
         arch: arch.debian().into(),
         pins,
         exact: true,
         offline,
-        extra: Vec::new(),
+        extra,
     })
 }
 
@@ -63,7 +73,7 @@ pub fn sources(plan: &Plan, offline: bool) -> Result<(Source, Source)> {
             "the lock has no tools packages for this host's architecture ({host}): the tools tree is not pinned"
         );
     }
-    Ok((root, tools_source(&plan.mirror, tool_pins, offline)?))
+    Ok((root, tools_source(plan, tool_pins, offline)?))
 }
 
 pub fn help<'a>(l: &'a PlanLock, plan: &'a Plan) -> Help<'a> {

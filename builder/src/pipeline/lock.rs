@@ -80,11 +80,8 @@ pub fn lock(recipe: &Path, plan: Plan, opts: &LockOptions) -> Result<LockOutcome
 /// The sources of the root and of the tools tree: the mirror, with the versions of `old` if given.
 fn sources(plan: &Plan, old: Option<&Lock>, host: Arch) -> Result<(Source, Source)> {
     let root_src = pinning::root_source(plan, old.map(|l| l.packages.clone()), false, false);
-    let mut tools_src = pinning::tools_source(
-        &plan.mirror,
-        old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()),
-        false,
-    )?;
+    let mut tools_src =
+        pinning::tools_source(plan, old.and_then(|l| l.tools_for(host.debian())).map(|t| t.packages.clone()), false)?;
     tools_src.exact = false;
     Ok((root_src, tools_src))
 }
