@@ -135,6 +135,23 @@ const PROGRAMS: &[(&str, Kind)] = &[
     ("dpkg", Kind::Path),
 ];
 
+/// The packages of `PROGRAMS` that are not among the tools tree's own (`plan::TOOLS_PACKAGES`):
+/// a tools tree for native help has them too.
+pub const PACKAGES: &[&str] = &[
+    "dash",
+    "sed",
+    "grep",
+    "coreutils",
+    "findutils",
+    "diffutils",
+    "mawk",
+    "debianutils",
+    "perl-base",
+    "tar",
+    "gzip",
+    "dpkg",
+];
+
 /// The x86_64 ELF interpreter the tools tree's programs name, and the path their copies name
 /// instead (inside the mount, so the root needs no /lib64 or x86_64 library directory, which
 /// mkinitramfs would copy into the initramfs).

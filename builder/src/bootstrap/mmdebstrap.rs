@@ -17,11 +17,10 @@ const KEEP: &str = "--skip=cleanup/apt/lists,cleanup/apt/cache,essential/unlink"
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Variant {
     /// The essential and required packages, apt, and `include` with their dependencies,
-    /// installed by dpkg with their maintainer scripts (an image's root; a tools tree whose
-    /// programs run a foreign bootstrap's scripts).
+    /// installed by dpkg with their maintainer scripts (an image's root).
     Minbase,
     /// Only `include` and their dependencies, unpacked: no maintainer script and no dpkg
-    /// database (a tools tree whose programs are only run from outside it).
+    /// database (the tools tree, which writes its own: tools.rs).
     Extract,
 }
 

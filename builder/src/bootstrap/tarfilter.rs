@@ -175,8 +175,37 @@ fn set(pattern: &[u8], name: &[u8], n: usize) -> Option<(bool, usize, usize)> {
 
 /// Copy the tar stream `input` to `output` without the members `rules` skip. The whole input is
 /// read (dpkg-deb, writing it, must not get a broken pipe).
-pub fn filter(rules: &Rules, mut input: impl Read, mut output: impl Write) -> Result<()> {
-    let mut pending: Vec<u8> = Vec::new();
+pub fn filter(rules: &Rules, input: impl Read, mut output: impl Write) -> Result<()> {
+    members(input, |m| match m.name {
+        Some(name) if rules.skip(&name) => Ok(()),
+        _ => output.write_all(&m.raw).context("writing the filtered archive"),
+    })?;
+    output.write_all(&[0u8; 2 * BLOCK])?;
+    output.flush().context("writing the filtered archive")
+}
+
+/// The members' names in the tar stream `input`, in order (`./usr/bin/sed`; a directory's
+/// without its trailing `/`).
+pub fn names(input: impl Read) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    members(input, |m| {
+        names.extend(m.name);
+        Ok(())
+    })?;
+    Ok(names)
+}
+
+/// One member of a tar stream.
+struct Member {
+    /// Its name (from a GNU long name or a pax path if it has one); None for a global pax header.
+    name: Option<String>,
+    /// Its blocks as they are: extended headers, header, data.
+    raw: Vec<u8>,
+}
+
+/// Call `each` with every member of the tar stream `input`, then read the input to its end.
+fn members(mut input: impl Read, mut each: impl FnMut(Member) -> Result<()>) -> Result<()> {
+    let mut raw: Vec<u8> = Vec::new();
     let (mut long_name, mut pax_path, mut pax_size): (Option<String>, Option<String>, Option<u64>) = (None, None, None);
     loop {
         let mut header = [0u8; BLOCK];
@@ -191,30 +220,23 @@ pub fn filter(rules: &Rules, mut input: impl Read, mut output: impl Write) -> Re
             b'x' => (pax_path, pax_size) = pax(&data)?,
             _ => {}
         }
+        raw.extend_from_slice(&header);
+        raw.extend_from_slice(&data);
         if matches!(kind, b'L' | b'K' | b'x') {
             // Extended headers belong to the next member: kept or left out with it.
-            pending.extend_from_slice(&header);
-            pending.extend_from_slice(&data);
             continue;
         }
-        if kind != b'g' {
+        let name = (kind != b'g').then(|| {
             let mut name = pax_path.take().or(long_name.take()).unwrap_or_else(|| ustar_name(&header));
             if kind == b'5' || (kind == 0 && name.ends_with('/')) {
                 name.truncate(name.trim_end_matches('/').len());
             }
-            if rules.skip(&name) {
-                pending.clear();
-                continue;
-            }
-        }
-        output.write_all(&pending)?;
-        pending.clear();
-        output.write_all(&header)?;
-        output.write_all(&data)?;
+            name
+        });
+        each(Member { name, raw: std::mem::take(&mut raw) })?;
     }
     std::io::copy(&mut input, &mut std::io::sink()).context("reading the end of the archive")?;
-    output.write_all(&[0u8; 2 * BLOCK])?;
-    output.flush().context("writing the filtered archive")
+    Ok(())
 }
 
 /// One block, or false at the end of the input.

@@ -4,11 +4,13 @@
 //! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
 //!
-//! For a build of the host's own architecture the tree only needs the image tools: their
-//! packages and dependencies are unpacked, nothing is installed (`Purpose::Image`, a third of a
-//! minbase tree's time). Native help for a foreign bootstrap runs the tree's programs inside
-//! the root and finds them through its dpkg database: that needs a whole minbase system
-//! (`Purpose::Assist`).
+//!
+//! The tree's packages and their dependencies are only unpacked (mmdebstrap's extract variant:
+//! no maintainer script runs; a third of a minbase tree's time), and kiln writes the dpkg
+//! database from the .debs: the status from their control files, each package's file list from
+//! its data. For a build of the host's own architecture the tree holds the image tools
+//! (`Purpose::Image`); native help for a foreign bootstrap also needs the arch-neutral programs
+//! it runs inside the root, which it finds through that database (`Purpose::Assist`).
 use crate::bootstrap::mmdebstrap::{CacheKey, Kind, Mmdebstrap, Variant};
 use crate::debian::debcache::DebCache;
 use crate::debian::source::Source;
@@ -19,20 +21,20 @@ use crate::recipe::arch::Arch;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 
 use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
 
 /// Bump when the tools tree's recipe changes.
-const TOOLS_FORMAT: u32 = 5;
+const TOOLS_FORMAT: u32 = 6;
 
 /// What a build needs of its tools tree, which decides how it is made and cached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Purpose {
-    /// Programs run from outside the tree (mke2fs): the packages are only unpacked, and kiln
-    /// writes their dpkg status from their control files (for the lock and build records).
+    /// The image tools (mke2fs), run from outside the tree.
     Image,
-    /// Also native help for a foreign bootstrap (`assist.rs`): a minbase system.
+    /// Also the programs of native help for a foreign bootstrap (`assist.rs`).
     Assist,
 }
 
@@ -46,11 +48,13 @@ impl Purpose {
         }
     }
 
-    fn variant(self) -> Variant {
-        match self {
-            Purpose::Image => Variant::Extract,
-            Purpose::Assist => Variant::Minbase,
-        }
+    /// The packages to unpack (with their dependencies).
+    fn packages(self) -> Vec<String> {
+        let assist: &[&str] = match self {
+            Purpose::Image => &[],
+            Purpose::Assist => crate::bootstrap::assist::PACKAGES,
+        };
+        TOOLS_PACKAGES.iter().chain(assist).map(|p| p.to_string()).collect()
     }
 }
 
@@ -126,9 +130,9 @@ impl Tools {
         }
         let fresh = work.join("tools");
         let src = source.mmdebstrap_args(debs, work, "tools")?;
-        let include: Vec<String> = TOOLS_PACKAGES.iter().map(|p| p.to_string()).collect();
+        let include = purpose.packages();
         let run = Mmdebstrap {
-            variant: purpose.variant(),
+            variant: Variant::Extract,
             arch: &source.arch,
             include: &include,
             aptopts: &[],
@@ -143,12 +147,10 @@ impl Tools {
             extra_lines: &[],
             verbose: false,
         };
-        run.command(work)?.run().with_context(|| {
-            format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", TOOLS_PACKAGES.join(", "))
-        })?;
-        if purpose == Purpose::Image {
-            unpacked_status(&fresh)?;
-        }
+        run.command(work)?
+            .run()
+            .with_context(|| format!("bootstrapping the tools tree (Debian {TOOLS_SUITE}: {})", include.join(", ")))?;
+        dpkg_database(&fresh)?;
         debs.absorb(&fresh).context("moving the tools tree's .debs into the cache")?;
         source.verify(&crate::debian::packages::installed(&fresh)?).context("checking the tools tree")?;
         if !reuse {
@@ -210,10 +212,11 @@ impl Tools {
 }
 
 /// For a tree of unpacked packages (`Variant::Extract`): the `/bin`, `/lib`… links of a merged
-/// /usr (base-files makes them in an installed system), and a dpkg status naming the packages,
-/// made from the control files of the .debs apt downloaded (each stanza as dpkg would record it
-/// once installed, sorted by name).
-fn unpacked_status(tree: &Path) -> Result<()> {
+/// /usr (base-files makes them in an installed system), and the dpkg database of an installed
+/// system, made from the .debs apt downloaded: each package's status stanza as dpkg would record
+/// it (its control file, `Status: install ok installed`; sorted by name) and its file list
+/// (`info/PACKAGE.list`).
+fn dpkg_database(tree: &Path) -> Result<()> {
     for dir in ["bin", "sbin", "lib", "lib64"] {
         if tree.join("usr").join(dir).is_dir() && std::fs::symlink_metadata(tree.join(dir)).is_err() {
             std::os::unix::fs::symlink(format!("usr/{dir}"), tree.join(dir))
@@ -227,6 +230,8 @@ fn unpacked_status(tree: &Path) -> Result<()> {
         .filter(|p| p.extension().is_some_and(|x| x == "deb"))
         .collect();
     debs.sort();
+    let info = tree.join("var/lib/dpkg/info");
+    std::fs::create_dir_all(&info).with_context(|| format!("creating {}", info.display()))?;
     let mut stanzas = std::collections::BTreeMap::new();
     for deb in &debs {
         let control = Cmd::new("dpkg-deb").arg("--field").arg(deb).output()?;
@@ -237,8 +242,71 @@ fn unpacked_status(tree: &Path) -> Result<()> {
         };
         let rest: Vec<&str> = lines.collect();
         stanzas.insert(name.to_string(), format!("{first}\nStatus: install ok installed\n{}\n", rest.join("\n")));
+        let list = deb_paths(deb)?.join("\n") + "\n";
+        std::fs::write(info.join(format!("{name}.list")), list).with_context(|| format!("writing {name}.list"))?;
     }
     anyhow::ensure!(!stanzas.is_empty(), "no .deb was unpacked into {}", tree.display());
     let status = stanzas.into_values().collect::<Vec<_>>().join("\n");
     std::fs::write(tree.join("var/lib/dpkg/status"), status).context("writing the tools tree's dpkg status")
+}
+
+/// The paths a .deb installs, as dpkg lists them (`/.`, `/usr`, `/usr/bin/sed`, …).
+fn deb_paths(deb: &Path) -> Result<Vec<String>> {
+    let mut run =
+        Cmd::new("dpkg-deb").arg("--fsys-tarfile").arg(deb).spawn(Stdio::null(), Stdio::piped(), Stdio::inherit())?;
+    let out = run.child.stdout.take().context("dpkg-deb's output")?;
+    let names = crate::bootstrap::tarfilter::names(std::io::BufReader::new(out));
+    let status = run.wait()?;
+    anyhow::ensure!(status.success(), "dpkg-deb --fsys-tarfile {} failed ({status})", deb.display());
+    Ok(names
+        .with_context(|| format!("listing {}", deb.display()))?
+        .into_iter()
+        .map(|n| match n.strip_prefix('.') {
+            Some("" | "/") => "/.".to_string(),
+            Some(path) => path.to_string(),
+            None => n,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::process::Command;
+
+    /// The dpkg database written for unpacked packages: status stanzas and file lists, as
+    /// native help reads them (assist.rs: owners, versions).
+    #[test]
+    fn dpkg_database_of_unpacked_packages() {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir_all(pkg.join("DEBIAN")).unwrap();
+        std::fs::create_dir_all(pkg.join("usr/bin")).unwrap();
+        std::fs::write(
+            pkg.join("DEBIAN/control"),
+            "Package: sed\nSource: sed (4.9-2)\nVersion: 4.9-2+b1\nArchitecture: amd64\nMaintainer: m <m@example.org>\nDescription: d\n",
+        )
+        .unwrap();
+        std::fs::write(pkg.join("usr/bin/sed"), "").unwrap();
+        let tree = dir.path().join("tree");
+        let archives = tree.join("var/cache/apt/archives");
+        std::fs::create_dir_all(&archives).unwrap();
+        std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
+        let out = Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&pkg)
+            .arg(archives.join("sed_4.9-2+b1_amd64.deb"))
+            .output()
+            .expect("dpkg-deb (Debian's dpkg) is needed");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+        super::dpkg_database(&tree).unwrap();
+        let list = std::fs::read_to_string(tree.join("var/lib/dpkg/info/sed.list")).unwrap();
+        assert_eq!(list, "/.\n/usr\n/usr/bin\n/usr/bin/sed\n");
+        let status = std::fs::read_to_string(tree.join("var/lib/dpkg/status")).unwrap();
+        assert!(status.starts_with("Package: sed\nStatus: install ok installed\n"), "{status}");
+        assert!(std::fs::read_link(tree.join("bin")).unwrap().to_str() == Some("usr/bin"));
+        let pkgs = crate::debian::packages::installed(&tree).unwrap();
+        assert_eq!((pkgs[0].name.as_str(), pkgs[0].version.as_str()), ("sed", "4.9-2+b1"));
+        assert_eq!(pkgs[0].source_version, "4.9-2");
+    }
 }

@@ -28,8 +28,8 @@ pub struct Archive {
 /// The Debian suite of the pinned tools tree (`bootstrap::tools`).
 pub const TOOLS_SUITE: &str = "trixie";
 /// The tools tree's packages: e2fsprogs writes images; openssl, kmod, zstd and
-/// cpio (with the essential set) are the native programs of a foreign-architecture bootstrap
-/// (`bootstrap::assist`).
+/// cpio are native programs of a foreign-architecture bootstrap (`bootstrap::assist`, whose
+/// tools tree also has the packages of its other programs: `assist::PACKAGES`).
 pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "openssl", "kmod", "zstd", "cpio"];
 
 #[derive(Debug, Clone, Serialize)]
