@@ -271,8 +271,6 @@ fn deb_paths(deb: &Path) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     /// The dpkg database written for unpacked packages: status stanzas and file lists, as
     /// native help reads them (assist.rs: owners, versions).
     #[test]
@@ -291,13 +289,12 @@ mod tests {
         let archives = tree.join("var/cache/apt/archives");
         std::fs::create_dir_all(&archives).unwrap();
         std::fs::create_dir_all(tree.join("usr/bin")).unwrap();
-        let out = Command::new("dpkg-deb")
+        crate::host::cmd::Cmd::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
             .arg(&pkg)
             .arg(archives.join("sed_4.9-2+b1_amd64.deb"))
-            .output()
-            .expect("dpkg-deb (Debian's dpkg) is needed");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            .run()
+            .expect("dpkg-deb (Debian's dpkg) builds the test package");
 
         super::dpkg_database(&tree).unwrap();
         let list = std::fs::read_to_string(tree.join("var/lib/dpkg/info/sed.list")).unwrap();
