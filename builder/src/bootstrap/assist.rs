@@ -78,79 +78,71 @@ enum Kind {
 /// directories renamed into the tools tree, where perl-base's XS modules are; the root's
 /// pure-perl modules (same source version) are used as they are. A maintainer script that needs
 /// an XS module beyond perl-base fails natively; the bootstrap then runs again fully emulated.
-const PROGRAMS: &[(&str, Kind)] = &[
-    ("dash", Kind::Bind),
-    ("sed", Kind::Bind),
-    ("grep", Kind::Bind),
-    ("cat", Kind::Bind),
-    ("cp", Kind::Bind),
-    ("mv", Kind::Bind),
-    ("ln", Kind::Bind),
-    ("rm", Kind::Bind),
-    ("mkdir", Kind::Bind),
-    ("rmdir", Kind::Bind),
-    ("chmod", Kind::Bind),
-    ("chown", Kind::Bind),
-    ("chgrp", Kind::Bind),
-    ("touch", Kind::Bind),
-    ("readlink", Kind::Bind),
-    ("realpath", Kind::Bind),
-    ("basename", Kind::Bind),
-    ("dirname", Kind::Bind),
-    ("sort", Kind::Bind),
-    ("uniq", Kind::Bind),
-    ("tsort", Kind::Bind),
-    ("tr", Kind::Bind),
-    ("head", Kind::Bind),
-    ("tail", Kind::Bind),
-    ("cut", Kind::Bind),
-    ("wc", Kind::Bind),
-    ("tee", Kind::Bind),
-    ("ls", Kind::Bind),
-    ("stat", Kind::Bind),
-    ("mktemp", Kind::Bind),
-    ("install", Kind::Bind),
-    ("comm", Kind::Bind),
-    ("od", Kind::Bind),
-    ("expr", Kind::Bind),
-    ("env", Kind::Bind),
-    ("md5sum", Kind::Bind),
-    ("sha256sum", Kind::Bind),
-    ("find", Kind::Bind),
-    ("xargs", Kind::Bind),
-    ("cmp", Kind::Bind),
-    ("diff", Kind::Bind),
-    ("mawk", Kind::Bind),
-    ("run-parts", Kind::Bind),
-    ("which", Kind::Bind),
-    ("perl", Kind::Bind),
-    ("tar", Kind::Bind),
-    ("gzip", Kind::Bind),
-    ("zstd", Kind::Bind),
-    ("cpio", Kind::Bind),
-    ("update-alternatives", Kind::Path),
-    ("openssl", Kind::Path),
-    ("depmod", Kind::Path),
-    ("dpkg-deb", Kind::Path),
-    ("dpkg", Kind::Path),
+/// Each with its Debian package (`packages`).
+const PROGRAMS: &[(&str, Kind, &str)] = &[
+    ("dash", Kind::Bind, "dash"),
+    ("sed", Kind::Bind, "sed"),
+    ("grep", Kind::Bind, "grep"),
+    ("cat", Kind::Bind, "coreutils"),
+    ("cp", Kind::Bind, "coreutils"),
+    ("mv", Kind::Bind, "coreutils"),
+    ("ln", Kind::Bind, "coreutils"),
+    ("rm", Kind::Bind, "coreutils"),
+    ("mkdir", Kind::Bind, "coreutils"),
+    ("rmdir", Kind::Bind, "coreutils"),
+    ("chmod", Kind::Bind, "coreutils"),
+    ("chown", Kind::Bind, "coreutils"),
+    ("chgrp", Kind::Bind, "coreutils"),
+    ("touch", Kind::Bind, "coreutils"),
+    ("readlink", Kind::Bind, "coreutils"),
+    ("realpath", Kind::Bind, "coreutils"),
+    ("basename", Kind::Bind, "coreutils"),
+    ("dirname", Kind::Bind, "coreutils"),
+    ("sort", Kind::Bind, "coreutils"),
+    ("uniq", Kind::Bind, "coreutils"),
+    ("tsort", Kind::Bind, "coreutils"),
+    ("tr", Kind::Bind, "coreutils"),
+    ("head", Kind::Bind, "coreutils"),
+    ("tail", Kind::Bind, "coreutils"),
+    ("cut", Kind::Bind, "coreutils"),
+    ("wc", Kind::Bind, "coreutils"),
+    ("tee", Kind::Bind, "coreutils"),
+    ("ls", Kind::Bind, "coreutils"),
+    ("stat", Kind::Bind, "coreutils"),
+    ("mktemp", Kind::Bind, "coreutils"),
+    ("install", Kind::Bind, "coreutils"),
+    ("comm", Kind::Bind, "coreutils"),
+    ("od", Kind::Bind, "coreutils"),
+    ("expr", Kind::Bind, "coreutils"),
+    ("env", Kind::Bind, "coreutils"),
+    ("md5sum", Kind::Bind, "coreutils"),
+    ("sha256sum", Kind::Bind, "coreutils"),
+    ("find", Kind::Bind, "findutils"),
+    ("xargs", Kind::Bind, "findutils"),
+    ("cmp", Kind::Bind, "diffutils"),
+    ("diff", Kind::Bind, "diffutils"),
+    ("mawk", Kind::Bind, "mawk"),
+    ("run-parts", Kind::Bind, "debianutils"),
+    ("which", Kind::Bind, "debianutils"),
+    ("perl", Kind::Bind, "perl-base"),
+    ("tar", Kind::Bind, "tar"),
+    ("gzip", Kind::Bind, "gzip"),
+    ("zstd", Kind::Bind, "zstd"),
+    ("cpio", Kind::Bind, "cpio"),
+    ("update-alternatives", Kind::Path, "dpkg"),
+    ("openssl", Kind::Path, "openssl"),
+    ("depmod", Kind::Path, "kmod"),
+    ("dpkg-deb", Kind::Path, "dpkg"),
+    ("dpkg", Kind::Path, "dpkg"),
 ];
 
-/// The packages of `PROGRAMS` that are not among the tools tree's own (`plan::TOOLS_PACKAGES`):
-/// a tools tree for native help has them too.
-pub const PACKAGES: &[&str] = &[
-    "dash",
-    "sed",
-    "grep",
-    "coreutils",
-    "findutils",
-    "diffutils",
-    "mawk",
-    "debianutils",
-    "perl-base",
-    "tar",
-    "gzip",
-    "dpkg",
-];
+/// The packages of `PROGRAMS`, each once: a tools tree for native help has them.
+pub fn packages() -> Vec<&'static str> {
+    let mut pkgs: Vec<&str> = PROGRAMS.iter().map(|p| p.2).collect();
+    pkgs.sort();
+    pkgs.dedup();
+    pkgs
+}
 
 /// The x86_64 ELF interpreter the tools tree's programs name, and the path their copies name
 /// instead (inside the mount, so the root needs no /lib64 or x86_64 library directory, which
@@ -298,8 +290,7 @@ impl Assist {
     }
 }
 
-/// Whether a bootstrap of `target` on this host gets native help (a foreign target on an
-/// x86_64 host; `--full-emulation` declines it but needs the same tools tree, see `Purpose`).
+/// Whether a bootstrap of `target` on this host gets native help: a foreign one on x86_64.
 pub fn applies(target: Arch) -> bool {
     Arch::host() == Some(Arch::X86_64) && target != Arch::X86_64
 }
@@ -381,7 +372,7 @@ fn program_list(tree: &Path) -> Result<ProgramList> {
         crate::debian::packages::installed(tree)?.into_iter().map(|p| (p.name, p.source_version)).collect();
     let mut text = String::new();
     let mut count = 0;
-    for (name, kind) in PROGRAMS {
+    for (name, kind, _) in PROGRAMS {
         let Some(path) =
             ["usr/bin", "usr/sbin"].iter().map(|d| format!("{d}/{name}")).find(|p| is_program(&tree.join(p)))
         else {
@@ -433,7 +424,7 @@ mod tests {
 
     #[test]
     fn programs_are_unique_and_never_architecture_revealing() {
-        let mut names: Vec<&str> = PROGRAMS.iter().map(|(n, _)| *n).collect();
+        let mut names: Vec<&str> = PROGRAMS.iter().map(|(n, ..)| *n).collect();
         names.sort();
         let before = names.len();
         names.dedup();

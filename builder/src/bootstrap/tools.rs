@@ -1,9 +1,8 @@
 //! The tool that writes image bytes (mke2fs) runs from a pinned tools tree, not from
 //! the host, so that an image's bytes do not depend on the host's tool versions (Debian 12's
-//! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree is a
-//! minimal Debian root of the host's architecture, bootstrapped once by mmdebstrap and cached;
+//! e2fsprogs 1.47.0 is not reproducible; 1.47.2 with SOURCE_DATE_EPOCH is). The tree holds Debian
+//! packages of the host's architecture, put there once by mmdebstrap and cached;
 //! its programs run through the tree's own dynamic loader and libraries (no chroot, no mounts).
-//!
 //!
 //! The tree's packages and their dependencies are only unpacked (mmdebstrap's extract variant:
 //! no maintainer script runs; a third of a minbase tree's time), and kiln writes the dpkg
@@ -50,11 +49,11 @@ impl Purpose {
 
     /// The packages to unpack (with their dependencies).
     fn packages(self) -> Vec<String> {
-        let assist: &[&str] = match self {
-            Purpose::Image => &[],
-            Purpose::Assist => crate::bootstrap::assist::PACKAGES,
-        };
-        TOOLS_PACKAGES.iter().chain(assist).map(|p| p.to_string()).collect()
+        let mut pkgs: Vec<&str> = TOOLS_PACKAGES.to_vec();
+        if self == Purpose::Assist {
+            pkgs.extend(crate::bootstrap::assist::packages().into_iter().filter(|p| !TOOLS_PACKAGES.contains(p)));
+        }
+        pkgs.into_iter().map(String::from).collect()
     }
 }
 
@@ -223,13 +222,7 @@ fn dpkg_database(tree: &Path) -> Result<()> {
                 .with_context(|| format!("linking /{dir} in {}", tree.display()))?;
         }
     }
-    let archives = tree.join("var/cache/apt/archives");
-    let mut debs: Vec<PathBuf> = std::fs::read_dir(&archives)
-        .with_context(|| format!("reading {}", archives.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        .collect();
-    debs.sort();
+    let debs = crate::debian::debcache::downloaded(tree);
     let info = tree.join("var/lib/dpkg/info");
     std::fs::create_dir_all(&info).with_context(|| format!("creating {}", info.display()))?;
     let mut stanzas = std::collections::BTreeMap::new();

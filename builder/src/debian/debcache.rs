@@ -101,7 +101,7 @@ impl DebCache {
         .context("indexing a .deb")
     }
 
-    /// Move the .debs mmdebstrap left in a bootstrapped root's /var/cache/apt/archives into the
+    /// Move the .debs mmdebstrap left in a bootstrapped root's (`downloaded`) /var/cache/apt/archives into the
     /// cache. Each must be one apt's (signature-checked) lists of that root name by sha256;
     /// anything else is removed. Returns how many .debs were new to the cache.
     /// apt's binary caches go too, as `apt-get clean` would (mmdebstrap's clean-up is skipped
@@ -113,14 +113,9 @@ impl DebCache {
                 std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
             }
         }
-        let archives = root.join("var/cache/apt/archives");
-        let Ok(entries) = std::fs::read_dir(&archives) else { return Ok(0) };
         let mut debs = Vec::new();
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.extension().is_some_and(|x| x == "deb") && e.file_type().is_ok_and(|t| t.is_file()) {
-                debs.push((crate::host::files::sha256_file(&path)?, path));
-            }
+        for path in downloaded(root) {
+            debs.push((crate::host::files::sha256_file(&path)?, path));
         }
         if debs.is_empty() {
             return Ok(0);
@@ -197,6 +192,19 @@ fn move_or_copy(from: &Path, to: &Path) -> Result<()> {
 
 fn remove_if_moved(file: &Path) -> Result<()> {
     std::fs::remove_file(file).with_context(|| format!("removing {}", file.display()))
+}
+
+/// The .debs apt downloaded into `root`'s /var/cache/apt/archives (regular files), sorted; none
+/// when there is no such directory.
+pub fn downloaded(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root.join("var/cache/apt/archives")) else { return Vec::new() };
+    let mut debs: Vec<PathBuf> = entries
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "deb") && e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .collect();
+    debs.sort();
+    debs
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub struct Archive {
 pub const TOOLS_SUITE: &str = "trixie";
 /// The tools tree's packages: e2fsprogs writes images; openssl, kmod, zstd and
 /// cpio are native programs of a foreign-architecture bootstrap (`bootstrap::assist`, whose
-/// tools tree also has the packages of its other programs: `assist::PACKAGES`).
+/// tools tree also has the packages of its other programs: `assist::packages`).
 pub const TOOLS_PACKAGES: &[&str] = &["e2fsprogs", "openssl", "kmod", "zstd", "cpio"];
 
 #[derive(Debug, Clone, Serialize)]
