@@ -25,7 +25,7 @@ fn minimal_aarch64_builds_passes_outside_checks_and_boots() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
     assert!(out.status.success(), "aarch64 build failed:\n{stderr}");
-    // On an x86_64 host the bootstrap ran dpkg and arch-neutral tools natively (assist.rs).
+    // On an x86_64 host the bootstrap ran dpkg and arch-neutral tools natively (assist/mod.rs).
     if std::env::consts::ARCH == "x86_64" {
         assert!(stderr.contains("arch-neutral programs ran natively (dash, sed"), "{stderr}");
     } else {

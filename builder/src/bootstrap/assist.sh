@@ -1,19 +1,22 @@
 #!/bin/sh
-# kiln: native help for a foreign-architecture bootstrap (see assist.rs for the why).
-# mmdebstrap runs this on the host, in kiln's private mount namespace:
-#   assist.sh ROOT setup|bind|teardown DIR TREE ARCH
+# kiln: native help for a foreign-architecture bootstrap (see assist/mod.rs for the why).
+# mmdebstrap runs this on the host, in kiln's private mount namespace, and the dpkg wrapper
+# runs its copy inside the root (ROOT empty, DIR /.kiln-assist):
+#   assist.sh ROOT setup|bind|stub|teardown DIR TREE ARCH
 # DIR (made by kiln) holds bin/ (native programs whose ELF interpreter is /.kiln-assist/ld.so),
-# libexec/ (dpkg and the dash its wrapper runs), ld.so (finding libraries in tree/), list
-# (`program path kind package source-version`) and the mount points tree/ and root/. Nothing of
-# it lands in the root:
-# setup    (extract hook) wait until kiln has filled DIR (`ready`; `failed`: stop), drop programs whose package apt would install in another source
-#          version than the tools tree's, mount DIR at /.kiln-assist with the tools tree (its
-#          libraries) and the root itself (for dpkg --root), and put
-#          /.kiln-assist/bin first in dpkg's PATH
-# bind     (essential hook, and again as the first customize hook) mount the native programs of
-#          kind `bind` over the root's own copies once those are installed (nothing unpacks
-#          them again in this bootstrap): `#!/bin/sh` scripts then run a native dash, and
-#          mkinitramfs, which sets its own PATH, finds native tools
+# libexec/ (dpkg, and the dash and mount the wrapper runs), python (assist-python.sh), a copy
+# of this script, ld.so (finding libraries in tree/), list (`program path kind package
+# source-version`) and the mount points tree/, root/ and real/. Nothing of it lands in the root:
+# setup    (extract hook) wait until kiln has filled DIR (`ready`; `failed`: stop), drop
+#          programs whose package apt would install in another source version than the tools
+#          tree's, mount DIR at /.kiln-assist with the tools tree (its libraries) and the root
+#          itself (for dpkg --root), and put /.kiln-assist/bin first in dpkg's PATH
+# bind     (the dpkg wrapper between unpacking and configuring the essential packages, the
+#          essential hook, and the first customize hook) mount the native programs of kind
+#          `bind` over the root's own copies once those are installed (nothing unpacks them
+#          again in this bootstrap): `#!/bin/sh` and perl maintainer scripts then run natively,
+#          and mkinitramfs, which sets its own PATH, finds native tools
+# stub     (the dpkg wrapper, before each configure run) mount assist-python.sh over python3.X
 # teardown (last customize hook) undo all of it
 set -eu
 root=$1 action=$2 dir=$3 tree=$4 arch=$5
@@ -70,6 +73,7 @@ setup)
     printf 'DPkg::Path "%s/bin:/usr/sbin:/usr/bin:/sbin:/bin";\n' "$m" > "$root/etc/apt/apt.conf.d/00kiln-assist"
     mount --rbind "$root" "$a/root"
     : > "$dir/bound"
+    : > "$dir/stubbed"
     echo on > "$dir/state"
     printf 'native:%s\nemulated:%s\n' "$native" "$emulated" > "$dir/summary"
     say "native:$native"
@@ -86,6 +90,24 @@ bind)
             mount --bind "$dir/bin/$prog" "$a/root/$path"
         fi
     done < "$dir/list"
+    ;;
+stub)
+    # (dpkg wrapper, before it configures packages) python3.X's postinsts byte-compile the
+    # standard library, which cleanup removes again. Once a python3.X is unpacked, mount
+    # assist-python.sh over it and the real one at $m/real/python3.X, where maintainer scripts
+    # see them (dpkg runs them chrooted into $m/root; umount -R at teardown undoes both).
+    # Nothing unpacks python3.X again in this bootstrap.
+    [ -f "$dir/state" ] || exit 0
+    for p in "$root"/usr/bin/python3.*; do
+        n=${p##*/}
+        case $n in python3.[0-9] | python3.[0-9][0-9]) ;; *) continue ;; esac
+        if [ ! -f "$p" ] || [ -L "$p" ] || grep -qxF "$n" "$dir/stubbed"; then continue; fi
+        mkdir -p "$a/real"
+        : > "$a/real/$n"
+        mount --bind "$p" "$a/root$m/real/$n"
+        mount --bind "$a/python" "$a/root/usr/bin/$n"
+        echo "$n" >> "$dir/stubbed"
+    done
     ;;
 teardown)
     [ -f "$dir/state" ] || exit 0

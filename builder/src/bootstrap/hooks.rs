@@ -56,7 +56,7 @@ pub const LOCALE: Script = script!("locale.sh");
 pub const APT_PIN: Script = script!("apt-pin.sh");
 /// The bootstrap's apt sources and pin file removed (`PIN_FILE`).
 pub const APT_SOURCES: Script = script!("apt-sources.sh");
-/// Native help for foreign bootstraps (`ACTION DIR TREE ARCH`, see `assist.rs`).
+/// Native help for foreign bootstraps (`ACTION DIR TREE ARCH`, see `assist/`).
 pub const ASSIST: Script = script!("assist.sh");
 
 /// One hook: a script run at a phase with arguments after the root.

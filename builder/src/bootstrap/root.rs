@@ -120,7 +120,7 @@ pub struct Root {
 /// The packages come from `source` (mirror or local repository, pinned to a lock or not); the
 /// .debs mmdebstrap downloads move into `debs`, out of the root. With `native` (the tools tree,
 /// or an assist waiting for it), a foreign-architecture bootstrap runs arch-neutral programs
-/// natively from it (same root; see `assist.rs`); None emulates everything.
+/// natively from it (same root; see `assist/`); None emulates everything.
 pub fn prepare(
     plan: &Plan,
     work: &WorkDir,

@@ -33,7 +33,7 @@ const TOOLS_FORMAT: u32 = 6;
 pub enum Purpose {
     /// The image tools (mke2fs), run from outside the tree.
     Image,
-    /// Also the programs of native help for a foreign bootstrap (`assist.rs`).
+    /// Also the programs of native help for a foreign bootstrap (`assist/`).
     Assist,
 }
 
@@ -74,7 +74,8 @@ struct ToolsInputs<'a> {
     purpose: Purpose,
     /// The archives besides the suite (updates, security).
     archives: Vec<String>,
-    packages: &'a [&'a str],
+    /// What the purpose unpacks (native help's programs change with kiln).
+    packages: Vec<String>,
     /// Hash of the locked package set, when pinned to a lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pins: Option<String>,
@@ -89,7 +90,7 @@ impl Tools {
             arch: &source.arch,
             purpose,
             archives: source.extra.iter().map(|a| format!("{} {}", a.uri, a.suite)).collect(),
-            packages: TOOLS_PACKAGES,
+            packages: purpose.packages(),
             pins: source.pins_hash(),
         };
         Ok(CacheKey::new(Kind::Tools, TOOLS_FORMAT, &inputs).dir(cache))
@@ -265,7 +266,7 @@ fn deb_paths(deb: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     /// The dpkg database written for unpacked packages: status stanzas and file lists, as
-    /// native help reads them (assist.rs: owners, versions).
+    /// native help reads them (assist/mod.rs: owners, versions).
     #[test]
     fn dpkg_database_of_unpacked_packages() {
         let dir = tempfile::tempdir().unwrap();

@@ -141,7 +141,7 @@ fn postgresql_clusters(root: &Path) -> Result<()> {
 /// depend on the interpreter's state), about a third of Python's size. Python compiles again
 /// on the box, as needed. Below /usr/lib/python3* and /usr/share/python3 (debpython, which
 /// py3compile compiles for itself): all of it, so that a foreign bootstrap whose py3compile did
-/// nothing (assist.rs) gives the same root as one that compiled.
+/// nothing (assist/mod.rs) gives the same root as one that compiled.
 fn remove_bytecode(root: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(root.join("usr/lib")) else { return Ok(()) };
     let mut dirs: Vec<_> = entries

@@ -19,7 +19,7 @@ pub fn host_arch() -> Result<Arch> {
 /// The source of a tools tree: this host's architecture, the image's mirror and its updates and
 /// security archives (for the tools' suite), pinned to the lock's tools packages when given.
 /// With the same archives as the root, the tools tree has the root's versions of the programs
-/// that native help runs (it uses a program only at the root's version: assist.rs), and image
+/// that native help runs (it uses a program only at the root's version: assist/mod.rs), and image
 /// tools with their security fixes.
 pub fn tools_source(plan: &Plan, pins: Option<Vec<LockedPackage>>, offline: bool) -> Result<Source> {
     let arch = host_arch()?;
