@@ -408,6 +408,11 @@ impl<'l> ImageWriter<'l> {
         Ok(())
     }
 
+    /// The image file, opened again (for writeback while another program writes into it).
+    pub fn file(&self) -> Result<File> {
+        self.w.file.try_clone().with_context(|| format!("opening {} again", self.out.display()))
+    }
+
     /// The next partition was written into the image file at its offset: hash it from there.
     /// Meanwhile what is written so far goes to the disk (on a thread of its own), so the sync
     /// in [`ImageWriter::finish`] has little left to do.

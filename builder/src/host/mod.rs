@@ -6,5 +6,6 @@ pub mod cmd;
 pub mod files;
 pub mod gpg;
 pub mod net;
+pub mod pagecache;
 pub mod progress;
 pub mod work;

@@ -19,6 +19,7 @@ use crate::debian::source::Source;
 use crate::disk::{self, esp::EspOptions, ImageDigest};
 use crate::host::cmd;
 use crate::host::net;
+use crate::host::pagecache;
 use crate::host::progress::Progress;
 use crate::host::work::WorkDir;
 use crate::image::boot::{self, BootInfo};
@@ -187,6 +188,8 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
         (tools, root)
     };
     let tree = root.dir.clone();
+    // A cached root's files are read ahead for mke2fs while the stages before it run (host::pagecache).
+    let read_ahead = root.from_cache.then(|| pagecache::read_ahead(&tree));
     p.stage("configure system (host name, users, agent)", || system::configure(&plan, &tree))?;
     p.stage("apply overlays, repositories, artifacts, first-boot actions, units", || {
         overlay::apply(&overlays, &tree)?;
@@ -215,11 +218,13 @@ fn build_in(plan: Plan, opts: &BuildOptions) -> Result<BuildReport> {
             cleanup::clean(&tree)?;
             cleanup::mark_updated(&tree, plan.recipe.source_date_epoch)?;
             std::thread::scope(|s| {
+                let _written = image.file().map(pagecache::write_behind)?;
                 let mkfs = s.spawn(|| filesystem::make_root(&plan, &tools, &tree, tmp, part));
                 let esp = image.copy(&esp_img).context("copying the ESP into the image");
                 mkfs.join().map_err(|_| anyhow::anyhow!("the mke2fs thread panicked"))??;
                 esp
             })?;
+            drop(read_ahead);
             root::release(&root)
         })?;
         cmd::check_interrupted()?;
