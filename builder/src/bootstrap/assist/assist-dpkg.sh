@@ -22,6 +22,7 @@ if [ "${1-}" = --install ] && [ -x $m/libexec/mount ] && [ ! -s $m/bound ]; then
     done
     $m/libexec/dpkg --root=$m/root --unpack "$@" || exit
     PATH=$m/libexec:$m/bin:$PATH $m/libexec/dash $m/assist.sh '' bind $m $m/tree '' || exit
+    : > $m/essential-native
     # shellcheck disable=SC2086 # options and package names, split on purpose
     exec $m/libexec/dpkg --root=$m/root $opts --configure $pkgs
 fi

@@ -205,6 +205,16 @@ impl Assist {
             native.iter().take(6).cloned().collect::<Vec<_>>().join(", "),
             if native.len() > 6 { ", …" } else { "" }
         );
+        if self.dir.join("essential-native").exists() {
+            s.push_str(" from the essential packages' configuration on");
+        }
+        let stubbed = std::fs::read_to_string(self.dir.join("stubbed")).unwrap_or_default();
+        if !stubbed.trim().is_empty() {
+            s.push_str(&format!(
+                "; not byte-compiled under emulation: the standard library of {}",
+                stubbed.split_whitespace().collect::<Vec<_>>().join(", ")
+            ));
+        }
         if !emulated.is_empty() {
             s.push_str(&format!(
                 "; emulated, as apt installed another version than the tools tree has: {}",
