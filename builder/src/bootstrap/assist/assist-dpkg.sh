@@ -1,9 +1,10 @@
 #!/.kiln-assist/libexec/dash
 # shellcheck shell=sh
-# kiln assist: dpkg on the root from outside it (--root; maintainer scripts are still chrooted
-# and emulated). Inside that chroot the root is not mounted again: there, the root's dpkg.
+# kiln assist: dpkg on the root from outside it (--root; maintainer scripts are still chrooted).
+# Inside that chroot (maintainer scripts), where the root is not mounted again, dpkg on the root
+# it runs in: --root=/ makes it take the root's architecture from arch-native.
 m=/.kiln-assist
-[ -d $m/root/var/lib/dpkg ] || exec /usr/bin/dpkg "$@"
+[ -d $m/root/var/lib/dpkg ] || exec $m/libexec/dpkg --root=/ "$@"
 
 # mmdebstrap installs the essential packages with one `dpkg --install`, which unpacks them all
 # and then configures them, running their maintainer scripts with the root's (emulated) shell and

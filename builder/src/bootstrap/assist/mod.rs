@@ -39,6 +39,9 @@ use programs::program_list;
 /// dpkg's wrapper in the assist's `bin/`: dpkg on the root from outside it, or the root's own.
 const DPKG_WRAPPER: &str = include_str!("assist-dpkg.sh");
 
+/// A dpkg program in the assist's `bin/` that runs the native one with `--root=/` (Kind::Rooted).
+const ROOTED: &str = include_str!("assist-rooted.sh");
+
 /// py3compile in the assist's `bin/`, first in dpkg's PATH: maintainer scripts compile nothing.
 const PY3COMPILE: &str = include_str!("assist-py3compile.sh");
 
@@ -142,9 +145,13 @@ impl Assist {
         tracing::debug!("{} arch-neutral programs offered natively", list.count);
         for line in list.text.lines() {
             let mut f = line.split(' ');
-            let (Some(name), Some(path)) = (f.next(), f.next()) else { continue };
-            let to = if name == "dpkg" { dir.join("libexec/dpkg") } else { dir.join("bin").join(name) };
+            let (Some(name), Some(path), kind) = (f.next(), f.next(), f.next()) else { continue };
+            let rooted = kind == Some("rooted");
+            let to = if name == "dpkg" || rooted { dir.join("libexec").join(name) } else { dir.join("bin").join(name) };
             native_copy(&tree.join(path), &to)?;
+            if rooted {
+                write_executable(&dir.join("bin").join(name), ROOTED.as_bytes())?;
+            }
             if name == "perl" {
                 // @INC's x86_64 directories (perl-base's XS modules) → the mounted tools tree.
                 let mut perl = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;

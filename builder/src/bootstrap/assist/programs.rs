@@ -11,12 +11,15 @@ pub(super) enum Kind {
     Path,
     /// Also bind-mounted over the root's copy once that is installed.
     Bind,
+    /// A dpkg program that takes the architecture from the database it works on, but only with
+    /// `--root` (from `arch-native`; with the default root it would be the host's): in PATH
+    /// as `assist-rooted.sh`, which runs the native one with `--root=/`.
+    Rooted,
 }
 
 /// Arch-neutral programs: their output does not depend on the machine they run on. Not here:
-/// anything that reports or depends on the architecture (uname, arch, ldconfig, ldd, gcc),
-/// dpkg-query/dpkg-divert/dpkg-trigger (they name packages relative to the native architecture),
-/// bash (its $HOSTTYPE), and anything mkinitramfs copies into an initramfs (kmod, busybox,
+/// anything that reports or depends on the architecture (uname, arch, ldconfig, ldd, gcc; the
+/// dpkg programs only as `Kind::Rooted`), bash (its $HOSTTYPE), and anything mkinitramfs copies into an initramfs (kmod, busybox,
 /// udevadm). perl (debconf, deb-systemd-helper, adduser) runs natively with its x86_64 module
 /// directories renamed into the tools tree, where perl-base's XS modules are; the root's
 /// pure-perl modules (same source version) are used as they are. A maintainer script that needs
@@ -79,6 +82,9 @@ pub(super) const PROGRAMS: &[(&str, Kind, &str)] = &[
     ("depmod", Kind::Path, "kmod"),
     ("dpkg-deb", Kind::Path, "dpkg"),
     ("dpkg", Kind::Path, "dpkg"),
+    ("dpkg-query", Kind::Rooted, "dpkg"),
+    ("dpkg-divert", Kind::Rooted, "dpkg"),
+    ("dpkg-trigger", Kind::Rooted, "dpkg"),
 ];
 
 /// Programs native help runs itself, from the assist's `libexec/` (never offered to maintainer
@@ -121,7 +127,11 @@ pub(super) fn program_list(tree: &Path) -> Result<ProgramList> {
             continue;
         };
         let Some(version) = versions.get(&pkg) else { continue };
-        let kind = if *kind == Kind::Bind { "bind" } else { "path" };
+        let kind = match kind {
+            Kind::Bind => "bind",
+            Kind::Path => "path",
+            Kind::Rooted => "rooted",
+        };
         text.push_str(&format!("{name} {path} {kind} {pkg} {version}\n"));
         count += 1;
     }
@@ -164,10 +174,12 @@ mod tests {
         let before = names.len();
         names.dedup();
         assert_eq!(before, names.len(), "a program is listed twice");
-        for banned in
-            ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox", "dpkg-query", "dpkg-divert", "dpkg-trigger"]
-        {
+        for banned in ["uname", "arch", "ldconfig", "ldd", "bash", "kmod", "busybox"] {
             assert!(!names.contains(&banned), "{banned} must stay emulated");
+        }
+        // The dpkg programs that print the architecture do so only with the root's --root.
+        for rooted in ["dpkg-query", "dpkg-divert", "dpkg-trigger"] {
+            assert!(PROGRAMS.iter().any(|p| p.0 == rooted && p.1 == Kind::Rooted), "{rooted} runs with --root=/");
         }
     }
 
