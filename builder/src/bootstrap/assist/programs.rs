@@ -54,6 +54,7 @@ pub(super) const PROGRAMS: &[(&str, Kind, &str)] = &[
     ("wc", Kind::Bind, "coreutils"),
     ("tee", Kind::Bind, "coreutils"),
     ("test", Kind::Bind, "coreutils"),
+    ("sync", Kind::Bind, "coreutils"),
     ("[", Kind::Bind, "coreutils"),
     ("ls", Kind::Bind, "coreutils"),
     ("stat", Kind::Bind, "coreutils"),
@@ -81,6 +82,8 @@ pub(super) const PROGRAMS: &[(&str, Kind, &str)] = &[
     ("openssl", Kind::Path, "openssl"),
     ("depmod", Kind::Path, "kmod"),
     ("dpkg-deb", Kind::Path, "dpkg"),
+    // dpkg asks it of every .deb it unpacks (is this part of a split package?).
+    ("dpkg-split", Kind::Path, "dpkg"),
     ("dpkg", Kind::Path, "dpkg"),
     ("dpkg-query", Kind::Rooted, "dpkg"),
     ("dpkg-divert", Kind::Rooted, "dpkg"),
