@@ -226,8 +226,8 @@ fn dpkg_database(tree: &Path) -> Result<()> {
     let debs = crate::debian::debcache::downloaded(tree);
     let info = tree.join("var/lib/dpkg/info");
     std::fs::create_dir_all(&info).with_context(|| format!("creating {}", info.display()))?;
-    // Listing a package decompresses its data: two threads halve the time the root's bootstrap
-    // waits for this tree (its extract hook), while that bootstrap idles.
+    // Listing a package decompresses its data: a thread per core (up to four) shortens the time
+    // a foreign root's bootstrap waits for this tree at its extract hook, idle meanwhile.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     let chunk = debs.len().div_ceil(workers).max(1);
     let done: Vec<Result<Vec<(String, String)>>> = std::thread::scope(|s| {

@@ -101,9 +101,9 @@ impl DebCache {
         .context("indexing a .deb")
     }
 
-    /// Move the .debs mmdebstrap left in a bootstrapped root's (`downloaded`) /var/cache/apt/archives into the
-    /// cache. Each must be one apt's (signature-checked) lists of that root name by sha256;
-    /// anything else is removed. Returns how many .debs were new to the cache.
+    /// Move the .debs mmdebstrap left in a bootstrapped root's /var/cache/apt/archives
+    /// ([`downloaded`]) into the cache. Each must be one apt's (signature-checked) lists of that
+    /// root name by sha256; anything else is removed. Returns how many .debs were new to the cache.
     /// apt's binary caches go too, as `apt-get clean` would (mmdebstrap's clean-up is skipped
     /// to keep the .debs).
     pub fn absorb(&self, root: &Path) -> Result<usize> {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 const THREADS: usize = 4;
 
 /// A prefetch running in the background; it stops (and its threads end) when dropped.
-pub struct Prefetch {
+pub struct ReadAhead {
     stop: Arc<AtomicBool>,
     asked: Arc<AtomicUsize>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -24,7 +24,7 @@ pub struct Prefetch {
 
 /// Start reading every regular file below `dir` into the page cache. Best effort: what cannot
 /// be read is skipped (the program that needs it reports the error).
-pub fn read_ahead(dir: &Path) -> Prefetch {
+pub fn read_ahead(dir: &Path) -> ReadAhead {
     let stop = Arc::new(AtomicBool::new(false));
     let asked = Arc::new(AtomicUsize::new(0));
     // Directories to walk, and how many threads are walking one (the walk ends when none is
@@ -36,7 +36,7 @@ pub fn read_ahead(dir: &Path) -> Prefetch {
             std::thread::Builder::new().name(format!("prefetch-{i}")).spawn(move || walk(&queue, &stop, &asked)).ok()
         })
         .collect();
-    Prefetch { stop, asked, threads }
+    ReadAhead { stop, asked, threads }
 }
 
 type Queue = Mutex<(Vec<PathBuf>, usize)>;
@@ -88,14 +88,14 @@ fn ask_for_files(dir: &Path, stop: &AtomicBool, asked: &AtomicUsize) -> Vec<Path
     subdirs
 }
 
-impl Prefetch {
+impl ReadAhead {
     /// How many files were asked for so far.
     pub fn files(&self) -> usize {
         self.asked.load(Ordering::Relaxed)
     }
 }
 
-impl Drop for Prefetch {
+impl Drop for ReadAhead {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.threads.drain(..) {

@@ -34,7 +34,7 @@ mod programs;
 
 use elf::{native_copy, replace_all, write_executable};
 pub use programs::packages;
-use programs::program_list;
+use programs::{program_list, Kind};
 
 /// dpkg's wrapper in the assist's `bin/`: dpkg on the root from outside it, or the root's own.
 const DPKG_WRAPPER: &str = include_str!("assist-dpkg.sh");
@@ -142,17 +142,15 @@ impl Assist {
                 .with_context(|| format!("linking {}", dir.join(link).display()))?;
         }
         let list = program_list(tree)?;
-        tracing::debug!("{} arch-neutral programs offered natively", list.count);
-        for line in list.text.lines() {
-            let mut f = line.split(' ');
-            let (Some(name), Some(path), kind) = (f.next(), f.next(), f.next()) else { continue };
-            let rooted = kind == Some("rooted");
-            let to = if name == "dpkg" || rooted { dir.join("libexec").join(name) } else { dir.join("bin").join(name) };
-            native_copy(&tree.join(path), &to)?;
+        tracing::debug!("{} arch-neutral programs offered natively", list.programs.len());
+        for p in &list.programs {
+            let rooted = p.kind == Kind::Rooted;
+            let to = if p.name == "dpkg" || rooted { dir.join("libexec") } else { dir.join("bin") }.join(p.name);
+            native_copy(&tree.join(&p.path), &to)?;
             if rooted {
-                write_executable(&dir.join("bin").join(name), ROOTED.as_bytes())?;
+                write_executable(&dir.join("bin").join(p.name), ROOTED.as_bytes())?;
             }
-            if name == "perl" {
+            if p.name == "perl" {
                 // @INC's x86_64 directories (perl-base's XS modules) → the mounted tools tree.
                 let mut perl = std::fs::read(&to).with_context(|| format!("reading {}", to.display()))?;
                 replace_all(&mut perl, LOADER_PATHS[0].0, LOADER_PATHS[0].1)
@@ -167,7 +165,7 @@ impl Assist {
         write_executable(&dir.join("bin/dpkg"), DPKG_WRAPPER.as_bytes())?;
         write_executable(&dir.join("bin/py3compile"), PY3COMPILE.as_bytes())?;
         write_executable(&dir.join("python"), PYTHON_STUB.as_bytes())?;
-        std::fs::write(dir.join("list"), &list.text).context("writing the assist's program list")?;
+        std::fs::write(dir.join("list"), list.text()).context("writing the assist's program list")?;
         std::fs::write(dir.join("ready"), b"").context("marking the assist ready")
     }
 

@@ -104,41 +104,63 @@ pub fn packages() -> Vec<&'static str> {
     pkgs
 }
 
-pub(super) struct ProgramList {
-    pub(super) text: String,
-    pub(super) count: usize,
+/// A program of `PROGRAMS` that the tools tree has, with its package's source version.
+pub(super) struct Offered {
+    pub(super) name: &'static str,
+    /// Relative to the tree (`usr/bin/sed`).
+    pub(super) path: String,
+    pub(super) kind: Kind,
+    package: String,
+    version: String,
 }
 
-/// `program path kind package source-version` lines for the programs the tools tree has.
+impl Offered {
+    /// Its line in the assist's `list`, which `assist.sh` reads:
+    /// `program path kind package source-version`.
+    fn line(&self) -> String {
+        let kind = match self.kind {
+            Kind::Bind => "bind",
+            Kind::Path => "path",
+            Kind::Rooted => "rooted",
+        };
+        format!("{} {} {kind} {} {}\n", self.name, self.path, self.package, self.version)
+    }
+}
+
+pub(super) struct ProgramList {
+    pub(super) programs: Vec<Offered>,
+}
+
+impl ProgramList {
+    /// The assist's `list` file.
+    pub(super) fn text(&self) -> String {
+        self.programs.iter().map(Offered::line).collect()
+    }
+}
+
+/// The programs of `PROGRAMS` the tools tree has, each with its owner and source version.
 pub(super) fn program_list(tree: &Path) -> Result<ProgramList> {
     let owners = owners(tree)?;
     let versions: BTreeMap<String, String> =
         crate::debian::packages::installed(tree)?.into_iter().map(|p| (p.name, p.source_version)).collect();
-    let mut text = String::new();
-    let mut count = 0;
-    for (name, kind, _) in PROGRAMS {
+    let mut programs = Vec::new();
+    for &(name, kind, _) in PROGRAMS {
         let Some(path) =
             ["usr/bin", "usr/sbin"].iter().map(|d| format!("{d}/{name}")).find(|p| is_program(&tree.join(p)))
         else {
             continue;
         };
-        let Some(pkg) = [format!("/{path}"), format!("/{}", path.trim_start_matches("usr/"))]
+        let Some(package) = [format!("/{path}"), format!("/{}", path.trim_start_matches("usr/"))]
             .iter()
             .find_map(|p| owners.get(p))
             .cloned()
         else {
             continue;
         };
-        let Some(version) = versions.get(&pkg) else { continue };
-        let kind = match kind {
-            Kind::Bind => "bind",
-            Kind::Path => "path",
-            Kind::Rooted => "rooted",
-        };
-        text.push_str(&format!("{name} {path} {kind} {pkg} {version}\n"));
-        count += 1;
+        let Some(version) = versions.get(&package).cloned() else { continue };
+        programs.push(Offered { name, path, kind, package, version });
     }
-    Ok(ProgramList { text, count })
+    Ok(ProgramList { programs })
 }
 
 /// A regular file, or a relative symbolic link (depmod → kmod); an absolute link would leave the
@@ -204,7 +226,7 @@ mod tests {
         )
         .unwrap();
         let list = program_list(t).unwrap();
-        assert_eq!(list.text, "sed usr/bin/sed bind sed 4.9-2\n");
-        assert_eq!(list.count, 1);
+        assert_eq!(list.text(), "sed usr/bin/sed bind sed 4.9-2\n");
+        assert_eq!(list.programs.len(), 1);
     }
 }
